@@ -1,0 +1,43 @@
+"""aiokafka client options from the settings: security, and the timeouts the embedded broker needs."""
+
+from __future__ import annotations
+
+import ssl
+
+from kairos.agents.settings import Settings
+
+
+def kafka_client_options(settings: Settings) -> dict:
+    """Options shared by producers, consumers and the admin client (TLS and SASL when configured)."""
+    options: dict = {"security_protocol": settings.kafka_security_protocol, "client_id": "kairos"}
+    if settings.kafka_security_protocol in ("SSL", "SASL_SSL"):
+        context = ssl.create_default_context(cafile=str(settings.kafka_ssl_cafile) if settings.kafka_ssl_cafile else None)
+        options["ssl_context"] = context
+    if settings.kafka_security_protocol.startswith("SASL"):
+        options.update(
+            sasl_mechanism=settings.kafka_sasl_mechanism,
+            sasl_plain_username=settings.kafka_sasl_username,
+            sasl_plain_password=settings.kafka_sasl_password,
+        )
+    return options
+
+
+def consumer_options(settings: Settings) -> dict:
+    """Manual offsets (the source of truth is the state store), short session timeouts: Tansu holds JoinGroup
+    for half the session timeout (docs/operations.md), and fast failover matters on real Kafka too."""
+    return {
+        **kafka_client_options(settings),
+        "group_id": settings.consumer_group,
+        "enable_auto_commit": False,
+        "auto_offset_reset": "earliest",
+        "session_timeout_ms": settings.session_timeout_ms,
+        "heartbeat_interval_ms": settings.heartbeat_interval_ms,
+        "rebalance_timeout_ms": settings.session_timeout_ms,
+        "max_poll_interval_ms": 300_000,
+        "fetch_max_wait_ms": 50,
+        "max_partition_fetch_bytes": 4 * 1024 * 1024,
+    }
+
+
+def producer_options(settings: Settings) -> dict:
+    return {**kafka_client_options(settings), "linger_ms": 2, "acks": "all", "max_batch_size": 512 * 1024}

@@ -1,0 +1,223 @@
+"""One consumed batch through the engine, as named steps; no Kafka client in here, so it is testable brokerless.
+
+    records (topic, partition, offset, key, value, timestamp)
+      -> decode + validate          bad -> DeadLetter (reason)           # (partition, event) | DeadLetter
+      -> route                      not on its user's partition -> rekey # (partition, event)
+      -> apply to user state        (global-only below the user checkpoint after a restart)
+      -> recommend once per touched user
+      -> Outputs: recommendations, dead letters, re-keyed events, serving records
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import orjson
+from aiokafka.partitioner import murmur2
+
+from kairos.engine import metrics
+from kairos.engine.partition import PartitionState
+from kairos.engine.store import ServingRecord
+from kairos.schemas.codec import InvalidEvent, decode_event
+from kairos.schemas.events import ImpressionEvent
+from kairos.schemas.topics import Topics
+
+
+def partition_for(user_id: str, partitions: int) -> int:
+    """Kafka's default partitioner (murmur2 of the key, made positive): the partition a Java, aiokafka or
+    librdkafka-with-murmur2 producer puts a record keyed by ``user_id`` on."""
+    return (murmur2(user_id.encode()) & 0x7FFFFFFF) % partitions
+
+
+@dataclass(frozen=True, slots=True)
+class InputRecord:
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    timestamp_ms: int
+
+
+@dataclass(slots=True)
+class OutputRecord:
+    topic: str
+    key: bytes
+    value: bytes
+
+
+@dataclass(slots=True)
+class BatchResult:
+    outputs: list[OutputRecord] = field(default_factory=list)
+    touched_partitions: set[int] = field(default_factory=set)
+    #: Append time of the oldest event each recommendation covers (for the latency histogram).
+    source_times_ms: list[int] = field(default_factory=list)
+    applied: int = 0
+    dead_letters: int = 0
+    rekeyed: int = 0
+    duplicates: int = 0
+
+
+def _kinds_by_topic(topics: Topics) -> dict[str, frozenset[str] | None]:
+    return {
+        topics.clicks: frozenset({"click"}),
+        topics.purchases: frozenset({"purchase"}),
+        topics.impressions: frozenset({"impression"}),
+        topics.rekeyed: None,
+    }
+
+
+@dataclass
+class _Touched:
+    topic: str
+    partition: int
+    offset: int
+    event_id: str
+    event_ts: float
+    first_timestamp_ms: int
+
+
+class BatchPipeline:
+    """Applies consumed records to the partition states it is given and collects everything to emit."""
+
+    def __init__(self, topics: Topics, partitions: dict[int, PartitionState], n_partitions: int, top_n: int) -> None:
+        self.topics = topics
+        self.partitions = partitions
+        self.n_partitions = n_partitions
+        self.top_n = top_n
+        self._kinds = _kinds_by_topic(topics)
+        self.clock: Callable[[], float] = time.time
+
+    def process(self, records: Iterable[InputRecord]) -> BatchResult:
+        result = BatchResult()
+        touched: dict[tuple[int, str], _Touched] = {}
+        t0 = time.perf_counter()
+        for record in records:
+            self._apply_record(record, result, touched)
+        t1 = time.perf_counter()
+        metrics.STEP_LATENCY.labels("state").observe(t1 - t0)
+        for (partition, user_id), origin in touched.items():
+            self._recommend(self.partitions[partition], user_id, origin, result)
+        return result
+
+    def _apply_record(self, record: InputRecord, result: BatchResult, touched: dict) -> None:
+        state = self.partitions.get(record.partition)
+        if state is None:
+            return  # partition revoked while the batch was in flight; its new owner will read it
+        result.touched_partitions.add(record.partition)
+        state.offsets[record.topic] = record.offset + 1
+        try:
+            event = decode_event(record.value, expected_kinds=self._kinds.get(record.topic))
+        except InvalidEvent as exc:
+            self._dead_letter(record, exc.error_class, exc.reason, result)
+            return
+        home = partition_for(event.user_id, self.n_partitions)
+        if home != record.partition:
+            self._rekey(record, event.user_id, result)
+            return
+        self._apply_event(state, record, event, result, touched)
+
+    def _apply_event(self, state: PartitionState, record: InputRecord, event, result: BatchResult, touched) -> None:
+        recommender = state.recommender
+        user_checkpoint = state.replay_until.get(record.topic, 0)
+        if record.offset < user_checkpoint:
+            # Replaying after a restart: the user states already contain this event, the global model may not.
+            if record.offset >= state.global_offsets.get(record.topic, 0):
+                recommender.observe_global_only(state.user(event.user_id), event)
+            return
+        user = state.user(event.user_id)
+        if user.has_applied(event.event_id):
+            result.duplicates += 1
+            metrics.EVENTS_DUPLICATE.inc()
+            return
+        recommender.observe(user, event)
+        state.mark_dirty(user.user_id)
+        result.applied += 1
+        metrics.EVENTS_APPLIED.labels(event.kind).inc()
+        if isinstance(event, ImpressionEvent):
+            return  # an impression changes what we know, not what to show next
+        key = (record.partition, event.user_id)
+        origin = touched.get(key)
+        first_ms = origin.first_timestamp_ms if origin else record.timestamp_ms
+        touched[key] = _Touched(record.topic, record.partition, record.offset, event.event_id, event.ts, first_ms)
+
+    def _recommend(self, state: PartitionState, user_id: str, origin: _Touched, result: BatchResult) -> None:
+        user = state.users[user_id]
+        recommender = state.recommender
+        items = recommender.recommend(user, now=origin.event_ts, n=self.top_n)
+        timings = recommender.last_timings
+        if timings is not None:
+            metrics.STEP_LATENCY.labels("retrieval").observe(timings.retrieve)
+            metrics.STEP_LATENCY.labels("features").observe(timings.features)
+            metrics.STEP_LATENCY.labels("rank").observe(timings.rank)
+            metrics.STEP_LATENCY.labels("rules").observe(timings.rules)
+        catalog = recommender.model.catalog
+        payload = orjson.dumps(
+            {
+                "schema_version": 1,
+                "rec_id": f"{user_id}.{user.version}",
+                "user_id": user_id,
+                "items": [
+                    _ranked_item(rank, item, catalog.get(item.item_id)) for rank, item in enumerate(items, start=1)
+                ],
+                "model_version": recommender.model_version,
+                "state_version": user.version,
+                "source": {
+                    "topic": origin.topic,
+                    "partition": origin.partition,
+                    "offset": origin.offset,
+                    "event_id": origin.event_id,
+                    "event_ts": origin.event_ts,
+                    "ingested_at": origin.first_timestamp_ms / 1000.0,
+                },
+                "produced_at": self.clock(),
+            }
+        )
+        result.outputs.append(OutputRecord(self.topics.recommendations, user_id.encode(), payload))
+        state.pending_serving[user_id] = ServingRecord(user_id, origin.event_ts, user.version, payload)
+        result.source_times_ms.append(origin.first_timestamp_ms)
+
+    def _dead_letter(self, record: InputRecord, error_class: str, reason: str, result: BatchResult) -> None:
+        letter = {
+            "schema_version": 1,
+            "topic": record.topic,
+            "partition": record.partition,
+            "offset": record.offset,
+            "raw": record.value or b"",
+            "error_class": error_class,
+            "reason": reason,
+            "failed_at": self.clock(),
+            "attempts": 1,
+        }
+        if record.key is not None:
+            letter["key"] = record.key
+        value = orjson.dumps(letter, default=_b64)
+        result.outputs.append(OutputRecord(self.topics.dead_letters, record.key or b"", value))
+        result.dead_letters += 1
+        metrics.DEAD_LETTERS.labels(error_class).inc()
+
+    def _rekey(self, record: InputRecord, user_id: str, result: BatchResult) -> None:
+        if record.topic == self.topics.rekeyed:
+            # Only happens if the partition count changed under us: refuse loudly rather than loop forever.
+            self._dead_letter(record, "misrouted", "re-keyed event still not on its user's partition", result)
+            return
+        result.outputs.append(OutputRecord(self.topics.rekeyed, user_id.encode(), record.value or b""))
+        result.rekeyed += 1
+        metrics.EVENTS_REKEYED.inc()
+
+
+def _ranked_item(rank: int, item, info) -> dict:
+    out = {"item_id": item.item_id, "score": round(item.score, 6), "rank": rank, "reasons": list(item.reasons[:8])}
+    if info is not None and info.name:
+        out["name"] = info.name
+    return out
+
+
+def _b64(value):
+    import base64
+
+    if isinstance(value, bytes):
+        return base64.b64encode(value).decode()
+    raise TypeError(type(value))

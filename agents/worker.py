@@ -1,0 +1,228 @@
+"""The ingest worker: a consumer-group member that owns input partitions and their state.
+
+Loop: poll a batch -> ``BatchPipeline.process`` -> produce outputs and wait for the broker's acks -> commit each
+touched partition's state + offsets + serving records atomically to the store -> (periodically) commit Kafka
+offsets for lag dashboards. On assignment a partition's state is loaded from the store and the consumer seeks to
+the offsets saved with it; on revocation pending state is committed first. Why not Faust's stream or changelog
+recovery for this path: docs/state.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.abc import ConsumerRebalanceListener
+from redis.exceptions import RedisError
+
+from kairos.agents.kafka_config import consumer_options, producer_options
+from kairos.agents.outputs import KafkaOutputs
+from kairos.agents.pipeline import BatchPipeline, InputRecord
+from kairos.agents.settings import Settings
+from kairos.engine import metrics
+from kairos.engine.config import EngineConfig
+from kairos.engine.partition import PartitionState
+from kairos.engine.recommender import Recommender
+from kairos.engine.store import StateStore
+
+log = logging.getLogger(__name__)
+
+GLOBAL_CHECKPOINT_INTERVAL_S = 30.0
+KAFKA_COMMIT_INTERVAL_S = 2.0
+
+
+class _Rebalance(ConsumerRebalanceListener):
+    def __init__(self, worker: "IngestWorker") -> None:
+        self.worker = worker
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        await self.worker.release({tp.partition for tp in revoked})
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        await self.worker.acquire(assigned)
+
+
+class IngestWorker:
+    def __init__(
+        self,
+        settings: Settings,
+        bootstrap: str,
+        store: StateStore,
+        make_recommender: Callable[[EngineConfig], Recommender] | None = None,
+        on_batch: Callable[["IngestWorker", int], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.bootstrap = bootstrap
+        self.store = store
+        self.config = settings.engine_config()
+        self.make_recommender = make_recommender or (lambda config: Recommender(config))
+        self.on_batch = on_batch
+        self.partitions: dict[int, PartitionState] = {}
+        self.n_partitions = settings.partitions
+        self.pipeline = BatchPipeline(settings.topics, self.partitions, self.n_partitions, self.config.top_n)
+        self.consumer: AIOKafkaConsumer | None = None
+        self.producer: AIOKafkaProducer | None = None
+        self.outputs: KafkaOutputs | None = None
+        self.stats = {"events": 0, "recommendations": 0, "dead_letters": 0, "rekeyed": 0, "duplicates": 0}
+        self.redis_healthy = True
+        self._stopping = asyncio.Event()
+        self._last_checkpoint: dict[int, float] = {}
+        self._last_kafka_commit = 0.0
+        self.ready = asyncio.Event()
+
+    # --- lifecycle ---
+
+    async def start(self, n_partitions: int) -> None:
+        self.n_partitions = self.pipeline.n_partitions = n_partitions
+        self.producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, **producer_options(self.settings))
+        await self.producer.start()
+        self.outputs = KafkaOutputs(self.producer)
+        self.consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, **consumer_options(self.settings))
+        await self.consumer.start()
+        self.consumer.subscribe(list(self.settings.topics.inputs()), listener=_Rebalance(self))
+
+    async def run(self) -> None:
+        assert self.consumer is not None
+        while not self._stopping.is_set():
+            batches = await self.consumer.getmany(
+                timeout_ms=max(self.settings.batch_max_wait_ms, 1), max_records=self.settings.batch_max_records
+            )
+            if batches:
+                await self._handle(batches)
+            else:
+                await self._idle_tick()
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    async def close(self) -> None:
+        """Commit what is pending, then leave the group (so the partitions move at once, not after a timeout)."""
+        await self.release(set(self.partitions))
+        if self.consumer is not None:
+            await self.consumer.stop()
+        if self.producer is not None:
+            await self.producer.stop()
+
+    # --- partitions ---
+
+    async def acquire(self, assigned: list[TopicPartition]) -> None:
+        assert self.consumer is not None
+        for partition in sorted({tp.partition for tp in assigned} - set(self.partitions)):
+            snapshot = await self.store.load(partition)
+            state = PartitionState.restore(partition, self.config, snapshot, lambda: self.make_recommender(self.config))
+            self.partitions[partition] = state
+            self._last_checkpoint[partition] = time.monotonic()
+        resume = {p: self.partitions[p].resume_offsets() for p in self.partitions}
+        for tp in assigned:
+            offset = resume.get(tp.partition, {}).get(tp.topic)
+            if offset is not None:
+                self.consumer.seek(tp, offset)
+            else:
+                await self.consumer.seek_to_beginning(tp)
+        metrics.PARTITIONS_OWNED.set(len(self.partitions))
+        log.info("owning partitions %s", sorted(self.partitions))
+        self.ready.set()
+
+    async def release(self, partitions: set[int]) -> None:
+        owned = [p for p in partitions if p in self.partitions]
+        for partition in owned:
+            await self._commit_partition(partition, force_checkpoint=True)
+        for partition in owned:
+            del self.partitions[partition]
+        metrics.PARTITIONS_OWNED.set(len(self.partitions))
+
+    # --- the loop body ---
+
+    async def _handle(self, batches: dict) -> None:
+        assert self.outputs is not None
+        records = [
+            InputRecord(tp.topic, tp.partition, r.offset, r.key, r.value, r.timestamp)
+            for tp, batch in batches.items()
+            for r in batch
+        ]
+        for tp, batch in batches.items():
+            metrics.EVENTS_IN.labels(tp.topic).inc(len(batch))
+        metrics.BATCH_SIZE.observe(len(records))
+        result = self.pipeline.process(records)
+        t0 = time.perf_counter()
+        for out in result.outputs:
+            self.outputs.add(out.topic, out.key, out.value)
+        await self.outputs.flush()  # outputs acked before the state that produced them is committed
+        now_ms = time.time() * 1000.0
+        for source_ms in result.source_times_ms:
+            metrics.EVENT_TO_REC.observe(max(now_ms - source_ms, 0.0) / 1000.0)
+        metrics.STEP_LATENCY.labels("emit").observe(time.perf_counter() - t0)
+        for partition in result.touched_partitions:
+            await self._commit_partition(partition)
+        self._count(len(records), result)
+        await self._maybe_commit_kafka()
+        if self.on_batch is not None:
+            self.on_batch(self, len(records))
+
+    def _count(self, n_records: int, result) -> None:
+        recs = len(result.source_times_ms)
+        self.stats["events"] += n_records
+        self.stats["recommendations"] += recs
+        self.stats["dead_letters"] += result.dead_letters
+        self.stats["rekeyed"] += result.rekeyed
+        self.stats["duplicates"] += result.duplicates
+        metrics.RECOMMENDATIONS.inc(recs)
+
+    async def _commit_partition(self, partition: int, force_checkpoint: bool = False) -> None:
+        state = self.partitions.get(partition)
+        if state is None:
+            return
+        now = time.monotonic()
+        checkpoint = force_checkpoint or now - self._last_checkpoint.get(partition, 0.0) > GLOBAL_CHECKPOINT_INTERVAL_S
+        commit = state.build_commit(with_global_checkpoint=checkpoint)
+        t0 = time.perf_counter()
+        try:
+            await self.store.commit(commit)
+        except (RedisError, OSError, asyncio.TimeoutError) as exc:
+            # Keep consuming: the state stays dirty in memory and is written when Redis is back.
+            if self.redis_healthy:
+                log.warning("state store unavailable, serving state is stale: %s", exc)
+            self.redis_healthy = False
+            metrics.SERVING_STALE.set(1)
+            return
+        metrics.REDIS_WRITE.observe(time.perf_counter() - t0)
+        metrics.STEP_LATENCY.labels("commit").observe(time.perf_counter() - t0)
+        state.committed(commit)
+        if checkpoint:
+            self._last_checkpoint[partition] = now
+        if not self.redis_healthy:
+            log.info("state store reachable again; pending state written")
+            self.redis_healthy = True
+            metrics.SERVING_STALE.set(0)
+
+    async def _idle_tick(self) -> None:
+        for partition, state in list(self.partitions.items()):
+            state.expire_idle(now=max((u.last_ts for u in state.users.values()), default=0.0))
+            if state.has_pending or not self.redis_healthy:
+                await self._commit_partition(partition)
+        metrics.USERS_IN_MEMORY.set(sum(len(s.users) for s in self.partitions.values()))
+        await self._maybe_commit_kafka()
+
+    async def _maybe_commit_kafka(self) -> None:
+        """Kafka's committed offsets are for lag dashboards and tooling only: the store's offsets are the truth."""
+        assert self.consumer is not None
+        now = time.monotonic()
+        if now - self._last_kafka_commit < KAFKA_COMMIT_INTERVAL_S:
+            return
+        self._last_kafka_commit = now
+        offsets = {}
+        for tp in self.consumer.assignment():
+            state = self.partitions.get(tp.partition)
+            if state is not None and tp.topic in state.offsets:
+                offsets[tp] = state.offsets[tp.topic]
+                highwater = self.consumer.highwater(tp)
+                if highwater is not None:
+                    metrics.CONSUMER_LAG.labels(tp.topic, str(tp.partition)).set(max(highwater - offsets[tp], 0))
+        if offsets:
+            try:
+                await self.consumer.commit(offsets)
+            except Exception as exc:  # noqa: BLE001 - a failed advisory commit must not stop the worker
+                log.debug("kafka offset commit failed: %s", exc)

@@ -1,0 +1,120 @@
+"""Ranker inputs computed from online state: the write path is ``UserInterest.apply`` / ``GlobalModel.observe``,
+this is the read path. The column order and meaning are fixed by ``kairos.schemas.features``; training
+(``kairos.onnx_export``) calls the same function, so serving and training cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+
+import numpy as np
+
+from kairos.engine.global_model import GlobalModel
+from kairos.engine.state import UserInterest
+from kairos.schemas.features import (
+    CATEGORY_BUCKETS,
+    ITEM_BUCKETS,
+    MAX_POSITION,
+    RANKER_DENSE_DIM,
+    stable_bucket,
+)
+
+#: Optional hook: (user, item ids) -> cosine similarity of each item to the user's interest embedding.
+TextSimilarity = Callable[[UserInterest, Sequence[str]], np.ndarray]
+
+_bucket_cache: dict[tuple[str, int], int] = {}
+
+
+def cached_bucket(value: str | None, buckets: int) -> int:
+    """``stable_bucket`` memoised: hashing in pure Python costs ~1 us per id, and ids repeat constantly."""
+    if value is None:
+        return 0
+    key = (value, buckets)
+    bucket = _bucket_cache.get(key)
+    if bucket is None:
+        if len(_bucket_cache) > 1_000_000:
+            _bucket_cache.clear()
+        bucket = _bucket_cache[key] = stable_bucket(value, buckets)
+    return bucket
+
+
+def build_ranker_features(
+    user: UserInterest,
+    model: GlobalModel,
+    items: Sequence[str],
+    now: float,
+    co_visit: Mapping[str, float] | None = None,
+    positions: Sequence[int] | None = None,
+    text_similarity: TextSimilarity | None = None,
+) -> dict[str, np.ndarray]:
+    """One row per item, as the ONNX ranker's input dict.
+
+    >>> from kairos.engine.config import EngineConfig
+    >>> cfg = EngineConfig(); f = build_ranker_features(UserInterest.new("u", cfg), GlobalModel(cfg), ["a", "b"], 1.7e9)
+    >>> f["dense"].shape, f["item_id"].dtype.name
+    ((2, 16), 'int64')
+    """
+    n = len(items)
+    dense = np.zeros((n, RANKER_DENSE_DIM), dtype=np.float32)
+    category_ids = np.zeros(n, dtype=np.int64)
+    item_ids = np.zeros(n, dtype=np.int64)
+    _fill_user_columns(dense, user, now)
+    _fill_item_columns(dense, category_ids, item_ids, user, model, items, now, co_visit or {})
+    if text_similarity is not None and n:
+        dense[:, 13] = text_similarity(user, items)
+    position = np.zeros(n, dtype=np.int64) if positions is None else np.minimum(np.asarray(positions), MAX_POSITION)
+    return {"dense": dense, "category_id": category_ids, "item_id": item_ids, "position": position.astype(np.int64)}
+
+
+def _fill_user_columns(dense: np.ndarray, user: UserInterest, now: float) -> None:
+    hours = (now - user.last_ts) / 3600.0 if user.last_ts else 0.0
+    hour_of_day = (now % 86_400.0) / 3600.0
+    dense[:, 10] = math.log1p(user.event_count)
+    dense[:, 11] = math.log1p(user.purchase_count)
+    dense[:, 12] = math.log1p(max(hours, 0.0))
+    dense[:, 14] = math.sin(2 * math.pi * hour_of_day / 24.0)
+    dense[:, 15] = math.cos(2 * math.pi * hour_of_day / 24.0)
+
+
+def _fill_item_columns(
+    dense: np.ndarray,
+    category_ids: np.ndarray,
+    item_ids: np.ndarray,
+    user: UserInterest,
+    model: GlobalModel,
+    items: Sequence[str],
+    now: float,
+    co_visit: Mapping[str, float],
+) -> None:
+    category_scores = dict(user.categories.items(now))
+    category_total = sum(category_scores.values()) or 1.0
+    item_scores = dict(user.items.items(now))
+    recent = set(user.recent)
+    co_visit_max = max(co_visit.values(), default=0.0) or 1.0
+    user_price = user.price_mean.get() if user.price_mean.n else 0.0
+    catalog, popular, trend = model.catalog, model.popular, model.trend
+    category_popularity: dict[str | None, float] = {}
+    for row, item in enumerate(items):
+        info = catalog.get(item)
+        category = info.category_id if info is not None else None
+        price = info.price if info is not None else None
+        category_score = category_scores.get(category, 0.0) if category is not None else 0.0
+        if category not in category_popularity:
+            category_popularity[category] = model.category_popular.get(category, now) if category else 0.0
+        long_run = popular.get(item, now)
+        out = dense[row]
+        out[0] = category_score / category_total
+        out[1] = math.log1p(category_score)
+        out[2] = math.log1p(item_scores.get(item, 0.0))
+        out[3] = 1.0 if item in recent else 0.0
+        out[4] = co_visit.get(item, 0.0) / co_visit_max
+        out[5] = math.log1p(long_run)
+        out[6] = math.log1p(category_popularity[category])
+        out[7] = min(trend.get(item, now) / long_run, 5.0) if long_run > 0 else 0.0
+        if price:
+            out[8] = math.log1p(price) / 10.0
+            if user_price > 0:
+                out[9] = min(max(math.log(price / user_price), -3.0), 3.0)
+        category_ids[row] = cached_bucket(category, CATEGORY_BUCKETS)
+        item_ids[row] = cached_bucket(item, ITEM_BUCKETS)

@@ -1,0 +1,329 @@
+"""The impression-click-purchase join and the online score correction learned from its labelled examples.
+
+Three pieces, each usable alone:
+
+* :class:`FeedbackJoin` joins impressions with later clicks and purchases -- by recommendation id when the
+  interaction carries one, else by user + item within the attribution window -- into :class:`LabelledExample` s.
+  A click (or purchase) is emitted as soon as it is attributed; the items of an impression that were not clicked
+  become ``skip`` examples (label 0) when the impression closes, i.e. once the event clock is past its attribution
+  window. Memory is bounded: closed impressions are dropped, at most ``max_pending`` stay open (the oldest are
+  closed early), and duplicate event ids are ignored for as long as they could still join.
+* :class:`PositionBias` holds the examination probability of each slot and turns it into inverse-propensity
+  weights for clicks (see ``docs/selection.md``: prior ``1 / position ** eta``, re-estimated online from
+  impressions served by an exploration branch, where relevance does not depend on position).
+* :class:`FeedbackCorrector` is a River-optimised logistic correction on top of the ranker's logit:
+  ``corrected = scale x logit + bias + w[item] + w[segment] + w[item, segment]``, learned online from examples,
+  starting as the identity so an untrained corrector never reorders the ranker.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict, deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+from river import optim
+
+
+@dataclass(frozen=True)
+class Impression:
+    """Items shown together for one recommendation, in display order (position = index + 1).
+
+    ``logits`` are the ranker logits at display time (one per item) and ``segment`` the user segment, both
+    carried through to the examples the corrector learns from. ``randomized`` marks slates from an exploration
+    branch, the only ones used to estimate examination probabilities.
+    """
+
+    event_id: str
+    rec_id: str
+    user_id: str
+    item_ids: tuple[str, ...]
+    ts: float
+    segment: str = "all"
+    logits: tuple[float, ...] | None = None
+    randomized: bool = False
+
+
+@dataclass(frozen=True)
+class Interaction:
+    """A click or purchase; ``rec_id`` is set when the client echoed the recommendation id back."""
+
+    event_id: str
+    user_id: str
+    item_id: str
+    ts: float
+    kind: Literal["click", "purchase"] = "click"
+    rec_id: str | None = None
+
+
+@dataclass(frozen=True)
+class LabelledExample:
+    """One shown item with its outcome: ``kind`` is click / purchase (label 1) or skip (label 0).
+
+    ``delay_s`` is the time from impression to interaction (``None`` for skips); ``weight`` the position-bias
+    weight to learn with.
+    """
+
+    rec_id: str
+    user_id: str
+    item_id: str
+    position: int
+    label: int
+    kind: Literal["click", "purchase", "skip"]
+    delay_s: float | None
+    weight: float
+    segment: str
+    logit: float
+
+
+class PositionBias:
+    """Examination probability per position, from a power-law prior refined by randomized traffic.
+
+    Parameters
+    ----------
+    eta
+        Prior examination ``theta_p = 1 / p ** eta`` (``eta = 1`` is the usual starting point; 0 = no bias).
+    prior_strength
+        Pseudo-impressions per position behind the prior; real counts outweigh it after that many impressions.
+    prior_ctr
+        Click rate at position 1 assumed by the prior's pseudo-counts.
+    max_weight
+        Cap of the inverse-propensity weight, bounding the variance a click at a deep position adds.
+
+    Examples
+    --------
+    >>> bias = PositionBias(eta=1.0)
+    >>> bias.examination(2), bias.weight(2)
+    (0.5, 2.0)
+    """
+
+    def __init__(self, eta: float = 1.0, prior_strength: float = 200.0, prior_ctr: float = 0.05,
+                 max_weight: float = 10.0) -> None:
+        self.eta, self.prior_strength, self.prior_ctr, self.max_weight = eta, prior_strength, prior_ctr, max_weight
+        self._impressions: dict[int, int] = {}
+        self._clicks: dict[int, int] = {}
+
+    def observe(self, position: int, clicked: bool) -> None:
+        """Count one randomized impression at ``position`` (clicked or not)."""
+        self._impressions[position] = self._impressions.get(position, 0) + 1
+        self._clicks[position] = self._clicks.get(position, 0) + int(clicked)
+
+    def examination(self, position: int) -> float:
+        """Estimated probability that a user looks at ``position`` relative to position 1 (in (0, 1])."""
+        if position <= 1:
+            return 1.0
+        return min(self._smoothed_ctr(position) / self._smoothed_ctr(1), 1.0)
+
+    def weight(self, position: int) -> float:
+        """Inverse-propensity weight of a click at ``position``, capped at ``max_weight``."""
+        return min(1.0 / self.examination(position), self.max_weight)
+
+    def _smoothed_ctr(self, position: int) -> float:
+        prior_clicks = self.prior_strength * self.prior_ctr / position**self.eta
+        clicks = self._clicks.get(position, 0) + prior_clicks
+        return clicks / (self._impressions.get(position, 0) + self.prior_strength)
+
+
+@dataclass
+class _OpenImpression:
+    impression: Impression
+    clicked: set[str] = field(default_factory=set)
+    purchased: set[str] = field(default_factory=set)
+
+
+class FeedbackJoin:
+    """Joins impressions with clicks and purchases into labelled examples, with bounded memory.
+
+    Parameters
+    ----------
+    attribution_window_s
+        How long after an impression a click or purchase is credited to it.
+    max_pending
+        Most impressions kept open at once; beyond it the oldest is closed early (its skips emitted).
+    position_bias
+        Examination model giving the click weights; a default :class:`PositionBias` when ``None``.
+
+    Examples
+    --------
+    >>> join = FeedbackJoin(attribution_window_s=60)
+    >>> join.add_impression(Impression("e1", "r1", "u1", ("x", "y"), ts=0.0))
+    []
+    >>> [(e.item_id, e.kind, e.position) for e in join.add_interaction(Interaction("e2", "u1", "y", ts=5.0))]
+    [('y', 'click', 2)]
+    >>> [(e.item_id, e.kind) for e in join.advance(61.0)]
+    [('x', 'skip')]
+    """
+
+    def __init__(self, attribution_window_s: float = 1800.0, max_pending: int = 100_000,
+                 position_bias: PositionBias | None = None) -> None:
+        self.window = attribution_window_s
+        self.max_pending = max_pending
+        self.position_bias = position_bias or PositionBias()
+        self._open: OrderedDict[str, _OpenImpression] = OrderedDict()  # rec_id -> open impression, oldest first
+        self._by_user: dict[str, deque[str]] = {}  # user -> rec_ids, oldest first
+        self._seen: OrderedDict[str, float] = OrderedDict()  # event_id -> ts, for idempotence
+        self._watermark = float("-inf")
+        self.unattributed = 0
+
+    @property
+    def pending(self) -> int:
+        """Impressions still open (waiting for clicks)."""
+        return len(self._open)
+
+    def add_impression(self, impression: Impression) -> list[LabelledExample]:
+        """Open an impression; returns skip examples of impressions this closes (old or over capacity)."""
+        if not self._first_sight(impression.event_id, impression.ts) or impression.rec_id in self._open:
+            return []
+        self._open[impression.rec_id] = _OpenImpression(impression)
+        self._by_user.setdefault(impression.user_id, deque()).append(impression.rec_id)
+        closed = self.advance(impression.ts)
+        while len(self._open) > self.max_pending:
+            closed.extend(self._close(next(iter(self._open))))
+        return closed
+
+    def add_interaction(self, event: Interaction) -> list[LabelledExample]:
+        """Attribute a click or purchase; returns its example (if attributed) and skips of closed impressions."""
+        if not self._first_sight(event.event_id, event.ts):
+            return []
+        examples = self._attribute(event)
+        return examples + self.advance(event.ts)
+
+    def advance(self, now: float) -> list[LabelledExample]:
+        """Move the event clock to ``now`` and close every impression whose window has passed."""
+        self._watermark = max(self._watermark, now)
+        closed: list[LabelledExample] = []
+        while self._open:
+            rec_id, open_imp = next(iter(self._open.items()))
+            if self._watermark - open_imp.impression.ts <= self.window:
+                break
+            closed.extend(self._close(rec_id))
+        self._forget_old_event_ids()
+        return closed
+
+    def _attribute(self, event: Interaction) -> list[LabelledExample]:
+        open_imp = self._find(event)
+        if open_imp is None:
+            self.unattributed += 1
+            return []
+        done = open_imp.clicked if event.kind == "click" else open_imp.purchased
+        if event.item_id in done:
+            return []  # a second click on the same shown item adds no label
+        done.add(event.item_id)
+        position = open_imp.impression.item_ids.index(event.item_id) + 1
+        if event.kind == "click" and open_imp.impression.randomized:
+            self.position_bias.observe(position, clicked=True)
+        weight = self.position_bias.weight(position) if event.kind == "click" else 1.0
+        return [_example(open_imp.impression, position, 1, event.kind, event.ts - open_imp.impression.ts, weight)]
+
+    def _find(self, event: Interaction) -> _OpenImpression | None:
+        if event.rec_id is not None and event.rec_id in self._open:
+            candidate = self._open[event.rec_id]
+            return candidate if event.item_id in candidate.impression.item_ids else None
+        # No (known) rec id: credit the user's most recent impression that showed the item within the window.
+        for rec_id in reversed(self._by_user.get(event.user_id, ())):
+            imp = self._open[rec_id].impression
+            if event.item_id in imp.item_ids and 0.0 <= event.ts - imp.ts <= self.window:
+                return self._open[rec_id]
+        return None
+
+    def _close(self, rec_id: str) -> list[LabelledExample]:
+        open_imp = self._open.pop(rec_id)
+        imp = open_imp.impression
+        user_recs = self._by_user[imp.user_id]
+        user_recs.remove(rec_id)
+        if not user_recs:
+            del self._by_user[imp.user_id]
+        skips = []
+        for position, item_id in enumerate(imp.item_ids, start=1):
+            clicked = item_id in open_imp.clicked
+            if imp.randomized and not clicked:
+                self.position_bias.observe(position, clicked=False)
+            if not clicked:
+                skips.append(_example(imp, position, 0, "skip", None, 1.0))
+        return skips
+
+    def _first_sight(self, event_id: str, ts: float) -> bool:
+        if event_id in self._seen:
+            return False
+        self._seen[event_id] = ts
+        return True
+
+    def _forget_old_event_ids(self) -> None:
+        # An id older than two windows can no longer join anything, so a duplicate of it would be unattributed
+        # anyway; forgetting it bounds the set by the traffic of two windows.
+        horizon = self._watermark - 2 * self.window
+        while self._seen and next(iter(self._seen.values())) < horizon:
+            self._seen.popitem(last=False)
+
+
+def _example(imp: Impression, position: int, label: int, kind: str, delay: float | None,
+             weight: float) -> LabelledExample:
+    logit = imp.logits[position - 1] if imp.logits is not None else 0.0
+    return LabelledExample(imp.rec_id, imp.user_id, imp.item_ids[position - 1], position, label, kind, delay,
+                           weight, imp.segment, float(logit))
+
+
+class FeedbackCorrector:
+    """Online logistic correction of ranker logits per item, per segment and per item x segment.
+
+    ``corrected = scale x logit + bias + w[item] + w[segment] + w[item, segment]``, with ``scale = 1`` and every
+    other weight 0 at the start. Each click / skip example takes one step of a River optimizer on the weighted
+    log loss of ``sigmoid(corrected)``. With a ``similarity`` hook (item -> neighbour ids), a click's item-level
+    step is also applied, scaled by ``neighbour_share``, to the neighbours' item weights, so evidence spreads to
+    similar items. The total shift per item is clipped to ``+-max_shift`` logits.
+
+    Examples
+    --------
+    >>> corrector = FeedbackCorrector()
+    >>> example = LabelledExample("r", "u", "x", 1, 1, "click", 2.0, 1.0, "all", 0.0)
+    >>> for _ in range(3):
+    ...     corrector.learn(example)
+    >>> before, after = 0.0, corrector.correct(["x"], "all", [0.0])[0]
+    >>> bool(after > before)
+    True
+    """
+
+    def __init__(self, optimizer: optim.base.Optimizer | None = None, similarity: Callable[[str], Sequence[str]] | None = None,
+                 neighbour_share: float = 0.5, max_shift: float = 4.0) -> None:
+        self._optimizer = optimizer or optim.SGD(0.1)
+        self._loss = optim.losses.Log()
+        self._weights: dict[str, float] = {"scale": 1.0, "bias": 0.0}
+        self.similarity = similarity
+        self.neighbour_share = neighbour_share
+        self.max_shift = max_shift
+
+    def correct(self, item_ids: Sequence[str], segment: str, logits: Sequence[float]) -> np.ndarray:
+        """Corrected logits for ``item_ids`` (aligned with ``logits``) in ``segment``."""
+        logits = np.asarray(logits, dtype=float)
+        shifts = np.array([self._shift(item, segment) for item in item_ids])
+        return self._weights["scale"] * logits + self._weights["bias"] + shifts
+
+    def learn(self, example: LabelledExample) -> None:
+        """One optimizer step on a click or skip example (purchases are ignored here: they are not clicks)."""
+        if example.kind == "purchase":
+            return
+        raw = self.correct([example.item_id], example.segment, [example.logit])[0]
+        g = self._loss.gradient(example.label, raw) * example.weight
+        grad = {"scale": g * example.logit, "bias": g}
+        for key in _keys(example.item_id, example.segment):
+            grad[key] = g
+        for neighbour in self._neighbours(example.item_id):
+            grad[f"i:{neighbour}"] = grad.get(f"i:{neighbour}", 0.0) + self.neighbour_share * g
+        for key in grad:
+            self._weights.setdefault(key, 0.0)
+        self._optimizer.step(self._weights, grad)
+
+    def _shift(self, item_id: str, segment: str) -> float:
+        shift = sum(self._weights.get(key, 0.0) for key in _keys(item_id, segment))
+        return float(np.clip(shift, -self.max_shift, self.max_shift))
+
+    def _neighbours(self, item_id: str) -> list[str]:
+        if self.similarity is None:
+            return []
+        return [n for n in self.similarity(item_id) if n != item_id]
+
+
+def _keys(item_id: str, segment: str) -> tuple[str, str, str]:
+    return f"i:{item_id}", f"s:{segment}", f"is:{item_id}|{segment}"

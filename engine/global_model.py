@@ -1,0 +1,137 @@
+"""The global model: what the whole stream (of one partition) teaches about items, learned incrementally.
+
+- popularity with two half-lives (``trend`` short, ``popular`` long) per item and per category;
+- an item co-occurrence graph: items interacted with by the same shopper within a few steps of each other,
+  weighted by the weaker of the two interactions, bounded to ``max_neighbours`` per item;
+- a catalog of what the stream says about items (name, category, last price).
+
+No batch job: every interaction updates it in O(window). See docs/state.md for how it is checkpointed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from kairos.engine.config import EngineConfig
+from kairos.engine.decay import DecayedScores
+from kairos.engine.state import Interaction, UserInterest
+
+#: Upper bound on distinct items tracked per partition; the least popular are forgotten first.
+MAX_ITEMS = 500_000
+
+
+@dataclass(slots=True)
+class ItemInfo:
+    category_id: str | None = None
+    name: str | None = None
+    price: float | None = None
+
+
+class GlobalModel:
+    def __init__(self, config: EngineConfig) -> None:
+        self.config = config
+        self.trend = DecayedScores(config.trend_half_life_s, MAX_ITEMS)
+        self.popular = DecayedScores(config.popularity_half_life_s, MAX_ITEMS)
+        self.category_popular = DecayedScores(config.popularity_half_life_s, 50_000)
+        self.neighbours: dict[str, dict[str, float]] = {}
+        self.catalog: dict[str, ItemInfo] = {}
+        #: category -> its most popular items (small, decayed): the "more from your favourite category" source.
+        self.category_items: dict[str, DecayedScores] = {}
+        self.events = 0
+        self._top_cache: tuple[float, int, list[str], list[str]] | None = None
+
+    def observe(self, user: UserInterest, interactions: list[Interaction]) -> None:
+        """Learn from one user's interactions; call it *before* the user's state absorbs them, so the
+        co-occurrence links the new items to what the user did before."""
+        previous = list(user.recent)[-self.config.cooccurrence_window :]
+        for it in interactions:
+            self._observe_item(it)
+            if it.weight > 0:
+                for other in previous:
+                    if other != it.item_id:
+                        self._link(it.item_id, other, it.weight)
+        self.events += 1
+
+    def _observe_item(self, it: Interaction) -> None:
+        weight = max(it.weight, 0.0)
+        self.trend.add(it.item_id, weight, it.ts)
+        self.popular.add(it.item_id, weight, it.ts)
+        info = self.catalog.get(it.item_id)
+        if info is None:
+            info = self.catalog[it.item_id] = ItemInfo()
+            if len(self.catalog) > MAX_ITEMS:
+                self._forget_unpopular()
+        if it.category_id is not None:
+            info.category_id = it.category_id
+            self.category_popular.add(it.category_id, weight, it.ts)
+            items = self.category_items.get(it.category_id)
+            if items is None:
+                items = self.category_items[it.category_id] = DecayedScores(self.config.popularity_half_life_s, 64)
+            items.add(it.item_id, weight, it.ts)
+        if it.name:
+            info.name = it.name
+        if it.price is not None:
+            info.price = it.price
+
+    def _link(self, a: str, b: str, weight: float) -> None:
+        for x, y in ((a, b), (b, a)):
+            row = self.neighbours.get(x)
+            if row is None:
+                row = self.neighbours[x] = {}
+            row[y] = row.get(y, 0.0) + weight
+            if len(row) > 2 * self.config.max_neighbours:
+                self._prune(row)
+
+    def _prune(self, row: dict[str, float]) -> None:
+        keep = sorted(row.items(), key=lambda kv: kv[1], reverse=True)[: self.config.max_neighbours]
+        row.clear()
+        row.update(keep)
+
+    def _forget_unpopular(self) -> None:
+        tracked = set(self.popular.to_state())
+        for item in [i for i in self.catalog if i not in tracked]:
+            del self.catalog[item]
+            self.neighbours.pop(item, None)
+
+    def neighbours_of(self, item_id: str, n: int) -> list[tuple[str, float]]:
+        row = self.neighbours.get(item_id)
+        if not row:
+            return []
+        return sorted(row.items(), key=lambda kv: kv[1], reverse=True)[:n]
+
+    def top_items(self, now: float, n: int = 100) -> tuple[list[str], list[str]]:
+        """(trending, popular) item ids, best first; recomputed at most every 1000 events or 60 s of event time
+        because a full sort per event would dominate the hot path."""
+        cached = self._top_cache
+        if cached is not None and abs(now - cached[0]) < 60.0 and self.events - cached[1] < 1000:
+            return cached[2], cached[3]
+        trending = [item for item, _ in self.trend.top(n, now)]
+        popular = [item for item, _ in self.popular.top(n, now)]
+        self._top_cache = (now, self.events, trending, popular)
+        return trending, popular
+
+    # --- persistence ---
+
+    def to_state(self) -> dict:
+        return {
+            "trend": self.trend.to_state(),
+            "popular": self.popular.to_state(),
+            "catpop": self.category_popular.to_state(),
+            "nb": self.neighbours,
+            "cat": {k: [v.category_id, v.name, v.price] for k, v in self.catalog.items()},
+            "catitems": {k: v.to_state() for k, v in self.category_items.items()},
+            "events": self.events,
+        }
+
+    @classmethod
+    def from_state(cls, data: dict, config: EngineConfig) -> "GlobalModel":
+        model = cls(config)
+        model.trend = DecayedScores(config.trend_half_life_s, MAX_ITEMS, data["trend"])
+        model.popular = DecayedScores(config.popularity_half_life_s, MAX_ITEMS, data["popular"])
+        model.category_popular = DecayedScores(config.popularity_half_life_s, 50_000, data["catpop"])
+        model.neighbours = data["nb"]
+        model.catalog = {k: ItemInfo(*v) for k, v in data["cat"].items()}
+        half_life = config.popularity_half_life_s
+        model.category_items = {k: DecayedScores(half_life, 64, v) for k, v in data["catitems"].items()}
+        model.events = data["events"]
+        return model

@@ -1,0 +1,35 @@
+"""Every Prometheus metric Kairos exports, declared once (prometheus-client). Label values must stay bounded:
+topics, partitions, steps, error classes, providers — never user or item ids.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+#: 50 us .. 5 s: per-step latencies are mostly sub-millisecond, end-to-end ones a few milliseconds.
+LATENCY_BUCKETS = (
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+)  # fmt: skip
+
+EVENTS_IN = Counter("kairos_events_in_total", "Records consumed from input topics", ["topic"])
+EVENTS_APPLIED = Counter("kairos_events_applied_total", "Valid events applied to user state", ["kind"])
+EVENTS_DUPLICATE = Counter("kairos_events_duplicate_total", "Events skipped because their id was already applied")
+EVENTS_REKEYED = Counter("kairos_events_rekeyed_total", "Valid events forwarded to their user's partition")
+EVENTS_OUT = Counter("kairos_events_out_total", "Records produced to output topics", ["topic"])
+DEAD_LETTERS = Counter("kairos_dead_letters_total", "Input records sent to the dead-letter topic", ["reason"])
+RECOMMENDATIONS = Counter("kairos_recommendations_total", "Recommendations produced")
+RANKER_FALLBACKS = Counter("kairos_ranker_fallbacks_total", "Rankings that fell back from the configured ranker")
+
+STEP_LATENCY = Histogram(
+    "kairos_step_seconds", "Latency of one pipeline step", ["step"], buckets=LATENCY_BUCKETS
+)  # steps: decode, state, retrieval, features, rank, rules, emit, commit
+BATCH_SIZE = Histogram("kairos_batch_records", "Records per consumed batch", buckets=(1, 10, 50, 100, 500, 1000, 5000))
+EVENT_TO_REC = Histogram(
+    "kairos_event_to_recommendation_seconds", "From event append time to recommendation produced", buckets=LATENCY_BUCKETS
+)
+REDIS_WRITE = Histogram("kairos_redis_write_seconds", "One atomic state+serving commit", buckets=LATENCY_BUCKETS)
+
+CONSUMER_LAG = Gauge("kairos_consumer_lag", "Records behind the high watermark", ["topic", "partition"])
+PARTITIONS_OWNED = Gauge("kairos_partitions_owned", "Input partitions owned by this worker")
+USERS_IN_MEMORY = Gauge("kairos_users_in_memory", "User states held by this worker")
+SERVING_STALE = Gauge("kairos_serving_stale", "1 while serving state in Redis is behind (Redis unavailable)")

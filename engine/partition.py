@@ -1,0 +1,116 @@
+"""State owned by one input partition: its users, its global model, and the offsets that state reflects.
+
+Users are keyed to partitions by the Kafka key (the user id), so a partition's state is only ever touched by the
+one worker that owns the partition: no locks, no cross-worker merges. ``dirty`` users are written at the next
+commit; idle users expire (least recently active first) and are deleted from the store in the same commit.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable
+
+import orjson
+
+from kairos.engine.config import EngineConfig
+from kairos.engine.global_model import GlobalModel
+from kairos.engine.recommender import Recommender
+from kairos.engine.state import UserInterest
+from kairos.engine.store import Commit, PartitionSnapshot, ServingRecord
+
+
+class PartitionState:
+    def __init__(self, partition: int, config: EngineConfig, recommender: Recommender) -> None:
+        self.partition = partition
+        self.config = config
+        self.recommender = recommender
+        self.users: OrderedDict[str, UserInterest] = OrderedDict()
+        #: Next offset to read per input topic; these offsets are what the user states reflect.
+        self.offsets: dict[str, int] = {}
+        #: Offsets the last global checkpoint reflects; between these and ``offsets`` events are replayed into
+        #: the global model only after a restart.
+        self.global_offsets: dict[str, int] = {}
+        #: The user checkpoint this state was restored from: records below it are replayed into the global model
+        #: only (the users already contain them).
+        self.replay_until: dict[str, int] = {}
+        self.dirty: set[str] = set()
+        self.deleted: set[str] = set()
+        #: Serving records not yet written (kept across failed commits so nothing is lost while Redis is away).
+        self.pending_serving: dict[str, ServingRecord] = {}
+
+    def user(self, user_id: str) -> UserInterest:
+        user = self.users.get(user_id)
+        if user is None:
+            user = self.users[user_id] = UserInterest.new(user_id, self.config)
+            self.deleted.discard(user_id)
+        else:
+            self.users.move_to_end(user_id)
+        return user
+
+    def mark_dirty(self, user_id: str) -> None:
+        self.dirty.add(user_id)
+
+    def expire_idle(self, now: float) -> int:
+        """Forget users idle for longer than the expiry; returns how many were dropped."""
+        dropped = 0
+        while self.users:
+            user_id, user = next(iter(self.users.items()))
+            if not user.is_idle(now):
+                break
+            del self.users[user_id]
+            self.dirty.discard(user_id)
+            self.deleted.add(user_id)
+            dropped += 1
+        return dropped
+
+    def build_commit(self, with_global_checkpoint: bool) -> Commit:
+        """Everything changed since the last successful commit, as one atomic unit."""
+        users = {uid: orjson.dumps(self.users[uid].to_state()) for uid in self.dirty if uid in self.users}
+        checkpoint = (self.global_blob(), dict(self.offsets)) if with_global_checkpoint else None
+        return Commit(
+            partition=self.partition,
+            users=users,
+            deleted=list(self.deleted),
+            offsets=dict(self.offsets),
+            serving=list(self.pending_serving.values()),
+            global_checkpoint=checkpoint,
+        )
+
+    def committed(self, commit: Commit) -> None:
+        """Forget what ``commit`` persisted (called only after the store confirmed it)."""
+        self.dirty.difference_update(commit.users)
+        self.deleted.difference_update(commit.deleted)
+        for rec in commit.serving:
+            if self.pending_serving.get(rec.user_id) is rec:
+                del self.pending_serving[rec.user_id]
+        if commit.global_checkpoint is not None:
+            self.global_offsets = dict(commit.global_checkpoint[1])
+
+    @property
+    def has_pending(self) -> bool:
+        return bool(self.dirty or self.deleted or self.pending_serving)
+
+    def global_blob(self) -> bytes:
+        return orjson.dumps({"model": self.recommender.model.to_state(), "ranker": self.recommender.online.to_state()})
+
+    @classmethod
+    def restore(
+        cls, partition: int, config: EngineConfig, snapshot: PartitionSnapshot, make_recommender: Callable[[], Recommender]
+    ) -> "PartitionState":
+        state = cls(partition, config, make_recommender())
+        if snapshot.global_blob:
+            data = orjson.loads(snapshot.global_blob)
+            state.recommender.model = GlobalModel.from_state(data["model"], config)
+            state.recommender.online.load_state(data["ranker"])
+        loaded = [UserInterest.from_state(uid, orjson.loads(blob), config) for uid, blob in snapshot.users.items()]
+        for user in sorted(loaded, key=lambda u: u.last_ts):  # LRU order = activity order
+            state.users[user.user_id] = user
+        state.offsets = dict(snapshot.offsets)
+        state.replay_until = dict(snapshot.offsets)
+        state.global_offsets = dict(snapshot.global_offsets)
+        return state
+
+    def resume_offsets(self) -> dict[str, int]:
+        """Where to start reading each topic: the older of the two checkpoints."""
+        topics = set(self.offsets) | set(self.global_offsets)
+        return {t: min(self.offsets.get(t, 0), self.global_offsets.get(t, 0)) for t in topics}

@@ -1,0 +1,118 @@
+"""Rankers that need no model file: the hand-weighted fallback and an online River logistic ranker.
+
+Both satisfy ``kairos.engine.interfaces.Ranker``. The ONNX ranker (``kairos.models``) drops in by the same shape.
+Fallback order when ranking (docs/engine.md): ONNX ranker -> River ranker once it has learned from
+``min_examples`` examples -> heuristic.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping
+
+import numpy as np
+from river import linear_model, optim
+
+from kairos.schemas.features import RANKER_DENSE_DIM, RANKER_DENSE_FEATURES
+
+#: Hand-set weights over the dense features: affinity to the category and co-visits dominate, popularity breaks
+#: ties, items seen in the last few steps are pushed down a little (the shopper has already looked at them).
+_HEURISTIC_WEIGHTS = dict(
+    category_affinity_share=2.0,
+    category_affinity_log=0.4,
+    item_affinity_log=0.3,
+    item_in_recent=-0.5,
+    cooccurrence_score=2.5,
+    item_popularity_log=0.35,
+    category_popularity_log=0.05,
+    item_trend_ratio=0.2,
+    text_similarity=1.0,
+)
+
+
+def _weight_vector(weights: Mapping[str, float]) -> np.ndarray:
+    return np.array([weights.get(name, 0.0) for name in RANKER_DENSE_FEATURES], dtype=np.float32)
+
+
+class HeuristicRanker:
+    """A fixed linear score over the dense features: always available, never slow."""
+
+    name = "heuristic"
+    version = "1"
+
+    def __init__(self) -> None:
+        self._weights = _weight_vector(_HEURISTIC_WEIGHTS)
+
+    def score(self, features: Mapping[str, np.ndarray]) -> np.ndarray:
+        return features["dense"] @ self._weights
+
+
+class RiverRanker:
+    """Logistic regression learned online with River: label 1 for the item a shopper acts on next, 0 for sampled
+    candidates they did not. Scoring is vectorised with numpy over River's weights (one dot product per batch
+    instead of one ``predict_proba_one`` per candidate)."""
+
+    name = "river-logistic"
+
+    def __init__(self, learning_rate: float = 0.05, l2: float = 1e-4, min_examples: int = 200, seed: int = 0) -> None:
+        self.model = linear_model.LogisticRegression(optimizer=optim.SGD(learning_rate), l2=l2)
+        self.min_examples = min_examples
+        self.examples = 0
+        self._rng = random.Random(seed)
+        self._cached: tuple[int, np.ndarray, float] | None = None
+
+    @property
+    def version(self) -> str:
+        return f"online-{self.examples}"
+
+    @property
+    def ready(self) -> bool:
+        return self.examples >= self.min_examples
+
+    def learn(self, dense_row: np.ndarray, label: bool) -> None:
+        x = {name: float(v) for name, v in zip(RANKER_DENSE_FEATURES, dense_row) if v}
+        self.model.learn_one(x, label)
+        self.examples += 1
+
+    def score(self, features: Mapping[str, np.ndarray]) -> np.ndarray:
+        weights, intercept = self._vector()
+        return features["dense"] @ weights + intercept
+
+    def _vector(self) -> tuple[np.ndarray, float]:
+        if self._cached is None or self._cached[0] != self.examples:
+            weights = _weight_vector(self.model.weights)
+            self._cached = (self.examples, weights, float(self.model.intercept))
+        return self._cached[1], self._cached[2]
+
+    def sample(self, population: list[str], k: int) -> list[str]:
+        return self._rng.sample(population, min(k, len(population)))
+
+    def to_state(self) -> dict:
+        return {"w": dict(self.model.weights), "b": float(self.model.intercept), "n": self.examples}
+
+    def load_state(self, data: dict) -> None:
+        for name, value in data["w"].items():
+            self.model._weights[name] = value
+        self.model.intercept = data["b"]
+        self.examples = data["n"]
+        self._cached = None
+
+
+class BlendedRanker:
+    """Heuristic prior plus what the River ranker has learned, once it has learned enough to be trusted."""
+
+    name = "heuristic+river"
+
+    def __init__(self, prior: HeuristicRanker, online: RiverRanker) -> None:
+        self.prior, self.online = prior, online
+
+    @property
+    def version(self) -> str:
+        return f"{self.prior.version}+{self.online.version}"
+
+    def score(self, features: Mapping[str, np.ndarray]) -> np.ndarray:
+        base = self.prior.score(features)
+        return base + self.online.score(features) if self.online.ready else base
+
+
+assert len(RANKER_DENSE_FEATURES) == RANKER_DENSE_DIM

@@ -1,0 +1,168 @@
+"""The per-event path through the engine, one readable step at a time:
+
+    event -> dedupe -> learn (global model, online ranker) -> update user state
+          -> retrieve candidates -> build features -> rank -> business rules -> top N with reasons
+
+A batch of one user's events updates state per event and ranks once, after the last one (the earlier lists
+would be superseded before anyone could read them).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from kairos.engine.candidates import CandidatePool, CandidateSource, retrieve_candidates
+from kairos.engine.config import EngineConfig
+from kairos.engine.features import TextSimilarity, build_ranker_features
+from kairos.engine.global_model import GlobalModel
+from kairos.engine.interfaces import Ranker
+from kairos.engine.ranking import BlendedRanker, HeuristicRanker, RiverRanker
+from kairos.engine.state import Interaction, UserInterest, interactions_of
+from kairos.schemas.events import ClickEvent, ImpressionEvent, PurchaseEvent
+
+Event = ClickEvent | PurchaseEvent | ImpressionEvent
+
+#: Learning from every view would cost more than it teaches; carts, favourites and purchases always teach.
+_ALWAYS_LEARN = frozenset({"add_to_cart", "favourite", "purchase"})
+
+
+@dataclass(frozen=True, slots=True)
+class ScoredItem:
+    item_id: str
+    score: float
+    reasons: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class StepTimings:
+    """Seconds spent per step for one recommendation (fed to the latency histograms)."""
+
+    retrieve: float
+    features: float
+    rank: float
+    rules: float
+
+
+class Recommender:
+    """Owns the global model and the online ranker of one partition; user states are passed in (they live in
+    ``PartitionState``), which keeps this class free of storage concerns."""
+
+    def __init__(
+        self,
+        config: EngineConfig,
+        ranker: Ranker | None = None,
+        *,
+        extra_sources: Sequence[tuple[str, CandidateSource]] = (),
+        text_similarity: TextSimilarity | None = None,
+        view_learn_rate: float = 0.1,
+        negatives_per_positive: int = 3,
+        seed: int = 0,
+    ) -> None:
+        self.config = config
+        self.model = GlobalModel(config)
+        self.online = RiverRanker(seed=seed)
+        self.fallback = BlendedRanker(HeuristicRanker(), self.online)
+        self.ranker = ranker
+        self.extra_sources = tuple(extra_sources)
+        self.text_similarity = text_similarity
+        self.view_learn_rate = view_learn_rate
+        self.negatives = negatives_per_positive
+        self.last_timings: StepTimings | None = None
+        self.ranker_failures = 0
+
+    # --- write path ---
+
+    def observe(self, user: UserInterest, event: Event, *, learn: bool = True) -> list[Interaction]:
+        """Apply one event: the global model and online ranker learn from it *before* the user state absorbs it
+        (the ranker must see the state the shopper acted from). Returns [] for a duplicate event."""
+        if user.has_applied(event.event_id):
+            return []
+        if not isinstance(event, ImpressionEvent):
+            interactions = _interactions_preview(user, event)
+            if learn:
+                self._learn_ranking(user, interactions, event.ts)
+            self.model.observe(user, interactions)
+        return user.apply(event)
+
+    def observe_global_only(self, user: UserInterest, event: Event) -> None:
+        """Replay an event into the global model only (recovering it after a restart, see docs/state.md)."""
+        if not isinstance(event, ImpressionEvent):
+            self.model.observe(user, _interactions_preview(user, event))
+
+    def _learn_ranking(self, user: UserInterest, interactions: list[Interaction], now: float) -> None:
+        if user.event_count == 0:
+            return  # nothing to learn from a first event: every feature is empty
+        for it in interactions:
+            if it.weight <= 0:
+                continue
+            if it.action not in _ALWAYS_LEARN and self.online._rng.random() >= self.view_learn_rate:
+                continue
+            _, popular = self.model.top_items(now)
+            negatives = [i for i in self.online.sample(popular, self.negatives + 1) if i != it.item_id]
+            items = [it.item_id, *negatives[: self.negatives]]
+            co_visit = _co_visit_scores(user, self.model)
+            dense = build_ranker_features(user, self.model, items, now, co_visit)["dense"]
+            for row, label in zip(dense, [True] + [False] * (len(items) - 1)):
+                self.online.learn(row, label)
+
+    # --- read path ---
+
+    def recommend(self, user: UserInterest, now: float, n: int | None = None) -> list[ScoredItem]:
+        n = n or self.config.top_n
+        t0 = time.perf_counter()
+        excluded = user.excluded_items(now)
+        pool = retrieve_candidates(user, self.model, now, self.config.max_candidates, excluded, self.extra_sources)
+        t1 = time.perf_counter()
+        if not pool.items:
+            self.last_timings = StepTimings(t1 - t0, 0.0, 0.0, 0.0)
+            return []
+        features = build_ranker_features(user, self.model, pool.items, now, pool.co_visit, None, self.text_similarity)
+        t2 = time.perf_counter()
+        scores = self._score(features)
+        t3 = time.perf_counter()
+        chosen = _top_n(pool, scores, n)
+        self.last_timings = StepTimings(t1 - t0, t2 - t1, t3 - t2, time.perf_counter() - t3)
+        return chosen
+
+    @property
+    def model_version(self) -> str:
+        ranker = self.ranker or self.fallback
+        return f"{ranker.name}@{ranker.version}"
+
+    def _score(self, features: dict[str, np.ndarray]) -> np.ndarray:
+        if self.ranker is not None:
+            try:
+                return np.asarray(self.ranker.score(features), dtype=np.float32)
+            except Exception:  # noqa: BLE001 - a broken model must not stop recommendations (fallback + metric)
+                self.ranker_failures += 1
+        return self.fallback.score(features)
+
+
+def _interactions_preview(user: UserInterest, event: ClickEvent | PurchaseEvent) -> list[Interaction]:
+    return interactions_of(event, user.config)
+
+
+def _co_visit_scores(user: UserInterest, model: GlobalModel) -> dict[str, float]:
+    scores: dict[str, float] = {}
+    for anchor in list(user.recent)[-model.config.cooccurrence_window :]:
+        for item, weight in model.neighbours_of(anchor, 50):
+            scores[item] = scores.get(item, 0.0) + weight
+    return scores
+
+
+def _top_n(pool: CandidatePool, scores: np.ndarray, n: int) -> list[ScoredItem]:
+    order = np.argsort(-scores, kind="stable")[:n]
+    return [ScoredItem(pool.items[i], float(scores[i]), tuple(pool.reasons[pool.items[i]])) for i in order]
+
+
+def replay_events(recommender: Recommender, users: dict[str, UserInterest], events: Iterable[Event]) -> None:
+    """Feed events to a recommender in order, creating users as needed (offline evaluation and training)."""
+    for event in events:
+        user = users.get(event.user_id)
+        if user is None:
+            user = users[event.user_id] = UserInterest.new(event.user_id, recommender.config)
+        recommender.observe(user, event)

@@ -1,0 +1,23 @@
+"""Kafka topic names (one place), overridable by settings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Topics:
+    clicks: str = "kairos.clicks"
+    purchases: str = "kairos.purchases"
+    impressions: str = "kairos.impressions"
+    #: Valid events whose Kafka key did not put them on their user's partition are re-keyed here.
+    rekeyed: str = "kairos.events.by-user"
+    recommendations: str = "kairos.recommendations"
+    dead_letters: str = "kairos.dead-letters"
+    ad_requests: str = "kairos.ad-requests"
+    ad_scores: str = "kairos.ad-scores"
+    copy_requests: str = "kairos.copy-requests"
+
+    def inputs(self) -> tuple[str, ...]:
+        """Topics the worker consumes, in the order of their priority when rebalancing."""
+        return (self.clicks, self.purchases, self.impressions, self.rekeyed)
