@@ -94,3 +94,42 @@ class RedisStateStore:
 
     async def close(self) -> None:
         await self.client.aclose()
+
+
+class ServingReader:
+    """The storefront API's read path: one round trip per answer, short timeouts (a slow Redis must turn into a
+    fast fallback, not a slow page). Reads the raw JSON bytes so the API can slice them without re-validating.
+    """
+
+    def __init__(self, client: aioredis.Redis, keys: RedisKeys) -> None:
+        self.client = client
+        self.keys = keys
+
+    @classmethod
+    def from_url(cls, url: str, keys: RedisKeys, timeout_s: float = 0.25, max_connections: int = 64) -> "ServingReader":
+        client = aioredis.Redis.from_url(
+            url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, max_connections=max_connections
+        )
+        return cls(client, keys)
+
+    async def recommendation(self, user_id: str) -> bytes | None:
+        """The serialized ``Recommendation`` last written for the user, or None."""
+        return await self.client.hget(self.keys.serving(user_id), "rec")
+
+    async def recommendation_and_trending(self, user_id: str) -> tuple[bytes | None, bytes | None]:
+        """Both in one round trip: the cold-start answer costs nothing extra to fetch."""
+        async with self.client.pipeline(transaction=False) as pipe:
+            pipe.hget(self.keys.serving(user_id), "rec")
+            pipe.get(self.keys.trending())
+            rec, trending = await pipe.execute()
+        return rec, trending
+
+    async def trending(self) -> list[str]:
+        raw = await self.client.get(self.keys.trending())
+        return orjson.loads(raw) if raw else []
+
+    async def ping(self) -> bool:
+        return bool(await self.client.ping())
+
+    async def close(self) -> None:
+        await self.client.aclose()

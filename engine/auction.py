@@ -90,7 +90,8 @@ def run_gsp(bids: Sequence[Bid], n_slots: int = 1, reserve_ev: float = 0.0) -> l
         raise ValueError("n_slots must be >= 1")
     if reserve_ev < 0.0:
         raise ValueError("reserve_ev must be >= 0")
-    eligible = _best_per_campaign(b for b in rank_bids(bids) if b.expected_value > 0.0 and b.expected_value >= reserve_ev)
+    ranked = [b for b in rank_bids(bids) if b.expected_value > 0.0 and b.expected_value >= reserve_ev]
+    eligible = _best_per_campaign(ranked)
     awards = []
     for slot in range(n_slots):
         if slot >= len(eligible):

@@ -199,15 +199,18 @@ class PlackettLuceSlatePolicy:
         self.exact_limit = exact_limit
         self._rng = np.random.default_rng(seed)
 
-    def sample(self, item_ids: Sequence[str], scores: np.ndarray, k: int) -> Slate:
+    def sample(self, item_ids: Sequence[str], scores: np.ndarray, k: int, with_marginals: bool = True) -> Slate:
+        """Draw a slate. ``with_marginals=False`` skips the per-position marginals (empty tuple), which cost a
+        Monte Carlo pass when ``P(n, k)`` is above ``exact_limit``; the slate propensity is always exact."""
         weights = softmax(scores, self.temperature)
         k = min(k, len(item_ids))
         order = self._rng.choice(len(item_ids), size=k, replace=False, p=weights).tolist()
-        marginals = self.position_marginals(scores, k)
+        marginals = self.position_marginals(scores, k) if with_marginals else None
         return Slate(
             item_ids=tuple(item_ids[i] for i in order),
             propensity=plackett_luce_probability(weights, order),
-            position_propensities=tuple(float(marginals[i, pos]) for pos, i in enumerate(order)),
+            position_propensities=() if marginals is None else tuple(
+                float(marginals[i, pos]) for pos, i in enumerate(order)),
         )
 
     def position_marginals(self, scores: np.ndarray, k: int) -> np.ndarray:

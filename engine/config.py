@@ -20,7 +20,7 @@ class EngineConfig:
     #: Popularity half-lives: a short one for "trending", a long one for "popular".
     trend_half_life_s: float = 6 * 3600.0
     popularity_half_life_s: float = 14 * 86_400.0
-    max_candidates: int = 200
+    max_candidates: int = 100
     #: Event weights of the interest model: a purchase says far more than a view.
     action_weights: dict[str, float] = field(
         default_factory=lambda: {

@@ -121,7 +121,9 @@ def build_creatives(packages: pd.DataFrame, max_history: float = 500.0) -> tuple
     m = fit_prior_strength(packages["clicks"].to_numpy(), packages["impressions"].to_numpy())
     creatives = {}
     for test_id, rows in packages.groupby("clickability_test_id", sort=True):
-        variants = tuple(_variant(f"{test_id}:{i}", row, mu, m, max_history) for i, row in enumerate(rows.itertuples()))
+        variants = tuple(
+            _variant(f"{test_id}:{i}", row, mu, m, max_history) for i, row in enumerate(rows.itertuples())
+        )
         creatives[str(test_id)] = Creative(str(test_id), variants)
     return creatives, mu, m
 
@@ -165,7 +167,7 @@ def builtin_inventory(n_campaigns: int = 3, seed: int = 0) -> Inventory:
     """A small synthetic inventory (made-up copy and counts), used when the real data is not available."""
     rows = []
     for t, theme in enumerate(["winter coats", "running shoes", "linen shirts", "gift sets", "denim", "sneakers"]):
-        for v, (pattern, clicks) in enumerate([("New in: {}", 30), ("{} you will love", 45), ("Last chance on {}", 20)]):
+        for pattern, clicks in [("New in: {}", 30), ("{} you will love", 45), ("Last chance on {}", 20)]:
             rows.append({"clickability_test_id": f"synthetic-{t}", "headline": pattern.format(theme),
                          "lede": f"Our {theme} edit.", "impressions": 2000, "clicks": clicks + 5 * t})
     creatives, mu, m = build_creatives(pd.DataFrame(rows))

@@ -112,7 +112,8 @@ _MODIFIERS = frozenset(
     SMALL LARGE MEDIUM MINI JUMBO GIANT BIG TINY SIZE TALL SINGLE DOUBLE
     DESIGN DESIGNS PIECE PIECES TIER PACK FINISH STYLE VINTAGE RETRO ANTIQUE NEW
     RETROSPOT PAISLEY POLKADOT SPOTTY SPOT SPOTS DOTS DOTTY STRIPE STRIPES STRIPED FLORAL WOODLAND SKULL SKULLS
-    SPACEBOY SUKI CHRISTMAS XMAS LONDON PANTRY PARIS HEART HEARTS LOVE ROSE ROSES GINGHAM CHERRY PARADE FRIENDS BAKELIKE DOLLY CIRCUS
+    SPACEBOY SUKI CHRISTMAS XMAS LONDON PANTRY PARIS HEART HEARTS LOVE ROSE ROSES GINGHAM CHERRY PARADE FRIENDS
+    BAKELIKE DOLLY CIRCUS
     METAL WOOD WOODEN GLASS ZINC ENAMEL CERAMIC FELT WICKER HANGING HOME GARDEN GIRL BOY APPLES BIRD BIRDS
     OF THE AND WITH IN FOR ON TO
     MEN WOMEN UNISEX BOYS GIRLS KIDS
@@ -337,7 +338,8 @@ def _taobao_purchase(event_id: str, user: int, item: int, category: int, ts: int
 def taobao_rows(data_dir: Path | str, report: DatasetReport | None = None) -> pd.DataFrame:
     """The Taobao rows inside the documented window, sorted by time, with event and session ids added."""
     report = report if report is not None else DatasetReport()
-    frame = pd.read_parquet(Path(data_dir, TAOBAO_FILE), columns=["user_id", "item_id", "category_id", "behavior", "ts"])
+    columns = ["user_id", "item_id", "category_id", "behavior", "ts"]
+    frame = pd.read_parquet(Path(data_dir, TAOBAO_FILE), columns=columns)
     report.rows_read["taobao"] += len(frame)
     frame = frame.assign(behavior=frame["behavior"].astype(str).str.strip().str.lower())
     outside = (frame["ts"] < TAOBAO_START_TS) | (frame["ts"] >= TAOBAO_END_TS)

@@ -6,6 +6,7 @@ costs nothing. ``value(t) = value(t0) * 2 ** (-(t - t0) / half_life)``.
 
 from __future__ import annotations
 
+import heapq
 import math
 from collections.abc import Iterator
 
@@ -65,7 +66,7 @@ class DecayedScores:
             yield key, value * decay_factor(now - t0, self.half_life_s)
 
     def top(self, n: int, now: float) -> list[tuple[str, float]]:
-        return sorted(self.items(now), key=lambda kv: kv[1], reverse=True)[:n]
+        return heapq.nlargest(n, self.items(now), key=lambda kv: kv[1])
 
     def total(self, now: float) -> float:
         return sum(score for _, score in self.items(now))

@@ -93,25 +93,18 @@ def _fill_item_columns(
     recent = set(user.recent)
     co_visit_max = max(co_visit.values(), default=0.0) or 1.0
     user_price = user.price_mean.get() if user.price_mean.n else 0.0
-    catalog, popular, trend = model.catalog, model.popular, model.trend
-    category_popularity: dict[str | None, float] = {}
     for row, item in enumerate(items):
-        info = catalog.get(item)
-        category = info.category_id if info is not None else None
-        price = info.price if info is not None else None
+        category, price, popularity_log, category_popularity_log, trend_ratio = model.item_columns(item, now)
         category_score = category_scores.get(category, 0.0) if category is not None else 0.0
-        if category not in category_popularity:
-            category_popularity[category] = model.category_popular.get(category, now) if category else 0.0
-        long_run = popular.get(item, now)
         out = dense[row]
         out[0] = category_score / category_total
         out[1] = math.log1p(category_score)
         out[2] = math.log1p(item_scores.get(item, 0.0))
         out[3] = 1.0 if item in recent else 0.0
         out[4] = co_visit.get(item, 0.0) / co_visit_max
-        out[5] = math.log1p(long_run)
-        out[6] = math.log1p(category_popularity[category])
-        out[7] = min(trend.get(item, now) / long_run, 5.0) if long_run > 0 else 0.0
+        out[5] = popularity_log
+        out[6] = category_popularity_log
+        out[7] = trend_ratio
         if price:
             out[8] = math.log1p(price) / 10.0
             if user_price > 0:

@@ -285,8 +285,9 @@ class FeedbackCorrector:
     True
     """
 
-    def __init__(self, optimizer: optim.base.Optimizer | None = None, similarity: Callable[[str], Sequence[str]] | None = None,
-                 neighbour_share: float = 0.5, max_shift: float = 4.0) -> None:
+    def __init__(self, optimizer: optim.base.Optimizer | None = None,
+                 similarity: Callable[[str], Sequence[str]] | None = None, neighbour_share: float = 0.5,
+                 max_shift: float = 4.0) -> None:
         self._optimizer = optimizer or optim.SGD(0.1)
         self._loss = optim.losses.Log()
         self._weights: dict[str, float] = {"scale": 1.0, "bias": 0.0}

@@ -10,6 +10,7 @@ No batch job: every interaction updates it in O(window). See docs/state.md for h
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from kairos.engine.config import EngineConfig
@@ -39,6 +40,7 @@ class GlobalModel:
         self.category_items: dict[str, DecayedScores] = {}
         self.events = 0
         self._top_cache: tuple[float, int, list[str], list[str]] | None = None
+        self._item_cache: dict[str, tuple[int, tuple]] = {}
 
     def observe(self, user: UserInterest, interactions: list[Interaction]) -> None:
         """Learn from one user's interactions; call it *before* the user's state absorbs them, so the
@@ -100,15 +102,34 @@ class GlobalModel:
         return sorted(row.items(), key=lambda kv: kv[1], reverse=True)[:n]
 
     def top_items(self, now: float, n: int = 100) -> tuple[list[str], list[str]]:
-        """(trending, popular) item ids, best first; recomputed at most every 1000 events or 60 s of event time
-        because a full sort per event would dominate the hot path."""
+        """(trending, popular) item ids, best first; recomputed every 1000 events or one day of event time,
+        because ranking every tracked item per event would dominate the hot path (a replay of history at full
+        speed crosses an hour of event time every few events)."""
         cached = self._top_cache
-        if cached is not None and abs(now - cached[0]) < 60.0 and self.events - cached[1] < 1000:
+        if cached is not None and abs(now - cached[0]) < 86_400.0 and self.events - cached[1] < 1000:
             return cached[2], cached[3]
         trending = [item for item, _ in self.trend.top(n, now)]
         popular = [item for item, _ in self.popular.top(n, now)]
         self._top_cache = (now, self.events, trending, popular)
         return trending, popular
+
+    def item_columns(self, item_id: str, now: float) -> tuple:
+        """Per-item ranker inputs that do not depend on the user, cached for 500 events of this model:
+        (category, price, log popularity, log category popularity, trend ratio)."""
+        epoch = self.events // 500
+        cached = self._item_cache.get(item_id)
+        if cached is not None and cached[0] == epoch:
+            return cached[1]
+        info = self.catalog.get(item_id)
+        category = info.category_id if info is not None else None
+        long_run = self.popular.get(item_id, now)
+        trend_ratio = min(self.trend.get(item_id, now) / long_run, 5.0) if long_run > 0 else 0.0
+        category_pop = self.category_popular.get(category, now) if category else 0.0
+        columns = (category, info.price if info else None, math.log1p(long_run), math.log1p(category_pop), trend_ratio)
+        if len(self._item_cache) > 200_000:
+            self._item_cache.clear()
+        self._item_cache[item_id] = (epoch, columns)
+        return columns
 
     # --- persistence ---
 

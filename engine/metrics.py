@@ -33,3 +33,22 @@ CONSUMER_LAG = Gauge("kairos_consumer_lag", "Records behind the high watermark",
 PARTITIONS_OWNED = Gauge("kairos_partitions_owned", "Input partitions owned by this worker")
 USERS_IN_MEMORY = Gauge("kairos_users_in_memory", "User states held by this worker")
 SERVING_STALE = Gauge("kairos_serving_stale", "1 while serving state in Redis is behind (Redis unavailable)")
+
+# --- serving, models and operations (issue 5) ---
+
+#: Model inference per call; ``provider`` is the onnxruntime execution provider actually used (CPU, CUDA, ...).
+MODEL_INFERENCE = Histogram(
+    "kairos_model_inference_seconds", "One model inference call", ["model", "provider"], buckets=LATENCY_BUCKETS
+)
+MODEL_PROVIDER = Gauge("kairos_model_provider", "1 for the execution provider each loaded model runs on", ["model", "provider"])
+GENERATION_QUEUE_DEPTH = Gauge("kairos_generation_queue_depth", "Copy-generation requests waiting for the generator")
+#: Lookups in in-process caches (``cache``: api_recent, copy, ...); hit rate = hit / (hit + miss).
+CACHE_LOOKUPS = Counter("kairos_cache_lookups_total", "Cache lookups by outcome", ["cache", "result"])
+
+API_REQUESTS = Counter("kairos_api_requests_total", "Storefront API requests", ["route", "status"])
+API_LATENCY = Histogram("kairos_api_request_seconds", "Storefront API request latency", ["route"], buckets=LATENCY_BUCKETS)
+#: Where a GET recommendations answer came from: personal, trending (cold start), cache (Redis away), none.
+API_ANSWERS = Counter("kairos_api_answers_total", "Recommendation answers by source", ["source"])
+API_EVENTS_ACCEPTED = Counter("kairos_api_events_accepted_total", "Events accepted over HTTP and produced", ["kind"])
+API_EVENTS_REJECTED = Counter("kairos_api_events_rejected_total", "Events refused over HTTP", ["reason"])
+DLQ_REPLAYED = Counter("kairos_dlq_replayed_total", "Dead letters re-injected by `kairos dlq replay`", ["outcome"])

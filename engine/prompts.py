@@ -78,7 +78,7 @@ def ad_copy_prompt(product: ProductFacts, interests: Sequence[str] = (), lang: s
 
 def summary_prompt(text: str, lang: str = "en", max_chars: int = 600) -> str:
     """Prompt for a one-line summary of a long description or a review (input cut to ``max_chars``)."""
-    body = text.strip().replace("\n", " ")[:max_chars]
+    body = " ".join(text.split())[:max_chars]
     if lang == "zh":
         return f"用一句话概括：\n{body}"
     return f"Summarize in one line:\n{body}"

@@ -94,20 +94,23 @@ class Recommender:
             self.model.observe(user, _interactions_preview(user, event))
 
     def _learn_ranking(self, user: UserInterest, interactions: list[Interaction], now: float) -> None:
+        """One positive (a random positive line of the event) against sampled popular items: enough signal,
+        bounded cost even for an order with hundreds of lines."""
         if user.event_count == 0:
             return  # nothing to learn from a first event: every feature is empty
-        for it in interactions:
-            if it.weight <= 0:
-                continue
-            if it.action not in _ALWAYS_LEARN and self.online._rng.random() >= self.view_learn_rate:
-                continue
-            _, popular = self.model.top_items(now)
-            negatives = [i for i in self.online.sample(popular, self.negatives + 1) if i != it.item_id]
-            items = [it.item_id, *negatives[: self.negatives]]
-            co_visit = _co_visit_scores(user, self.model)
-            dense = build_ranker_features(user, self.model, items, now, co_visit)["dense"]
-            for row, label in zip(dense, [True] + [False] * (len(items) - 1)):
-                self.online.learn(row, label)
+        positives = [it for it in interactions if it.weight > 0]
+        if not positives:
+            return
+        rng = self.online._rng
+        it = positives[rng.randrange(len(positives))]
+        if it.action not in _ALWAYS_LEARN and rng.random() >= self.view_learn_rate:
+            return
+        _, popular = self.model.top_items(now)
+        negatives = [i for i in self.online.sample(popular, self.negatives + 1) if i != it.item_id]
+        items = [it.item_id, *negatives[: self.negatives]]
+        dense = build_ranker_features(user, self.model, items, now, _co_visit_scores(user, self.model))["dense"]
+        for row, label in zip(dense, [True] + [False] * (len(items) - 1)):
+            self.online.learn(row, label)
 
     # --- read path ---
 

@@ -93,22 +93,27 @@ class TrendingCounter:
 
     def _top(self, scores: np.ndarray, k: int, exclude: set[str], minimum: float) -> list[tuple[str, float]]:
         order = sorted(range(len(self._ids)), key=lambda i: (-scores[i], self._ids[i]))
-        picked = [(self._ids[i], float(scores[i])) for i in order if scores[i] > minimum and self._ids[i] not in exclude]
-        return picked[:k]
+        picked = (self._ids[i] for i in order if scores[i] > minimum and self._ids[i] not in exclude)
+        return [(item, float(scores[self._index[item]])) for item, _ in zip(picked, range(k))]
 
     def _counts_at(self, now: float) -> np.ndarray:
-        elapsed = np.maximum(now - self._last, 0.0)[:, None]
-        return self._counts * np.exp2(-elapsed / self.half_lives[None, :])
+        n = len(self._ids)
+        elapsed = np.maximum(now - self._last[:n], 0.0)[:, None]
+        return self._counts[:n] * np.exp2(-elapsed / self.half_lives[None, :])
 
     def _decay(self, elapsed: float) -> np.ndarray:
         return np.exp2(-elapsed / self.half_lives)
 
     def _slot(self, item_id: str, ts: float) -> int:
         if item_id not in self._index:
-            self._index[item_id] = len(self._ids)
+            n = len(self._ids)
+            if n == len(self._last):
+                # Grow by doubling so adding n new items costs O(n) copies in total, not O(n^2).
+                self._counts = np.vstack([self._counts, np.zeros((max(n, 16), 2))])
+                self._last = np.concatenate([self._last, np.zeros(max(n, 16))])
+            self._index[item_id] = n
             self._ids.append(item_id)
-            self._counts = np.vstack([self._counts, np.zeros((1, 2))])
-            self._last = np.append(self._last, ts)
+            self._counts[n], self._last[n] = 0.0, ts
         return self._index[item_id]
 
     def _evict(self, now: float) -> None:

@@ -1,0 +1,142 @@
+"""The ``kairos`` command. Sub-commands of other packages register themselves here; a missing optional piece
+(e.g. the ``train`` extra for ``kairos models build``) disables only its own commands, with a clear message.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import json
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from kairos.agents.settings import SettingsError, load_settings
+
+log = logging.getLogger("kairos")
+
+#: (module, function) pairs that add sub-commands; each gets the sub-parser groups by name.
+_PLUGINS = (
+    ("kairos.agents.replay", "add_replay_parser"),
+    ("kairos.onnx_export.cli", "register"),
+    ("kairos.agents.ops", "register"),
+    ("kairos.agents.evaluation", "register"),
+)
+
+
+def _print_json_last(result: dict) -> int:
+    print(json.dumps(result, sort_keys=False))
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from kairos.agents.demo import demo_main
+
+    settings = load_settings()
+    demo_main(settings, args.data_dir, args.source, args.events, args.rate, args.examples)
+    return 0
+
+
+def _cmd_worker(args: argparse.Namespace) -> int:
+    from kairos.agents.runtime import running_worker, services
+
+    settings = load_settings()
+
+    async def serve(svc) -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        async with running_worker(settings, svc) as worker:
+            log.info("worker ready: partitions %s", sorted(worker.partitions))
+            await stop.wait()
+
+    with services(settings) as svc:
+        if svc.embedded_kafka or svc.embedded_redis:
+            log.warning("embedded services at %s / %s (they stop with this worker)", svc.bootstrap, svc.redis_url)
+        asyncio.run(serve(svc))
+    return 0
+
+
+def _cmd_bench_pipeline(args: argparse.Namespace) -> int:
+    from kairos.agents.bench_pipeline import bench_pipeline_main
+
+    settings = load_settings(partitions=args.partitions) if args.partitions else load_settings()
+    return _print_json_last(bench_pipeline_main(settings, args.data_dir, args.source, args.events, args.rate))
+
+
+def _cmd_schemas_export(args: argparse.Namespace) -> int:
+    from kairos.schemas.jsonschema_export import export_json_schemas
+
+    for path in export_json_schemas(Path(args.out)):
+        print(path)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kairos", description="Real-time personalization engine")
+    parser.add_argument("--log-level", default=None, help="overrides KAIROS_LOG_LEVEL")
+    top = parser.add_subparsers(dest="command", required=True)
+
+    demo = top.add_parser("demo", help="run the whole pipeline on embedded services with a live view")
+    demo.add_argument("--data-dir", type=Path, default=None, help="real data sets (default ../shared/data if present)")
+    demo.add_argument("--source", default="all", choices=["all", "online_retail", "taobao", "simulated"])
+    demo.add_argument("--events", type=int, default=20_000)
+    demo.add_argument("--rate", type=float, default=None, help="events per second (default: as fast as possible)")
+    demo.add_argument("--examples", type=int, default=3)
+    demo.set_defaults(func=_cmd_demo)
+
+    worker = top.add_parser("worker", help="run one ingest worker (embedded services when none are configured)")
+    worker.set_defaults(func=_cmd_worker)
+
+    groups = {name: top.add_parser(name, help=f"{name} commands").add_subparsers(dest=f"{name}_command", required=True)
+              for name in ("bench", "eval", "models", "dlq", "schemas")}  # fmt: skip
+
+    bench = groups["bench"].add_parser("pipeline", help="plain aiokafka loop vs the full pipeline")
+    bench.add_argument("--data-dir", type=Path, default=None)
+    bench.add_argument("--source", default="all", choices=["all", "online_retail", "taobao", "simulated"])
+    bench.add_argument("--events", type=int, default=50_000)
+    bench.add_argument("--partitions", type=int, default=None)
+    bench.add_argument("--rate", type=float, default=None, help="latency phase rate (default: half the max)")
+    bench.set_defaults(func=_cmd_bench_pipeline)
+
+    export = groups["schemas"].add_parser("export", help="write JSON Schema files for every record")
+    export.add_argument("--out", default="schemas/jsonschema")
+    export.set_defaults(func=_cmd_schemas_export)
+
+    for module_name, function in _PLUGINS:
+        _load_plugin(module_name, function, groups, top)
+    return parser
+
+
+def _load_plugin(module_name: str, function: str, groups: dict, top) -> None:
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        log.debug("commands of %s unavailable: %s", module_name, exc)
+        return
+    register = getattr(module, function, None)
+    if register is None:
+        return
+    if function == "add_replay_parser":
+        register(top)
+    elif module_name.endswith("ops"):
+        register(groups, top)
+    else:
+        register(groups)
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        print(exc.code, file=sys.stderr)
+        sys.exit(2)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level or settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("aiokafka", "kafka", "faust", "mode"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    sys.exit(args.func(args))

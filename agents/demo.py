@@ -1,0 +1,137 @@
+"""``kairos demo``: the whole spine on one machine with a live view.
+
+Events come from the real data sets when a data directory exists, otherwise from the seeded shopper simulator
+(and the demo says so). A few malformed payloads are mixed in to show the dead-letter path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from aiokafka import AIOKafkaProducer
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from kairos.agents.kafka_config import producer_options
+from kairos.agents.runtime import RecommendationMonitor, Services, running_worker, services, wait_for
+from kairos.agents.settings import Settings
+from kairos.engine.datasets import default_data_dir, load_events
+from kairos.engine.simulator import ShopperSimulator, malformed_payloads
+from kairos.schemas.codec import encode
+from kairos.schemas.events import PurchaseEvent
+
+console = Console()
+
+
+@dataclass
+class EventSource:
+    label: str
+    simulated: bool
+    events: list
+
+
+def pick_source(data_dir: Path | None, source: str, limit: int, seed: int = 0) -> EventSource:
+    data_dir = data_dir or default_data_dir()
+    if data_dir is not None and Path(data_dir).is_dir() and source != "simulated":
+        events = load_events(data_dir, source=source, limit=limit)
+        return EventSource(f"real data: {source} from {data_dir}", False, events)
+    sim = ShopperSimulator(seed=seed)
+    return EventSource("SIMULATED shoppers (no data directory found; seeded simulator)", True, list(sim.events(limit)))
+
+
+async def produce(settings: Settings, bootstrap: str, events: list, rate: float | None, bad: list[bytes]) -> int:
+    """Produce events keyed by user (purchases to the purchases topic, the rest to clicks) at ``rate`` per second
+    (None = as fast as possible), with the malformed payloads spread through the stream."""
+    topics = settings.topics
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, **producer_options(settings))
+    await producer.start()
+    spread = {int(i * len(events) / max(len(bad), 1)): payload for i, payload in enumerate(bad)}
+    started, sent = time.monotonic(), 0
+    try:
+        for i, event in enumerate(events):
+            topic = topics.purchases if isinstance(event, PurchaseEvent) else topics.clicks
+            await producer.send(topic, encode(event), key=event.user_id.encode())
+            if i in spread:
+                await producer.send(topics.clicks, spread[i], key=b"malformed")
+                sent += 1
+            sent += 1
+            if rate and sent % 100 == 0:
+                ahead = sent / rate - (time.monotonic() - started)
+                if ahead > 0:
+                    await asyncio.sleep(ahead)
+        await producer.flush()
+    finally:
+        await producer.stop()
+    return sent
+
+
+def _status_table(source: EventSource, worker, monitor: RecommendationMonitor, rates: tuple[float, float]) -> Table:
+    p50, p99 = monitor.percentiles(last=5000)
+    table = Table(title=f"Kairos demo - {source.label}", title_justify="left")
+    for name in ("events", "events/s", "recs", "recs/s", "p50 ms", "p99 ms", "dead letters"):
+        table.add_column(name, justify="right")
+    s = worker.stats
+    table.add_row(
+        f"{s['events']:,}", f"{rates[0]:,.0f}", f"{s['recommendations']:,}", f"{rates[1]:,.0f}",
+        f"{p50:.1f}", f"{p99:.1f}", f"{s['dead_letters']:,}",
+    )  # fmt: skip
+    return table
+
+
+async def run_demo(settings: Settings, svc: Services, source: EventSource, rate: float | None, examples: int) -> dict:
+    bad = malformed_payloads(np.random.default_rng(0), 5)
+    async with running_worker(settings, svc) as worker:
+        monitor = RecommendationMonitor(settings, svc.bootstrap)
+        await monitor.start()
+        t0 = time.monotonic()
+        producing = asyncio.create_task(produce(settings, svc.bootstrap, source.events, rate, bad))
+        last = (t0, 0, 0)
+        rates = (0.0, 0.0)
+        with Live(_status_table(source, worker, monitor, rates), console=console, refresh_per_second=4) as live:
+            while not (producing.done() and worker.stats["events"] >= producing.result()):
+                await asyncio.sleep(0.5)
+                now, s = time.monotonic(), worker.stats
+                rates = ((s["events"] - last[1]) / (now - last[0]), (s["recommendations"] - last[2]) / (now - last[0]))
+                last = (now, s["events"], s["recommendations"])
+                live.update(_status_table(source, worker, monitor, rates))
+        elapsed = time.monotonic() - t0
+        await wait_for(lambda: monitor.received >= worker.stats["recommendations"], 5.0)
+        p50, p99 = monitor.percentiles()
+        summary = {
+            "source": source.label,
+            "simulated": source.simulated,
+            "events": worker.stats["events"],
+            "recommendations": worker.stats["recommendations"],
+            "dead_letters": worker.stats["dead_letters"],
+            "events_per_s": round(worker.stats["events"] / elapsed, 1),
+            "p50_ms": round(p50, 2),
+            "p99_ms": round(p99, 2),
+        }
+        _print_examples(monitor, examples)
+        await monitor.stop()
+    return summary
+
+
+def _print_examples(monitor: RecommendationMonitor, n: int) -> None:
+    for rec in list(monitor.examples.values())[-n:]:
+        console.print(f"[bold]user {rec['user_id']}[/bold] (state v{rec['state_version']}, {rec['model_version']}):")
+        for item in rec["items"][:5]:
+            name = item.get("name") or "(no name in stream)"
+            console.print(f"   {item['rank']:>2}. {item['item_id']:<12} {name[:48]:<48} {item['score']:7.3f}  {', '.join(item['reasons'][:2])}")
+
+
+def demo_main(settings: Settings, data_dir: Path | None, source: str, limit: int, rate: float | None, examples: int) -> dict:
+    picked = pick_source(data_dir, source, limit)
+    if picked.simulated:
+        console.print("[yellow]No data directory: the events below are SIMULATED by Kairos's seeded shopper simulator.[/yellow]")
+    with services(settings) as svc:
+        where = "embedded Tansu" if svc.embedded_kafka else svc.bootstrap
+        console.print(f"Kafka: {where} ({svc.bootstrap}); Redis: {'embedded' if svc.embedded_redis else 'configured'}")
+        summary = asyncio.run(run_demo(settings, svc, picked, rate, examples))
+    console.print("[bold]Summary[/bold]", summary)
+    return summary

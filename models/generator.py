@@ -1,0 +1,269 @@
+"""Text generation with onnxruntime: tokenizer (``tokenizers``) + a batched decoding loop over a KV-cache graph.
+
+The graph is the one written by ``kairos.onnx_export.generator_export``: it takes ``input_ids``,
+``attention_mask``, ``position_ids`` and the flat past cache and returns the last position's ``logits`` and the
+present cache. Prompts of different lengths are left-padded; the attention mask hides the padding and position ids
+count real tokens only, so a padded row decodes exactly like the same prompt alone. Finished rows are dropped from
+the batch (their cache rows too), so a long straggler does not make the others pay.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from kairos.models.registry import LoadedModel, ModelHandle
+from kairos.models.session import SessionOptions
+
+log = logging.getLogger(__name__)
+
+GENERATOR_NAME = "generator"
+
+
+@dataclass(frozen=True)
+class GenerationConfig:
+    """Decoding settings. ``do_sample=False`` is greedy (temperature/top-k/top-p are then ignored).
+
+    ``time_budget_s`` stops the whole batch after that many seconds (rows keep what they have); a stop sequence
+    ends a row and is cut from its text.
+    """
+
+    max_new_tokens: int = 64
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    repetition_penalty: float = 1.0
+    stop_sequences: tuple[str, ...] = ()
+    time_budget_s: float | None = None
+    seed: int | None = None
+
+
+@dataclass
+class GenerationResult:
+    """New token ids per row, and why generation stopped (``eos``, ``stop``, ``length`` or ``time``)."""
+
+    tokens: list[list[int]]
+    finish_reasons: list[str]
+    prefill_s: float = 0.0
+    total_s: float = 0.0
+    steps: int = 0
+    texts: list[str] = field(default_factory=list)
+
+
+class KVCacheDecoder:
+    """The decoding loop over one ONNX session (no tokenizer: ids in, ids out).
+
+    ``num_layers``, ``num_kv_heads`` and ``head_dim`` describe the cache inputs; ``eos_token_ids`` end a row.
+    """
+
+    def __init__(
+        self,
+        session: ort.InferenceSession,
+        num_layers: int,
+        num_kv_heads: int,
+        head_dim: int,
+        eos_token_ids: Sequence[int] = (),
+        pad_token_id: int = 0,
+    ):
+        self.session = session
+        self.num_layers, self.num_kv_heads, self.head_dim = num_layers, num_kv_heads, head_dim
+        self.eos_token_ids = frozenset(eos_token_ids)
+        self.pad_token_id = pad_token_id
+        self.past_names = [f"past_{k}_{i}" for i in range(num_layers) for k in ("key", "value")]
+        self.output_names = ["logits"] + [f"present_{k}_{i}" for i in range(num_layers) for k in ("key", "value")]
+
+    def generate(
+        self, prompts: Sequence[Sequence[int]], config: GenerationConfig = GenerationConfig(), stop_check=None
+    ) -> GenerationResult:
+        """Generate for a batch of token-id prompts. ``stop_check(row, tokens) -> bool`` ends a row early."""
+        start = time.perf_counter()
+        rng = np.random.default_rng(config.seed)
+        n = len(prompts)
+        ids, mask = self._left_pad(prompts)
+        positions = np.maximum(mask.cumsum(axis=1) - 1, 0)
+        past = [np.zeros((n, self.num_kv_heads, 0, self.head_dim), np.float32) for _ in self.past_names]
+        history = [list(p) for p in prompts]  # for the repetition penalty
+        out: list[list[int]] = [[] for _ in range(n)]
+        reasons = ["length"] * n
+        active = np.arange(n)
+        step_ids, step_pos, prefill_s, steps = ids, positions, 0.0, 0
+        while len(active) and steps < config.max_new_tokens:
+            logits, past = self._step(step_ids, mask, step_pos, past)
+            if steps == 0:
+                prefill_s = time.perf_counter() - start
+            steps += 1
+            chosen = self._choose(logits, [history[r] for r in active], config, rng)
+            keep = []
+            for j, (row, token) in enumerate(zip(active, chosen)):
+                token = int(token)
+                if token in self.eos_token_ids:
+                    reasons[row] = "eos"
+                    continue
+                out[row].append(token)
+                history[row].append(token)
+                if stop_check is not None and stop_check(row, out[row]):
+                    reasons[row] = "stop"
+                    continue
+                keep.append(j)
+            if config.time_budget_s is not None and time.perf_counter() - start > config.time_budget_s:
+                for j in keep:
+                    reasons[active[j]] = "time"
+                break
+            keep = np.asarray(keep, dtype=np.int64)
+            last_pos = step_pos[:, -1]
+            active, mask, past = active[keep], mask[keep], [p[keep] for p in past]
+            step_ids = np.asarray([[out[r][-1]] for r in active], dtype=np.int64).reshape(len(active), 1)
+            step_pos = (last_pos[keep] + 1).reshape(-1, 1)
+            mask = np.concatenate([mask, np.ones((len(active), 1), np.int64)], axis=1)
+        return GenerationResult(out, reasons, prefill_s, time.perf_counter() - start, steps)
+
+    def _left_pad(self, prompts: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
+        width = max(len(p) for p in prompts)
+        ids = np.full((len(prompts), width), self.pad_token_id, np.int64)
+        mask = np.zeros((len(prompts), width), np.int64)
+        for i, p in enumerate(prompts):
+            if len(p) == 0:
+                raise ValueError("empty prompt")
+            ids[i, width - len(p) :] = p
+            mask[i, width - len(p) :] = 1
+        return ids, mask
+
+    def _step(self, ids, mask, positions, past):
+        feeds = {"input_ids": ids, "attention_mask": mask, "position_ids": positions}
+        feeds.update(zip(self.past_names, past))
+        logits, *present = self.session.run(self.output_names, feeds)
+        return logits, present
+
+    @staticmethod
+    def _choose(logits: np.ndarray, histories, config: GenerationConfig, rng) -> np.ndarray:
+        logits = logits.astype(np.float32, copy=True)
+        if config.repetition_penalty != 1.0:
+            apply_repetition_penalty(logits, histories, config.repetition_penalty)
+        if not config.do_sample:
+            return logits.argmax(axis=1)
+        return sample(logits, config, rng)
+
+
+def apply_repetition_penalty(logits: np.ndarray, histories, penalty: float) -> None:
+    """CTRL-style penalty (as in transformers): seen tokens' positive logits / penalty, negative ones * penalty."""
+    for row, seen in enumerate(histories):
+        idx = np.unique(np.asarray(seen, dtype=np.int64))
+        vals = logits[row, idx]
+        logits[row, idx] = np.where(vals > 0, vals / penalty, vals * penalty)
+
+
+def sample(logits: np.ndarray, config: GenerationConfig, rng: np.random.Generator) -> np.ndarray:
+    """Temperature, then top-k, then top-p (nucleus) filtering, then one draw per row."""
+    logits = logits / max(config.temperature, 1e-5)
+    if config.top_k and config.top_k < logits.shape[1]:
+        kth = np.partition(logits, -config.top_k, axis=1)[:, -config.top_k][:, None]
+        logits = np.where(logits < kth, -np.inf, logits)
+    probs = _softmax(logits)
+    if config.top_p < 1.0:
+        order = np.argsort(-probs, axis=1)
+        sorted_p = np.take_along_axis(probs, order, axis=1)
+        # keep the smallest prefix whose mass reaches top_p (always at least the top token)
+        drop_sorted = (np.cumsum(sorted_p, axis=1) - sorted_p) >= config.top_p
+        drop = np.zeros_like(drop_sorted)
+        np.put_along_axis(drop, order, drop_sorted, axis=1)
+        probs = np.where(drop, 0.0, probs)
+        probs /= probs.sum(axis=1, keepdims=True)
+    cumulative = probs.cumsum(axis=1)
+    draws = rng.random((len(probs), 1)) * cumulative[:, -1:]
+    return (cumulative < draws).sum(axis=1).clip(max=probs.shape[1] - 1)
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - x.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+# --- chat formatting + tokenizer + registry: the TextGenerator the engine calls ---
+
+CHATML_SYSTEM = "You are a concise e-commerce copywriter."
+
+
+def chatml(user: str, system: str = CHATML_SYSTEM) -> str:
+    """SmolLM2's chat format (ChatML) with the assistant turn opened."""
+    return f"<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n"
+
+
+class OnnxGenerator:
+    """``TextGenerator`` over the registry's ``generator`` model: chat-formats, tokenizes, decodes, detokenizes.
+
+    >>> # gen = OnnxGenerator.from_dir("var/models"); gen.generate(["Write one line about blue jeans."])
+    """
+
+    def __init__(self, handle: ModelHandle, defaults: GenerationConfig = GenerationConfig(max_new_tokens=64)):
+        from tokenizers import Tokenizer
+
+        self.handle = handle
+        self.defaults = defaults
+        self._loaded: LoadedModel | None = None
+        self.tokenizer: Tokenizer
+        self._bind(handle.current)
+
+    @classmethod
+    def from_dir(cls, model_dir: str | Path, name: str = GENERATOR_NAME, options: SessionOptions | None = None, **kw):
+        return cls(ModelHandle(Path(model_dir), name, options, expect_kind="generator"), **kw)
+
+    def _bind(self, loaded: LoadedModel) -> None:
+        from tokenizers import Tokenizer
+
+        cfg = loaded.manifest.config
+        self.tokenizer = Tokenizer.from_file(str(loaded.asset(cfg.get("tokenizer", "tokenizer.json"))))
+        self.system_prompt = cfg.get("system_prompt", CHATML_SYSTEM)
+        self.decoder = KVCacheDecoder(
+            loaded.session, cfg["num_layers"], cfg["num_kv_heads"], cfg["head_dim"],
+            eos_token_ids=cfg.get("eos_token_ids", ()), pad_token_id=cfg.get("pad_token_id", 0),
+        )
+        self._loaded = loaded
+
+    @property
+    def name(self) -> str:
+        return self.handle.name
+
+    @property
+    def version(self) -> str:
+        return self.handle.version
+
+    def refresh(self) -> bool:
+        """Hot-reload a newer version from the model directory."""
+        if self.handle.refresh():
+            self._bind(self.handle.current)
+            return True
+        return False
+
+    def generate(self, prompts: Sequence[str], *, max_new_tokens: int = 64, config: GenerationConfig | None = None,
+                 raw: bool = False) -> list[str]:
+        """Generate one text per prompt. Prompts are wrapped in the chat format unless ``raw``."""
+        return self.generate_detailed(prompts, max_new_tokens=max_new_tokens, config=config, raw=raw).texts
+
+    def generate_detailed(self, prompts: Sequence[str], *, max_new_tokens: int = 64,
+                          config: GenerationConfig | None = None, raw: bool = False) -> GenerationResult:
+        config = replace(config or self.defaults, max_new_tokens=max_new_tokens)
+        texts = [p if raw else chatml(p, self.system_prompt) for p in prompts]
+        ids = [e.ids for e in self.tokenizer.encode_batch(texts, add_special_tokens=False)]
+        stops = config.stop_sequences
+
+        def stop_check(row: int, tokens: list[int]) -> bool:
+            tail = self.tokenizer.decode(tokens[-8:], skip_special_tokens=True)
+            return any(s in tail for s in stops)
+
+        result = self.decoder.generate(ids, config, stop_check if stops else None)
+        result.texts = [self._finish(t, stops) for t in result.tokens]
+        return result
+
+    def _finish(self, tokens: list[int], stops: tuple[str, ...]) -> str:
+        text = self.tokenizer.decode(tokens, skip_special_tokens=True)
+        for s in stops:
+            if s in text:
+                text = text[: text.index(s)]
+        return text.strip()

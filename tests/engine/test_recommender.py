@@ -1,0 +1,113 @@
+import random
+
+import pytest
+from factories import T0, click, purchase
+
+from kairos.engine.config import EngineConfig
+from kairos.engine.partition import PartitionState
+from kairos.engine.recommender import Recommender
+from kairos.engine.state import UserInterest
+from kairos.engine.store import InMemoryStateStore, ServingRecord, newer
+
+
+def _warm(recommender: Recommender, n_users=60, seed=0):
+    """Background shoppers: each sticks to one of 5 categories of 20 items."""
+    rng = random.Random(seed)
+    users = {}
+    for n in range(3000):
+        uid = f"bg{rng.randrange(n_users)}"
+        cat = int(uid[2:]) % 5
+        user = users.setdefault(uid, UserInterest.new(uid, recommender.config))
+        recommender.observe(user, click(user=uid, item=f"c{cat}-i{rng.randrange(20)}", category=f"c{cat}", ts=T0 + n))
+    return users
+
+
+@pytest.fixture
+def recommender():
+    return Recommender(EngineConfig(top_n=10))
+
+
+def test_cold_user_gets_popular_items(recommender):
+    _warm(recommender)
+    recs = recommender.recommend(UserInterest.new("new", recommender.config), now=T0 + 4000)
+    assert len(recs) == 10
+    assert all({"trending", "popular"} & {r.split(":")[0] for r in item.reasons} for item in recs)
+
+
+def test_favourite_category_ranks_up(recommender):
+    _warm(recommender)
+    user = UserInterest.new("fan", recommender.config)
+    for n in range(6):
+        recommender.observe(user, click(user="fan", item=f"c3-i{n}", category="c3", action="add_to_cart", ts=T0 + 4000 + n))
+    recs = recommender.recommend(user, now=T0 + 4010)
+    top5 = [item.item_id for item in recs[:5]]
+    assert sum(item.startswith("c3-") for item in top5) >= 4, top5
+
+
+def test_purchased_items_are_excluded(recommender):
+    _warm(recommender)
+    user = UserInterest.new("buyer", recommender.config)
+    recommender.observe(user, click(user="buyer", item="c2-i0", category="c2", ts=T0 + 4000))
+    before = [item.item_id for item in recommender.recommend(user, now=T0 + 4001)]
+    bought = before[:3]
+    recommender.observe(user, purchase(user="buyer", items=[(i, "c2", 5.0) for i in bought], ts=T0 + 4002))
+    after = [item.item_id for item in recommender.recommend(user, now=T0 + 4003)]
+    assert not set(bought) & set(after)
+
+
+def test_online_ranker_learns_from_the_stream(recommender):
+    _warm(recommender)
+    assert recommender.online.examples > 100
+    assert "river" in recommender.model_version
+
+
+def test_broken_ranker_falls_back():
+    class Broken:
+        name, version = "broken", "0"
+
+        def score(self, features):
+            raise RuntimeError("model file corrupt")
+
+    recommender = Recommender(EngineConfig(), ranker=Broken())
+    _warm(recommender)
+    recs = recommender.recommend(UserInterest.new("x", recommender.config), now=T0 + 4000)
+    assert recs and recommender.ranker_failures == 1
+
+
+def test_partition_state_expires_idle_users_and_round_trips():
+    cfg = EngineConfig(idle_expiry_s=100.0)
+    state = PartitionState(0, cfg, Recommender(cfg))
+    for n, uid in enumerate(["a", "b", "c"]):
+        state.recommender.observe(state.user(uid), click(user=uid, item="i", ts=T0 + n * 100))
+        state.mark_dirty(uid)
+    assert state.expire_idle(now=T0 + 250) == 2  # a (idle 250 s) and b (150 s); c is 50 s idle
+    assert list(state.users) == ["c"] and set(state.deleted) == {"a", "b"}
+    state.offsets = {"t": 42}
+    commit = state.build_commit(with_global_checkpoint=True)
+    assert set(commit.users) == {"c"} and set(commit.deleted) == {"a", "b"}
+
+    import asyncio
+
+    store = InMemoryStateStore()
+    asyncio.run(store.commit(commit))
+    state.committed(commit)
+    assert not state.has_pending
+    snapshot = asyncio.run(store.load(0))
+    restored = PartitionState.restore(0, cfg, snapshot, lambda: Recommender(cfg))
+    assert list(restored.users) == ["c"] and restored.offsets == {"t": 42} and restored.global_offsets == {"t": 42}
+    assert restored.recommender.model.events == state.recommender.model.events
+
+
+def test_serving_rule_newer_event_wins():
+    store = InMemoryStateStore()
+    import asyncio
+    from kairos.engine.store import Commit
+
+    def serve(ts, seq, payload):
+        asyncio.run(store.commit(Commit(0, {}, [], {}, [ServingRecord("u", ts, seq, payload)])))
+
+    serve(10.0, 2, b"new")
+    serve(9.0, 5, b"older event")
+    serve(10.0, 1, b"same time, older state")
+    assert store.serving["u"][2] == b"new"
+    assert newer((10.0, 2), (10.0, 3))
