@@ -218,6 +218,7 @@ class KairosAPI:
             trending = await self._trending_items()
             if trending is None:
                 metrics.API_ANSWERS.labels("none").inc()
+                log.info("no answer for %s: Redis away, nothing cached", self.pseudonym(user_id))
                 raise HTTPError(503, "serving store unavailable and no recent answer for this user", retry_after_s=1)
             source = "trending"
             body = _trending_answer(user_id, slot, n, trending)

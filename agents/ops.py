@@ -119,6 +119,10 @@ def worker_command(args) -> int:
     settings = load_settings()
     logging.basicConfig(level=settings.log_level, stream=sys.stderr)
     install_log_redaction(settings)
+    if args.metrics_port:
+        from prometheus_client import start_http_server
+
+        start_http_server(args.metrics_port)
 
     async def main() -> dict:
         stop = asyncio.Event()
@@ -610,7 +614,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m kairos.agents.ops")
     top = parser.add_subparsers(dest="command", required=True)
     register({}, top)
-    top.add_parser("worker", help="one ingest worker from KAIROS_* (fault tests)").set_defaults(func=worker_command)
+    p = top.add_parser("worker", help="one ingest worker from KAIROS_* (fault tests, docker-compose)")
+    p.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus /metrics on this port")
+    p.set_defaults(func=worker_command)
     p = top.add_parser("serve-api")
     p.add_argument("--port", type=int, required=True)
     p.set_defaults(func=serve_api_command)

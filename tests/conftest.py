@@ -7,6 +7,7 @@ of the session. A fixture that cannot start its server fails with the server's l
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import struct
 import subprocess
@@ -144,3 +145,4 @@ def redis_server() -> Iterator[str]:
         yield f"redis://127.0.0.1:{port}/0"
     finally:
         server.stop()
+        shutil.rmtree(workdir, ignore_errors=True)

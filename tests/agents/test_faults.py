@@ -133,11 +133,15 @@ async def test_worker_killed_mid_stream_loses_nothing_and_counts_nothing_twice(m
     await apoll_until(some_progress, 20, "the first worker to commit some progress")
     assert not producing.done(), "the kill must happen while events are still arriving"
     first.kill()
+    killed_at = time.monotonic()
     second = spawn_worker(settings, "second")
     second.wait_ready()
     await producing
     await apoll_until(lambda: caught_up(store, stream), 60, "the restarted worker to catch up")
     await check_states(store, stream, 2)
+    print(f"kill/restart: {stream.produced} events ({stream.records} records with duplicates), "
+          f"{len(stream.expected)} users, {sum(p for _, p in stream.expected.values())} purchases; "
+          f"caught up {time.monotonic() - killed_at:.1f}s after SIGKILL")
     await producer.stop()
     await store.close()
     assert stream.records > stream.produced, "duplicates were produced"
@@ -161,10 +165,14 @@ async def test_two_workers_share_partitions_and_one_takes_over(make_settings, re
     await apoll_until(lambda: caught_up(store, stream), 30, "both workers to process the first events")
     a_had = a.owned()
     a.kill()
+    killed_at = time.monotonic()
     await stream.produce(producer, 1000)
     await asyncio.to_thread(poll_until, lambda: b.owned() == [0, 1, 2, 3], 40, "b to take over a's partitions")
+    took_over = time.monotonic() - killed_at
     await apoll_until(lambda: caught_up(store, stream), 40, "b to catch up on a's partitions")
     await check_states(store, stream, 4)
+    print(f"failover: a owned {a_had}, b owned {b.owned()} {took_over:.1f}s after SIGKILL of a, caught up "
+          f"{time.monotonic() - killed_at:.1f}s after; {stream.produced} events, {len(stream.expected)} users")
     await producer.stop()
     await store.close()
     assert 0 < len(a_had) < 4
@@ -228,13 +236,17 @@ async def test_redis_away_worker_keeps_consuming_marks_stale_and_catches_up(make
         assert metrics.SERVING_STALE._value.get() == 1 and not worker.redis_healthy
         assert task.done() is False
 
+        consumed_while_away = worker.stats["events"]
         redis.start()
+        back_at = time.monotonic()
 
         async def fresh_again() -> bool:
             return metrics.SERVING_STALE._value.get() == 0 and await caught_up(store, stream)
 
         await apoll_until(fresh_again, 30, "writes to resume and catch up after Redis returned")
         await check_states(store, stream, 2)
+        print(f"redis away: {consumed_while_away} records consumed in total while Redis was down "
+              f"({stream.records} produced); stale flag cleared and caught up {time.monotonic() - back_at:.1f}s after restart")
         user, (events, _) = max(stream.expected.items(), key=lambda kv: kv[1][0])
         served = await store.serving_record(user)
         assert served is not None and served["rec"]["state_version"] == events

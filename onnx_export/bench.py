@@ -1,0 +1,172 @@
+"""Latency and throughput benchmarks: onnxruntime (fp32, int8) vs torch eager. Each prints one JSON object last."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+
+def _percentiles(fn: Callable[[], object], iterations: int, warmup: int = 3) -> tuple[float, float]:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(iterations):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1000.0)
+    return float(np.percentile(times, 50)), float(np.percentile(times, 99))
+
+
+def machine() -> dict:
+    import onnxruntime as ort
+
+    from kairos.models.session import gpu_present
+
+    return {"machine": platform.machine(), "cpus": os.cpu_count(), "python": platform.python_version(),
+            "onnxruntime": ort.__version__, "gpu_present": gpu_present()}
+
+
+def bench_ranker(threads: int = 2, batches=(1, 32, 256, 1024), device: str = "cpu", say=print) -> dict:
+    """p50/p99 ms per batch size: ORT fp32, ORT int8 and torch eager on the production architecture.
+
+    Latency does not depend on the trained weights, so a freshly initialised network of the served architecture is
+    exported here; that keeps the benchmark runnable before ``kairos models build``.
+    """
+    import torch
+
+    from kairos.models.session import SessionOptions, create_session
+    from kairos.onnx_export.ranker_export import export_ranker, quantize_int8
+    from kairos.onnx_export.ranker_model import DeepFMCrossRanker, example_inputs
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    model = DeepFMCrossRanker().eval()
+    result: dict = {"benchmark": "ranker", "threads": threads, **machine()}
+    with tempfile.TemporaryDirectory() as tmp:
+        fp32 = export_ranker(model, Path(tmp) / "r.onnx")
+        int8 = quantize_int8(fp32, Path(tmp) / "r8.onnx")
+        opts = SessionOptions(device=device, intra_op_threads=threads)
+        sessions = {"onnx": create_session(fp32, opts), "onnx_int8": create_session(int8, opts)}
+        result["provider"] = sessions["onnx"].get_providers()[0]
+        torch_device = "cuda" if device == "cuda" else "cpu"
+        model = model.to(torch_device)
+        for b in batches:
+            inputs = example_inputs(b, seed=b)
+            feeds = {k: v.numpy() for k, v in inputs.items()}
+            on_device = {k: v.to(torch_device) for k, v in inputs.items()}
+            iters = 200 if b <= 32 else (100 if b <= 256 else 40)
+            for name, sess in sessions.items():
+                p50, p99 = _percentiles(lambda s=sess: s.run(None, feeds), iters)
+                result[f"{name}_p50_ms_b{b}"], result[f"{name}_p99_ms_b{b}"] = round(p50, 4), round(p99, 4)
+
+            def torch_call():
+                with torch.inference_mode():
+                    out = model(**on_device)
+                if torch_device == "cuda":
+                    torch.cuda.synchronize()
+                return out
+
+            p50, p99 = _percentiles(torch_call, iters)
+            result[f"torch_p50_ms_b{b}"], result[f"torch_p99_ms_b{b}"] = round(p50, 4), round(p99, 4)
+            say(f"b{b}: onnx p50 {result[f'onnx_p50_ms_b{b}']:.3f} ms, int8 {result[f'onnx_int8_p50_ms_b{b}']:.3f} ms, "
+                f"torch {result[f'torch_p50_ms_b{b}']:.3f} ms")
+    return result
+
+
+BENCH_PROMPTS = [
+    "Write a short product description for this shopper.\nProduct: Roadster Men Blue Slim Fit Jeans\nBrand: Roadster"
+    "\nColour: Blue\nPrice: 1299 INR\nShopper interests: denim, casual",
+    "根据商品属性写一段广告文案。\n属性：类型#上衣*颜色#白色*风格#休闲\n顾客偏好：白色、休闲",
+    "Summarize in one line:\nLove this dress! It's so pretty and the length is perfect, hits just below the knee.",
+    "Write a one-sentence ad for this shopper.\nProduct: Linen Shirt\nBrand: Mango\nColour: White\nShopper interests: summer",
+]
+
+
+def bench_generator(model_dir: Path, new_tokens: int = 32, threads: int = 2, batches=(1, 16), say=print,
+                    cache_dir: Path | None = None, variants=("generator", "generator_int8")) -> dict:
+    """Tokens/s and first-token ms, greedy, exactly ``new_tokens`` per row: ORT (KV-cache loop) vs torch eager
+    ``generate`` on the same architecture (SmolLM2-135M weights from the GGUF)."""
+    import torch
+
+    from kairos.models.generator import GenerationConfig, KVCacheDecoder, chatml
+    from kairos.models.registry import load_model
+    from kairos.models.session import SessionOptions
+    from kairos.onnx_export import generator_train as gt
+
+    torch.set_num_threads(threads)
+    result: dict = {"benchmark": "generator", "threads": threads, "new_tokens": new_tokens, **machine()}
+    prompts = [chatml(p) for p in BENCH_PROMPTS]
+    from tokenizers import Tokenizer
+
+    pad_id = None
+
+    for variant in variants:
+        try:
+            loaded = load_model(model_dir, variant, options=SessionOptions(device="auto", intra_op_threads=threads))
+        except Exception as exc:  # noqa: BLE001 - an absent variant is reported, not fatal
+            say(f"{variant}: not available ({exc.__class__.__name__})")
+            continue
+        cfg = loaded.manifest.config
+        tokenizer = Tokenizer.from_file(str(loaded.asset(cfg["tokenizer"])))
+        ids = [e.ids for e in tokenizer.encode_batch(prompts, add_special_tokens=False)]
+        decoder = KVCacheDecoder(loaded.session, cfg["num_layers"], cfg["num_kv_heads"], cfg["head_dim"],
+                                 eos_token_ids=(), pad_token_id=cfg["pad_token_id"])
+        key = "ort" if variant == "generator" else "ort_int8"
+        result[f"{key}_provider"] = loaded.provider
+        decoder.generate(ids[:1], GenerationConfig(max_new_tokens=2))  # warm-up
+        for b in batches:
+            batch = [ids[i % len(ids)] for i in range(b)]
+            start = time.perf_counter()
+            r = decoder.generate(batch, GenerationConfig(max_new_tokens=new_tokens))
+            elapsed = time.perf_counter() - start
+            result[f"{key}_tokens_per_s_b{b}"] = round(b * new_tokens / elapsed, 2)
+            result[f"{key}_first_token_ms_b{b}"] = round(r.prefill_s * 1000, 1)
+            say(f"{variant} b{b}: {result[f'{key}_tokens_per_s_b{b}']} tokens/s, first token {result[f'{key}_first_token_ms_b{b}']} ms")
+        pad_id = cfg["pad_token_id"]
+    if pad_id is None:
+        raise SystemExit(f"no generator model in {model_dir}: run `kairos models build` first")
+    model, _ = gt.load_smollm2(gt.ensure_smollm2(cache_dir or model_dir / "_cache"))
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = model.to(device)
+    result["torch_device"] = device
+    hf_ids = [e.ids for e in Tokenizer.from_file(str(_any_tokenizer(model_dir))).encode_batch(prompts, add_special_tokens=False)]
+    for b in batches:
+        batch = [hf_ids[i % len(hf_ids)] for i in range(b)]
+        width = max(len(x) for x in batch)
+        inp = torch.tensor([[pad_id] * (width - len(x)) + x for x in batch], device=device)
+        mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in batch], device=device)
+        with torch.inference_mode():
+            model.generate(inp[:1], attention_mask=mask[:1], max_new_tokens=2, do_sample=False, pad_token_id=pad_id)
+            start = time.perf_counter()
+            model(input_ids=inp, attention_mask=mask)
+            first = time.perf_counter() - start
+            start = time.perf_counter()
+            model.generate(inp, attention_mask=mask, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+                           do_sample=False, pad_token_id=pad_id)
+            elapsed = time.perf_counter() - start
+        result[f"torch_tokens_per_s_b{b}"] = round(b * new_tokens / elapsed, 2)
+        result[f"torch_first_token_ms_b{b}"] = round(first * 1000, 1)
+        say(f"torch b{b}: {result[f'torch_tokens_per_s_b{b}']} tokens/s, first token {result[f'torch_first_token_ms_b{b}']} ms")
+    for key in ("ort", "ort_int8"):
+        if f"{key}_tokens_per_s_b16" in result and "torch_tokens_per_s_b16" in result:
+            name = "speedup_b16" if key == "ort" else "speedup_int8_b16"
+            result[name] = round(result[f"{key}_tokens_per_s_b16"] / result["torch_tokens_per_s_b16"], 2)
+    return result
+
+
+def _any_tokenizer(model_dir: Path) -> Path:
+    from kairos.models.registry import resolve_version
+
+    version = resolve_version(model_dir, "generator")
+    return Path(model_dir) / "generator" / version / "tokenizer.json"
+
+
+def print_json_last(result: dict) -> None:
+    print(json.dumps(result, ensure_ascii=False, sort_keys=False), flush=True)
