@@ -120,19 +120,19 @@ class BatchPipeline:
         self._apply_event(state, record, event, result, touched)
 
     def _apply_event(self, state: PartitionState, record: InputRecord, event, result: BatchResult, touched) -> None:
-        recommender = state.recommender
+        selector = state.selector
         user_checkpoint = state.replay_until.get(record.topic, 0)
         if record.offset < user_checkpoint:
             # Replaying after a restart: the user states already contain this event, the global model may not.
             if record.offset >= state.global_offsets.get(record.topic, 0):
-                recommender.observe_global_only(state.user(event.user_id), event)
+                selector.observe_global_only(state.user(event.user_id), event)
             return
         user = state.user(event.user_id)
         if user.has_applied(event.event_id):
             result.duplicates += 1
             metrics.EVENTS_DUPLICATE.inc()
             return
-        recommender.observe(user, event)
+        selector.observe(user, event)
         state.mark_dirty(user.user_id)
         result.applied += 1
         metrics.EVENTS_APPLIED.labels(event.kind).inc()
@@ -145,24 +145,17 @@ class BatchPipeline:
 
     def _recommend(self, state: PartitionState, user_id: str, origin: _Touched, result: BatchResult) -> None:
         user = state.users[user_id]
-        recommender = state.recommender
-        items = recommender.recommend(user, now=origin.event_ts, n=self.top_n)
-        timings = recommender.last_timings
-        if timings is not None:
-            metrics.STEP_LATENCY.labels("retrieval").observe(timings.retrieve)
-            metrics.STEP_LATENCY.labels("features").observe(timings.features)
-            metrics.STEP_LATENCY.labels("rank").observe(timings.rank)
-            metrics.STEP_LATENCY.labels("rules").observe(timings.rules)
-        catalog = recommender.model.catalog
+        selector = state.selector
+        selection = selector.select(user, now=origin.event_ts, n=self.top_n)
+        _observe_timings(selector)
+        catalog = selector.model.catalog
         payload = orjson.dumps(
             {
                 "schema_version": 1,
-                "rec_id": f"{user_id}.{user.version}",
+                "rec_id": selection.rec_id,
                 "user_id": user_id,
-                "items": [
-                    _ranked_item(rank, item, catalog.get(item.item_id)) for rank, item in enumerate(items, start=1)
-                ],
-                "model_version": recommender.model_version,
+                "items": [_ranked_item(rank, item, catalog.get(item.item_id)) for rank, item in enumerate(selection.items, 1)],
+                "model_version": selector.model_version,
                 "state_version": user.version,
                 "source": {
                     "topic": origin.topic,
@@ -210,8 +203,24 @@ class BatchPipeline:
         metrics.EVENTS_REKEYED.inc()
 
 
+def _observe_timings(selector) -> None:
+    timings = selector.last_timings
+    if timings is not None:
+        metrics.STEP_LATENCY.labels("retrieval").observe(timings.retrieve)
+        metrics.STEP_LATENCY.labels("features").observe(timings.features)
+        metrics.STEP_LATENCY.labels("rank").observe(timings.rank)
+        metrics.STEP_LATENCY.labels("correction").observe(selector.correction_s)
+        metrics.STEP_LATENCY.labels("rules").observe(timings.rules)
+
+
 def _ranked_item(rank: int, item, info) -> dict:
-    out = {"item_id": item.item_id, "score": round(item.score, 6), "rank": rank, "reasons": list(item.reasons[:8])}
+    out = {
+        "item_id": item.item_id,
+        "score": round(item.score, 6),
+        "rank": rank,
+        "reasons": list(item.reasons[:8]),
+        "propensity": round(item.propensity, 6),
+    }
     if info is not None and info.name:
         out["name"] = info.name
     return out

@@ -25,7 +25,7 @@ from kairos.agents.settings import Settings
 from kairos.engine import metrics
 from kairos.engine.config import EngineConfig
 from kairos.engine.partition import PartitionState
-from kairos.engine.recommender import Recommender
+from kairos.engine.selection import Selector
 from kairos.engine.store import StateStore
 
 log = logging.getLogger(__name__)
@@ -51,14 +51,14 @@ class IngestWorker:
         settings: Settings,
         bootstrap: str,
         store: StateStore,
-        make_recommender: Callable[[EngineConfig], Recommender] | None = None,
+        make_selector: Callable[[EngineConfig], Selector] | None = None,
         on_batch: Callable[["IngestWorker", int], None] | None = None,
     ) -> None:
         self.settings = settings
         self.bootstrap = bootstrap
         self.store = store
         self.config = settings.engine_config()
-        self.make_recommender = make_recommender or (lambda config: Recommender(config))
+        self.make_selector = make_selector or (lambda config: Selector(config))
         self.on_batch = on_batch
         self.partitions: dict[int, PartitionState] = {}
         self.n_partitions = settings.partitions
@@ -112,7 +112,7 @@ class IngestWorker:
         assert self.consumer is not None
         for partition in sorted({tp.partition for tp in assigned} - set(self.partitions)):
             snapshot = await self.store.load(partition)
-            state = PartitionState.restore(partition, self.config, snapshot, lambda: self.make_recommender(self.config))
+            state = PartitionState.restore(partition, self.config, snapshot, lambda: self.make_selector(self.config))
             self.partitions[partition] = state
             self._last_checkpoint[partition] = time.monotonic()
         resume = {p: self.partitions[p].resume_offsets() for p in self.partitions}

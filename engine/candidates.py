@@ -1,6 +1,7 @@
 """Candidate retrieval: several named sources, merged and deduplicated, each candidate remembering why it came.
 
 Sources (in the order they fill the pool):
+``recently_engaged`` the last few items the user interacted with (and did not buy): shoppers come back to them;
 ``co_visit``   neighbours of the user's recent items in the co-occurrence graph;
 ``category``   popular items of the user's strongest categories;
 ``trending``   items rising now (short half-life popularity);
@@ -49,6 +50,7 @@ def retrieve_candidates(
     extra_sources: Iterable[tuple[str, CandidateSource]] = (),
 ) -> CandidatePool:
     pool = CandidatePool()
+    _add_ranked(pool, "recently_engaged", list(reversed(user.recent))[:5], 5, excluded)
     _add_co_visits(pool, user, model, limit // 2, excluded)
     _add_category_items(pool, user, model, now, limit // 4, excluded)
     for name, source in extra_sources:
@@ -66,7 +68,7 @@ def _add_co_visits(pool: CandidatePool, user: UserInterest, model: GlobalModel, 
     recent = list(user.recent)[-model.config.cooccurrence_window :]
     for anchor in reversed(recent):  # the latest item's neighbours first
         for item, weight in model.neighbours_of(anchor, n):
-            if item in excluded or item in recent:
+            if item in excluded or item == anchor:
                 continue
             pool.co_visit[item] = pool.co_visit.get(item, 0.0) + weight
             pool.add(item, f"co_visit:{anchor}")

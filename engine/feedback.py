@@ -287,8 +287,11 @@ class FeedbackCorrector:
 
     def __init__(self, optimizer: optim.base.Optimizer | None = None,
                  similarity: Callable[[str], Sequence[str]] | None = None, neighbour_share: float = 0.5,
-                 max_shift: float = 4.0) -> None:
+                 max_shift: float = 4.0, calibration_share: float = 1.0) -> None:
         self._optimizer = optimizer or optim.SGD(0.1)
+        # The scale's gradient is g x logit: with a fast per-item rate and logits far from 0 it would diverge,
+        # so the global calibration weights can learn at a fraction of the optimizer's rate.
+        self.calibration_share = calibration_share
         self._loss = optim.losses.Log()
         self._weights: dict[str, float] = {"scale": 1.0, "bias": 0.0}
         self.similarity = similarity
@@ -307,7 +310,8 @@ class FeedbackCorrector:
             return
         raw = self.correct([example.item_id], example.segment, [example.logit])[0]
         g = self._loss.gradient(example.label, raw) * example.weight
-        grad = {"scale": g * example.logit, "bias": g}
+        share = self.calibration_share
+        grad = {"scale": g * example.logit * share, "bias": g * share}
         for key in _keys(example.item_id, example.segment):
             grad[key] = g
         for neighbour in self._neighbours(example.item_id):
@@ -317,8 +321,12 @@ class FeedbackCorrector:
         self._optimizer.step(self._weights, grad)
 
     def _shift(self, item_id: str, segment: str) -> float:
-        shift = sum(self._weights.get(key, 0.0) for key in _keys(item_id, segment))
-        return float(np.clip(shift, -self.max_shift, self.max_shift))
+        # The item-level part is clipped on its own: the segment weight is shared by every item of the segment, and
+        # clipping the sum would erase the differences between items once the segment weight is large.
+        item_key, segment_key, pair_key = _keys(item_id, segment)
+        w = self._weights
+        item_shift = float(np.clip(w.get(item_key, 0.0) + w.get(pair_key, 0.0), -self.max_shift, self.max_shift))
+        return item_shift + float(np.clip(w.get(segment_key, 0.0), -self.max_shift, self.max_shift))
 
     def _neighbours(self, item_id: str) -> list[str]:
         if self.similarity is None:

@@ -14,16 +14,16 @@ import orjson
 
 from kairos.engine.config import EngineConfig
 from kairos.engine.global_model import GlobalModel
-from kairos.engine.recommender import Recommender
+from kairos.engine.selection import Selector
 from kairos.engine.state import UserInterest
 from kairos.engine.store import Commit, PartitionSnapshot, ServingRecord
 
 
 class PartitionState:
-    def __init__(self, partition: int, config: EngineConfig, recommender: Recommender) -> None:
+    def __init__(self, partition: int, config: EngineConfig, selector: Selector) -> None:
         self.partition = partition
         self.config = config
-        self.recommender = recommender
+        self.selector = selector
         self.users: OrderedDict[str, UserInterest] = OrderedDict()
         #: Next offset to read per input topic; these offsets are what the user states reflect.
         self.offsets: dict[str, int] = {}
@@ -91,17 +91,21 @@ class PartitionState:
         return bool(self.dirty or self.deleted or self.pending_serving)
 
     def global_blob(self) -> bytes:
-        return orjson.dumps({"model": self.recommender.model.to_state(), "ranker": self.recommender.online.to_state()})
+        selector = self.selector
+        return orjson.dumps(
+            {"model": selector.model.to_state(), "ranker": selector.online.to_state(), "selection": selector.to_state()}
+        )
 
     @classmethod
     def restore(
-        cls, partition: int, config: EngineConfig, snapshot: PartitionSnapshot, make_recommender: Callable[[], Recommender]
+        cls, partition: int, config: EngineConfig, snapshot: PartitionSnapshot, make_selector: Callable[[], Selector]
     ) -> "PartitionState":
-        state = cls(partition, config, make_recommender())
+        state = cls(partition, config, make_selector())
         if snapshot.global_blob:
             data = orjson.loads(snapshot.global_blob)
-            state.recommender.model = GlobalModel.from_state(data["model"], config)
-            state.recommender.online.load_state(data["ranker"])
+            state.selector.recommender.model = GlobalModel.from_state(data["model"], config)
+            state.selector.online.load_state(data["ranker"])
+            state.selector.load_state(data["selection"])
         loaded = [UserInterest.from_state(uid, orjson.loads(blob), config) for uid, blob in snapshot.users.items()]
         for user in sorted(loaded, key=lambda u: u.last_ts):  # LRU order = activity order
             state.users[user.user_id] = user

@@ -16,12 +16,12 @@ from river import linear_model, optim
 from kairos.schemas.features import RANKER_DENSE_DIM, RANKER_DENSE_FEATURES
 
 #: Hand-set weights over the dense features: affinity to the category and co-visits dominate, popularity breaks
-#: ties, items seen in the last few steps are pushed down a little (the shopper has already looked at them).
+#: ties, items engaged with in the last few steps get a small lift (shoppers return to what they considered).
 _HEURISTIC_WEIGHTS = dict(
     category_affinity_share=2.0,
     category_affinity_log=0.4,
     item_affinity_log=0.3,
-    item_in_recent=-0.5,
+    item_in_recent=0.2,
     cooccurrence_score=2.5,
     item_popularity_log=0.35,
     category_popularity_log=0.05,

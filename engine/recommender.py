@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -37,8 +38,7 @@ class ScoredItem:
     reasons: tuple[str, ...]
 
 
-@dataclass(frozen=True, slots=True)
-class StepTimings:
+class StepTimings(NamedTuple):
     """Seconds spent per step for one recommendation (fed to the latency histograms)."""
 
     retrieve: float
@@ -115,21 +115,29 @@ class Recommender:
     # --- read path ---
 
     def recommend(self, user: UserInterest, now: float, n: int | None = None) -> list[ScoredItem]:
+        """Top ``n`` by ranker score (no exploration, no feedback correction: see ``kairos.engine.selection``)."""
         n = n or self.config.top_n
+        pool, scores = self.score_candidates(user, now)
+        t0 = time.perf_counter()
+        chosen = _top_n(pool, scores, n) if pool.items else []
+        if self.last_timings is not None:
+            self.last_timings = StepTimings(*self.last_timings[:3], time.perf_counter() - t0)
+        return chosen
+
+    def score_candidates(self, user: UserInterest, now: float) -> tuple[CandidatePool, np.ndarray]:
+        """Retrieve candidates (purchased items already excluded) and score them with the ranker."""
         t0 = time.perf_counter()
         excluded = user.excluded_items(now)
         pool = retrieve_candidates(user, self.model, now, self.config.max_candidates, excluded, self.extra_sources)
         t1 = time.perf_counter()
         if not pool.items:
             self.last_timings = StepTimings(t1 - t0, 0.0, 0.0, 0.0)
-            return []
+            return pool, np.zeros(0, dtype=np.float32)
         features = build_ranker_features(user, self.model, pool.items, now, pool.co_visit, None, self.text_similarity)
         t2 = time.perf_counter()
         scores = self._score(features)
-        t3 = time.perf_counter()
-        chosen = _top_n(pool, scores, n)
-        self.last_timings = StepTimings(t1 - t0, t2 - t1, t3 - t2, time.perf_counter() - t3)
-        return chosen
+        self.last_timings = StepTimings(t1 - t0, t2 - t1, time.perf_counter() - t2, 0.0)
+        return pool, scores
 
     @property
     def model_version(self) -> str:

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from kairos.agents.embedded import EmbeddedProcess, start_kafka, start_redis
+from kairos.agents.embedded import start_kafka, start_redis
 from kairos.agents.settings import Settings
 
 from agents_helpers import WorkerProcess
@@ -44,14 +44,6 @@ def redis_url(request, tmp_path_factory) -> Iterator[str]:
         return
     proc = start_redis(tmp_path_factory.mktemp("redis"))
     yield proc.address
-    proc.stop()
-
-
-@pytest.fixture
-def fresh_redis(tmp_path) -> Iterator[EmbeddedProcess]:
-    """A redis-server of this test's own, which the test may stop and restart on the same port."""
-    proc = start_redis(tmp_path)
-    yield proc
     proc.stop()
 
 

@@ -170,11 +170,12 @@ def test_position_weight_scales_the_update():
 
 
 def test_shift_is_clipped():
+    """The item part (item + item x segment) and the shared segment part are each clipped to +-max_shift."""
     corrector = FeedbackCorrector(max_shift=1.0)
     for _ in range(200):
         corrector.learn(example("x", 1, weight=10.0))
     bias = corrector._weights["bias"]
-    assert corrector.correct(["x"], "all", [0.0])[0] == pytest.approx(bias + 1.0)
+    assert corrector.correct(["x"], "all", [0.0])[0] == pytest.approx(bias + 1.0 + 1.0)
 
 
 def test_end_to_end_join_then_learn():

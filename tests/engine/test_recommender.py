@@ -6,6 +6,7 @@ from factories import T0, click, purchase
 from kairos.engine.config import EngineConfig
 from kairos.engine.partition import PartitionState
 from kairos.engine.recommender import Recommender
+from kairos.engine.selection import Selector
 from kairos.engine.state import UserInterest
 from kairos.engine.store import InMemoryStateStore, ServingRecord, newer
 
@@ -76,9 +77,9 @@ def test_broken_ranker_falls_back():
 
 def test_partition_state_expires_idle_users_and_round_trips():
     cfg = EngineConfig(idle_expiry_s=100.0)
-    state = PartitionState(0, cfg, Recommender(cfg))
+    state = PartitionState(0, cfg, Selector(cfg))
     for n, uid in enumerate(["a", "b", "c"]):
-        state.recommender.observe(state.user(uid), click(user=uid, item="i", ts=T0 + n * 100))
+        state.selector.observe(state.user(uid), click(user=uid, item="i", ts=T0 + n * 100))
         state.mark_dirty(uid)
     assert state.expire_idle(now=T0 + 250) == 2  # a (idle 250 s) and b (150 s); c is 50 s idle
     assert list(state.users) == ["c"] and set(state.deleted) == {"a", "b"}
@@ -93,9 +94,9 @@ def test_partition_state_expires_idle_users_and_round_trips():
     state.committed(commit)
     assert not state.has_pending
     snapshot = asyncio.run(store.load(0))
-    restored = PartitionState.restore(0, cfg, snapshot, lambda: Recommender(cfg))
+    restored = PartitionState.restore(0, cfg, snapshot, lambda: Selector(cfg))
     assert list(restored.users) == ["c"] and restored.offsets == {"t": 42} and restored.global_offsets == {"t": 42}
-    assert restored.recommender.model.events == state.recommender.model.events
+    assert restored.selector.model.events == state.selector.model.events
 
 
 def test_serving_rule_newer_event_wins():
