@@ -20,7 +20,7 @@ from aiokafka.partitioner import murmur2
 from kairos.engine import metrics
 from kairos.engine.partition import PartitionState
 from kairos.engine.store import ServingRecord
-from kairos.schemas.codec import InvalidEvent, decode_event
+from kairos.schemas.codec import InvalidEvent, decode_ad_request, decode_event
 from kairos.schemas.events import ImpressionEvent
 from kairos.schemas.topics import Topics
 
@@ -58,6 +58,7 @@ class BatchResult:
     dead_letters: int = 0
     rekeyed: int = 0
     duplicates: int = 0
+    ad_decisions: int = 0
 
 
 def _kinds_by_topic(topics: Topics) -> dict[str, frozenset[str] | None]:
@@ -66,6 +67,7 @@ def _kinds_by_topic(topics: Topics) -> dict[str, frozenset[str] | None]:
         topics.purchases: frozenset({"purchase"}),
         topics.impressions: frozenset({"impression"}),
         topics.rekeyed: None,
+        topics.ad_requests: None,
     }
 
 
@@ -108,6 +110,9 @@ class BatchPipeline:
             return  # partition revoked while the batch was in flight; its new owner will read it
         result.touched_partitions.add(record.partition)
         state.offsets[record.topic] = record.offset + 1
+        if record.topic == self.topics.ad_requests:
+            self._decide_ad(state, record, result)
+            return
         try:
             event = decode_event(record.value, expected_kinds=self._kinds.get(record.topic))
         except InvalidEvent as exc:
@@ -173,6 +178,32 @@ class BatchPipeline:
         # order across topics), then by state version.
         state.pending_serving[user_id] = ServingRecord(user_id, user.last_ts, user.version, payload)
         result.source_times_ms.append(origin.first_timestamp_ms)
+
+    def _decide_ad(self, state: PartitionState, record: InputRecord, result: BatchResult) -> None:
+        """Ad requests are answered at once (no coalescing: every request needs its own creative). A request not
+        keyed to its user's partition is still answered, as for an unknown user."""
+        try:
+            request = decode_ad_request(record.value)
+        except InvalidEvent as exc:
+            self._dead_letter(record, exc.error_class, exc.reason, result)
+            return
+        if record.offset < state.replay_until.get(record.topic, 0):
+            return  # answered before the restart
+        t0 = time.perf_counter()
+        decision = state.selector.decide_ad(request.request_id, state.users.get(request.user_id), request.ts)
+        metrics.STEP_LATENCY.labels("auction").observe(time.perf_counter() - t0)
+        if decision is None:
+            return
+        scored = {
+            "schema_version": 1, "request_id": decision.request_id, "user_id": request.user_id,
+            "creative_id": decision.creative_id, "campaign_id": decision.campaign_id, "variant_id": decision.variant_id,
+            "pctr": round(decision.pctr, 6), "bid": decision.bid, "expected_value": round(decision.expected_value, 6),
+            "clearing_price": round(min(decision.clearing_price, decision.bid), 6), "reserve": decision.reserve,
+            "won": decision.won, "propensity": round(decision.propensity, 6), "reasons": list(decision.reasons),
+            "produced_at": self.clock(),
+        }  # fmt: skip
+        result.outputs.append(OutputRecord(self.topics.ad_scores, request.user_id.encode(), orjson.dumps(scored)))
+        result.ad_decisions += 1
 
     def _dead_letter(self, record: InputRecord, error_class: str, reason: str, result: BatchResult) -> None:
         letter = {

@@ -51,7 +51,8 @@ class Settings(BaseSettings):
     user_idle_expiry_days: float = Field(default=30.0, gt=0)
     serving_ttl_s: int = Field(default=7 * 86_400, ge=60)
 
-    # --- models and serving ---
+    # --- data, models and serving ---
+    data_dir: Path | None = Field(default=None, description="real data sets (creatives, catalogs); default ../shared/data")
     model_dir: Path = Path("var/models")
     onnx_threads: int = Field(default=1, ge=0, le=64)
     http_port: int = Field(default=6066, ge=0, le=65535)
@@ -105,6 +106,13 @@ class Settings(BaseSettings):
             ad_scores=f"{p}.ad-scores",
             copy_requests=f"{p}.copy-requests",
         )
+
+    def resolved_data_dir(self) -> Path | None:
+        if self.data_dir is not None:
+            return self.data_dir
+        from kairos.engine.datasets import default_data_dir
+
+        return default_data_dir()
 
     @property
     def wants_embedded_kafka(self) -> bool:

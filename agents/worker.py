@@ -25,6 +25,8 @@ from kairos.agents.settings import Settings
 from kairos.engine import metrics
 from kairos.engine.config import EngineConfig
 from kairos.engine.partition import PartitionState
+from kairos.engine.ads import AdSelector
+from kairos.engine.creatives import load_inventory
 from kairos.engine.selection import Selector
 from kairos.engine.store import StateStore
 
@@ -32,6 +34,19 @@ log = logging.getLogger(__name__)
 
 GLOBAL_CHECKPOINT_INTERVAL_S = 30.0
 KAFKA_COMMIT_INTERVAL_S = 2.0
+TRENDING_PUBLISH_INTERVAL_S = 10.0
+
+
+def default_selector_factory(settings: Settings) -> Callable[[EngineConfig], Selector]:
+    """Selectors with the ad inventory (Upworthy creatives when the data directory has them, else the built-in
+    synthetic set); each partition paces 1/partitions of every campaign's budget."""
+    inventory = load_inventory(settings.resolved_data_dir())
+    share = 1.0 / settings.partitions
+
+    def make(config: EngineConfig) -> Selector:
+        return Selector(config, ads=AdSelector(inventory, budget_share=share))
+
+    return make
 
 
 class _Rebalance(ConsumerRebalanceListener):
@@ -58,7 +73,7 @@ class IngestWorker:
         self.bootstrap = bootstrap
         self.store = store
         self.config = settings.engine_config()
-        self.make_selector = make_selector or (lambda config: Selector(config))
+        self.make_selector = make_selector or default_selector_factory(settings)
         self.on_batch = on_batch
         self.partitions: dict[int, PartitionState] = {}
         self.n_partitions = settings.partitions
@@ -66,7 +81,8 @@ class IngestWorker:
         self.consumer: AIOKafkaConsumer | None = None
         self.producer: AIOKafkaProducer | None = None
         self.outputs: KafkaOutputs | None = None
-        self.stats = {"events": 0, "recommendations": 0, "dead_letters": 0, "rekeyed": 0, "duplicates": 0}
+        self.stats = {"events": 0, "recommendations": 0, "dead_letters": 0, "rekeyed": 0, "duplicates": 0, "ads": 0}
+        self._last_trending = 0.0
         self.redis_healthy = True
         self._stopping = asyncio.Event()
         self._last_checkpoint: dict[int, float] = {}
@@ -159,6 +175,7 @@ class IngestWorker:
             await self._commit_partition(partition)
         self._count(len(records), result)
         await self._maybe_commit_kafka()
+        await self._maybe_publish_trending()
         if self.on_batch is not None:
             self.on_batch(self, len(records))
 
@@ -169,6 +186,7 @@ class IngestWorker:
         self.stats["dead_letters"] += result.dead_letters
         self.stats["rekeyed"] += result.rekeyed
         self.stats["duplicates"] += result.duplicates
+        self.stats["ads"] += result.ad_decisions
         metrics.RECOMMENDATIONS.inc(recs)
 
     async def _commit_partition(self, partition: int, force_checkpoint: bool = False) -> None:
@@ -205,6 +223,25 @@ class IngestWorker:
                 await self._commit_partition(partition)
         metrics.USERS_IN_MEMORY.set(sum(len(s.users) for s in self.partitions.values()))
         await self._maybe_commit_kafka()
+        await self._maybe_publish_trending()
+
+    async def _maybe_publish_trending(self) -> None:
+        """The cold-start answer of the storefront API: trending items over the partitions this worker owns."""
+        now = time.monotonic()
+        if now - self._last_trending < TRENDING_PUBLISH_INTERVAL_S or not self.partitions or not self.redis_healthy:
+            return
+        self._last_trending = now
+        scores: dict[str, float] = {}
+        for state in self.partitions.values():
+            model = state.selector.model
+            latest = max((u.last_ts for u in state.users.values()), default=0.0)
+            for item, score in model.trend.top(50, latest):
+                scores[item] = scores.get(item, 0.0) + score
+        top = sorted(scores, key=scores.__getitem__, reverse=True)[:50]
+        try:
+            await self.store.publish_trending(top)
+        except (RedisError, OSError, asyncio.TimeoutError) as exc:
+            log.debug("trending not published: %s", exc)
 
     async def _maybe_commit_kafka(self) -> None:
         """Kafka's committed offsets are for lag dashboards and tooling only: the store's offsets are the truth."""

@@ -325,8 +325,9 @@ class FeedbackCorrector:
         # clipping the sum would erase the differences between items once the segment weight is large.
         item_key, segment_key, pair_key = _keys(item_id, segment)
         w = self._weights
-        item_shift = float(np.clip(w.get(item_key, 0.0) + w.get(pair_key, 0.0), -self.max_shift, self.max_shift))
-        return item_shift + float(np.clip(w.get(segment_key, 0.0), -self.max_shift, self.max_shift))
+        limit = self.max_shift  # plain min/max: np.clip on scalars costs ~3 us, and this runs per candidate
+        item_shift = min(max(w.get(item_key, 0.0) + w.get(pair_key, 0.0), -limit), limit)
+        return item_shift + min(max(w.get(segment_key, 0.0), -limit), limit)
 
     def _neighbours(self, item_id: str) -> list[str]:
         if self.similarity is None:

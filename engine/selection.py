@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 from river import optim
 
+from kairos.engine.ads import AdSelector
 from kairos.engine.bandit import EpsilonGreedySlatePolicy, greedy_order
 from kairos.engine.config import EngineConfig
 from kairos.engine.feedback import FeedbackCorrector, FeedbackJoin, Impression, Interaction
@@ -89,6 +90,7 @@ class Selector:
         max_per_category: int = 4,
         attribution_window_s: float = 1800.0,
         hidden: Collection[str] = (),
+        ads: AdSelector | None = None,
         seed: int = 0,
     ) -> None:
         self.config = config
@@ -105,6 +107,9 @@ class Selector:
             [ExcludeHidden(lambda: self.hidden), FrequencyCap(self.impressions, frequency_cap), CategoryCap(max_per_category)]
         )
         self._served: OrderedDict[str, _Served] = OrderedDict()
+        self.ads = ads
+        if ads is not None:
+            ads.corrector = self.corrector  # one online correction model for products and creatives
         self.examples_learned = 0
         self.last_timings: StepTimings | None = None
         self.correction_s = 0.0
@@ -136,6 +141,8 @@ class Selector:
         if user.has_applied(event.event_id):
             return
         self.recommender.observe(user, event)
+        if self.ads is not None and isinstance(event, ClickEvent) and event.rec_id:
+            self.ads.on_click(event.rec_id, event.ts)
         if isinstance(event, ImpressionEvent):
             self._on_impression(event)
         elif self.feedback:
@@ -219,6 +226,13 @@ class Selector:
 
     def _neighbours(self, item_id: str) -> list[str]:
         return [item for item, _ in self.model.neighbours_of(item_id, 5)]
+
+    def decide_ad(self, request_id: str, user: UserInterest | None, now: float):
+        """The creative for an ad request (None: no campaign cleared the reserve, or no inventory)."""
+        if self.ads is None:
+            return None
+        segment = segment_of(user, now) if user is not None else "cold"
+        return self.ads.decide(request_id, user.user_id if user else "", segment, now)
 
     # --- persistence of what the feedback loop learned ---
 

@@ -46,6 +46,8 @@ class StateStore(Protocol):
 
     async def commit(self, commit: Commit) -> None: ...
 
+    async def publish_trending(self, items: list[str]) -> None: ...
+
 
 def newer(stored: tuple[float, int] | None, incoming: tuple[float, int]) -> bool:
     """The serving rule: a later event time wins; for equal times the higher state version wins.
@@ -62,6 +64,7 @@ class InMemoryStateStore:
     def __init__(self) -> None:
         self.partitions: dict[int, PartitionSnapshot] = {}
         self.serving: dict[str, tuple[float, int, bytes]] = {}
+        self.trending: list[str] = []
         self.commits = 0
 
     async def load(self, partition: int) -> PartitionSnapshot:
@@ -82,3 +85,6 @@ class InMemoryStateStore:
             if newer(stored[:2] if stored else None, (rec.event_ts, rec.sequence)):
                 self.serving[rec.user_id] = (rec.event_ts, rec.sequence, rec.payload)
         self.commits += 1
+
+    async def publish_trending(self, items: list[str]) -> None:
+        self.trending = list(items)

@@ -170,3 +170,60 @@ def _any_tokenizer(model_dir: Path) -> Path:
 
 def print_json_last(result: dict) -> None:
     print(json.dumps(result, ensure_ascii=False, sort_keys=False), flush=True)
+
+
+def smollm2_architecture(vocab_size: int = 49152):
+    """A randomly initialised model with SmolLM2-135M's exact architecture (speed does not depend on the weights)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(vocab_size=vocab_size, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+                         num_attention_heads=9, num_key_value_heads=3, head_dim=64, max_position_embeddings=8192,
+                         rope_theta=100000.0, tie_word_embeddings=True, bos_token_id=1, eos_token_id=2, pad_token_id=2)
+    return LlamaForCausalLM(config).eval()
+
+
+def bench_torch_device(device: str = "cuda", new_tokens: int = 32, prompt_tokens: int = 90, batches=(1, 16),
+                       ranker_batches=(1, 32, 256, 1024), say=print) -> dict:
+    """Torch eager on an accelerator: ranker p50/p99 and generator tokens/s (SmolLM2 architecture, random weights).
+
+    Used on lent GPU machines where only torch is installed (no CUDA build of onnxruntime there).
+    """
+    import torch
+
+    from kairos.onnx_export.ranker_model import DeepFMCrossRanker, example_inputs
+
+    result: dict = {"benchmark": "torch_device", "device": device, "torch": torch.__version__,
+                    "gpu": torch.cuda.get_device_name(0) if device == "cuda" else None}
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    ranker = DeepFMCrossRanker().eval().to(device)
+    for b in ranker_batches:
+        inputs = {k: v.to(device) for k, v in example_inputs(b, seed=b).items()}
+
+        def call():
+            with torch.inference_mode():
+                ranker(**inputs)
+            sync()
+
+        p50, p99 = _percentiles(call, 200, warmup=10)
+        result[f"torch_p50_ms_b{b}"], result[f"torch_p99_ms_b{b}"] = round(p50, 4), round(p99, 4)
+    say("ranker: " + json.dumps({k: v for k, v in result.items() if k.startswith("torch_p")}))
+    model = smollm2_architecture().to(device)
+    g = torch.Generator().manual_seed(0)
+    for b in batches:
+        ids = torch.randint(10, 49000, (b, prompt_tokens), generator=g).to(device)
+        mask = torch.ones_like(ids)
+        with torch.inference_mode():
+            model.generate(ids, attention_mask=mask, max_new_tokens=4, min_new_tokens=4, do_sample=False)
+            sync()
+            start = time.perf_counter()
+            model(input_ids=ids, attention_mask=mask)
+            sync()
+            first = time.perf_counter() - start
+            start = time.perf_counter()
+            model.generate(ids, attention_mask=mask, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
+            sync()
+            elapsed = time.perf_counter() - start
+        result[f"torch_tokens_per_s_b{b}"] = round(b * new_tokens / elapsed, 1)
+        result[f"torch_first_token_ms_b{b}"] = round(first * 1000, 2)
+        say(f"generator b{b}: {result[f'torch_tokens_per_s_b{b}']} tokens/s, first token {result[f'torch_first_token_ms_b{b}']} ms")
+    return result

@@ -9,6 +9,7 @@ from __future__ import annotations
 import orjson
 from pydantic import TypeAdapter, ValidationError
 
+from kairos.schemas.ads import AdRequest
 from kairos.schemas.events import MAX_EVENT_BYTES, ClickEvent, ImpressionEvent, PurchaseEvent, ShopperEvent
 
 _EVENT_ADAPTER: TypeAdapter[ClickEvent | PurchaseEvent | ImpressionEvent] = TypeAdapter(ShopperEvent)
@@ -56,6 +57,15 @@ def decode_event(raw: bytes | None, *, expected_kinds: frozenset[str] | None = N
         raise InvalidEvent("wrong_topic", f"a {kind} event on a topic for {sorted(expected_kinds)}")
     try:
         return _EVENT_ADAPTER.validate_python(payload)
+    except ValidationError as exc:
+        raise InvalidEvent("invalid_fields", _summarise(exc)) from None
+
+
+def decode_ad_request(raw: bytes | None) -> AdRequest:
+    """Parse and validate an ad exchange's request for a creative."""
+    payload = _parse_object(raw)
+    try:
+        return AdRequest.model_validate(payload)
     except ValidationError as exc:
         raise InvalidEvent("invalid_fields", _summarise(exc)) from None
 

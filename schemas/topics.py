@@ -20,4 +20,4 @@ class Topics:
 
     def inputs(self) -> tuple[str, ...]:
         """Topics the worker consumes, in the order of their priority when rebalancing."""
-        return (self.clicks, self.purchases, self.impressions, self.rekeyed)
+        return (self.clicks, self.purchases, self.impressions, self.rekeyed, self.ad_requests)

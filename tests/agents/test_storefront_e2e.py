@@ -79,8 +79,11 @@ def test_storefront_round_trip(kafka_broker, redis_server):
             assert await wait_for(lambda: worker.stats["events"] >= len(background), 60)
             _produce(kafka_broker, settings, shopper[:3], malformed=MALFORMED)
             _produce(kafka_broker, settings, shopper[3:])
+            _produce_ad_requests(kafka_broker, settings, 3)
             # every good event is applied (some arrive twice: once direct-or-misrouted, once re-keyed)
-            await wait_for(lambda: worker.stats["dead_letters"] >= 3 and _shopper_version(worker) == len(shopper), 60)
+            await wait_for(
+                lambda: worker.stats["dead_letters"] >= 3 and _shopper_version(worker) == len(shopper) and worker.stats["ads"] >= 3, 60
+            )
             return dict(worker.stats), _shopper_version(worker)
 
     stats, version = asyncio.run(scenario())
@@ -116,3 +119,34 @@ def _shopper_version(worker) -> int:
         if user is not None:
             return user.version
     return 0
+
+
+def _produce_ad_requests(bootstrap: str, settings: Settings, n: int) -> None:
+    producer = Producer({"bootstrap.servers": bootstrap})
+    for k in range(n):
+        request = {"request_id": f"ad-{k}", "user_id": "shopper", "slot": "sidebar", "ts": T0 + 2300 + k}
+        producer.produce(settings.topics.ad_requests, orjson.dumps(request), key=b"shopper")
+    assert producer.flush(15) == 0
+
+
+def test_ad_exchange_reads_scored_creatives(kafka_broker, redis_server):
+    """An ad exchange sends requests and reads ScoredCreative records with a non-Faust client."""
+    from kairos.schemas.ads import ScoredCreative
+
+    prefix = f"ads{uuid.uuid4().hex[:8]}"
+    settings = Settings(topic_prefix=prefix, consumer_group=f"{prefix}-g", partitions=2, session_timeout_ms=6000)
+    svc = Services(kafka_broker, redis_server, False, False)
+
+    async def scenario():
+        async with running_worker(settings, svc) as worker:
+            _produce_ad_requests(kafka_broker, settings, 5)
+            assert await wait_for(lambda: worker.stats["ads"] >= 5, 60)
+
+    asyncio.run(scenario())
+    records = _consume_all(kafka_broker, settings.topics.ad_scores, 5)
+    scored = [ScoredCreative.model_validate_json(m.value()) for m in records]
+    assert sorted(s.request_id for s in scored) == [f"ad-{k}" for k in range(5)]
+    for s in scored:
+        assert s.won and 0 < s.pctr < 1 and 0 < s.propensity <= 1
+        assert s.reserve <= s.expected_value and s.clearing_price <= s.bid
+        assert s.expected_value == pytest.approx(s.pctr * s.bid, rel=1e-3)
