@@ -20,7 +20,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from kairos.agents.demo import pick_source, produce
 from kairos.agents.kafka_config import consumer_options, producer_options
-from kairos.agents.runtime import RecommendationMonitor, Services, running_worker, services, wait_for
+from kairos.agents.runtime import RecommendationMonitor, Services, running_app, services, wait_for
 from kairos.agents.settings import Settings
 from kairos.agents.topics_admin import ensure_topics
 
@@ -51,7 +51,8 @@ async def plain_loop(settings: Settings, bootstrap: str, expected: int) -> float
 
 
 async def pipeline_phase(settings: Settings, svc: Services, expected: int, latency_events: list, rate: float | None):
-    async with running_worker(settings, svc) as worker:
+    async with running_app(settings, svc) as app:
+        worker = app.ingest_worker
         started = None
         ok = await wait_for(lambda: worker.stats["events"] > 0, 60.0, 0.001)
         started = time.perf_counter()

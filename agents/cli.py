@@ -5,11 +5,9 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import importlib
 import json
 import logging
-import signal
 import sys
 from pathlib import Path
 
@@ -40,23 +38,22 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_worker(args: argparse.Namespace) -> int:
-    from kairos.agents.runtime import running_worker, services
+    """One Kairos worker process: the Faust app (ingest service, copy agent, web views) until SIGTERM/SIGINT."""
+    import faust
+
+    from kairos.agents.app import create_app
+    from kairos.agents.runtime import services
 
     settings = load_settings()
-
-    async def serve(svc) -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        async with running_worker(settings, svc) as worker:
-            log.info("worker ready: partitions %s", sorted(worker.partitions))
-            await stop.wait()
-
     with services(settings) as svc:
         if svc.embedded_kafka or svc.embedded_redis:
             log.warning("embedded services at %s / %s (they stop with this worker)", svc.bootstrap, svc.redis_url)
-        asyncio.run(serve(svc))
+        app = create_app(settings, svc.bootstrap, svc.redis_url, web_port=args.web_port)
+        worker = faust.Worker(app, loglevel=settings.log_level, override_logging=False)
+        try:
+            worker.execute_from_commandline()
+        except SystemExit as exc:
+            return int(exc.code or 0)
     return 0
 
 
@@ -88,7 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--examples", type=int, default=3)
     demo.set_defaults(func=_cmd_demo)
 
-    worker = top.add_parser("worker", help="run one ingest worker (embedded services when none are configured)")
+    worker = top.add_parser("worker", help="run one worker: Faust app with the ingest service and the copy agent")
+    worker.add_argument("--web-port", type=int, default=None, help="serve /healthz and /metrics on this port")
     worker.set_defaults(func=_cmd_worker)
 
     groups = {name: top.add_parser(name, help=f"{name} commands").add_subparsers(dest=f"{name}_command", required=True)

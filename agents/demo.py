@@ -12,18 +12,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from aiokafka import AIOKafkaProducer
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from kairos.agents.kafka_config import producer_options
-from kairos.agents.runtime import RecommendationMonitor, Services, running_worker, services, wait_for
+from kairos.agents.kafka_config import kafka_client_options
+from kairos.agents.replay import produce_events
+from kairos.agents.runtime import RecommendationMonitor, Services, running_app, services, wait_for
 from kairos.agents.settings import Settings
 from kairos.engine.datasets import default_data_dir, load_events
 from kairos.engine.simulator import ShopperSimulator, malformed_payloads
-from kairos.schemas.codec import encode
-from kairos.schemas.events import PurchaseEvent
 
 console = Console()
 
@@ -45,29 +43,15 @@ def pick_source(data_dir: Path | None, source: str, limit: int, seed: int = 0) -
 
 
 async def produce(settings: Settings, bootstrap: str, events: list, rate: float | None, bad: list[bytes]) -> int:
-    """Produce events keyed by user (purchases to the purchases topic, the rest to clicks) at ``rate`` per second
-    (None = as fast as possible), with the malformed payloads spread through the stream."""
-    topics = settings.topics
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, **producer_options(settings))
-    await producer.start()
-    spread = {int(i * len(events) / max(len(bad), 1)): payload for i, payload in enumerate(bad)}
-    started, sent = time.monotonic(), 0
-    try:
-        for i, event in enumerate(events):
-            topic = topics.purchases if isinstance(event, PurchaseEvent) else topics.clicks
-            await producer.send(topic, encode(event), key=event.user_id.encode())
-            if i in spread:
-                await producer.send(topics.clicks, spread[i], key=b"malformed")
-                sent += 1
-            sent += 1
-            if rate and sent % 100 == 0:
-                ahead = sent / rate - (time.monotonic() - started)
-                if ahead > 0:
-                    await asyncio.sleep(ahead)
-        await producer.flush()
-    finally:
-        await producer.stop()
-    return sent
+    """Produce events keyed by user (``kairos replay``'s producer) at ``rate`` per second (None = as fast as
+    possible), with the malformed payloads spread evenly through the stream; returns the records sent."""
+    stream: list = list(events)
+    for i, payload in enumerate(bad):
+        stream.insert(min(len(stream), (i + 1) * len(stream) // (len(bad) + 1)), payload)
+    report = await produce_events(
+        bootstrap, settings.topics, stream, rate=rate, progress=False, client_options=kafka_client_options(settings)
+    )
+    return report.total
 
 
 def _status_table(source: EventSource, worker, monitor: RecommendationMonitor, rates: tuple[float, float]) -> Table:
@@ -85,7 +69,8 @@ def _status_table(source: EventSource, worker, monitor: RecommendationMonitor, r
 
 async def run_demo(settings: Settings, svc: Services, source: EventSource, rate: float | None, examples: int) -> dict:
     bad = malformed_payloads(np.random.default_rng(0), 5)
-    async with running_worker(settings, svc) as worker:
+    async with running_app(settings, svc) as app:
+        worker = app.ingest_worker
         monitor = RecommendationMonitor(settings, svc.bootstrap)
         await monitor.start()
         t0 = time.monotonic()
@@ -122,7 +107,9 @@ def _print_examples(monitor: RecommendationMonitor, n: int) -> None:
         console.print(f"[bold]user {rec['user_id']}[/bold] (state v{rec['state_version']}, {rec['model_version']}):")
         for item in rec["items"][:5]:
             name = item.get("name") or "(no name in stream)"
-            console.print(f"   {item['rank']:>2}. {item['item_id']:<12} {name[:48]:<48} {item['score']:7.3f}  {', '.join(item['reasons'][:2])}")
+            console.print(f"   {item['rank']:>2}. {item['item_id']:<12} {name[:44]:<44} {item['score']:7.3f}  {', '.join(item['reasons'][:2])}")
+            if item.get("copy"):
+                console.print(f"       [italic]{item['copy'][:110]}[/italic]")
 
 
 def demo_main(settings: Settings, data_dir: Path | None, source: str, limit: int, rate: float | None, examples: int) -> dict:

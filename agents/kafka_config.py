@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import ssl
 
+from aiokafka.coordinator.assignors.range import RangePartitionAssignor
+
 from kairos.agents.settings import Settings
 
 
@@ -27,6 +29,9 @@ def consumer_options(settings: Settings) -> dict:
     for half the session timeout (docs/operations.md), and fast failover matters on real Kafka too."""
     return {
         **kafka_client_options(settings),
+        # Range assignment gives one consumer partition p of *every* input topic (same partition counts):
+        # the co-partitioning that per-partition user state relies on. aiokafka's default (round robin) does not.
+        "partition_assignment_strategy": (RangePartitionAssignor,),
         "group_id": settings.consumer_group,
         "enable_auto_commit": False,
         "auto_offset_reset": "earliest",

@@ -102,7 +102,19 @@ class BatchPipeline:
         metrics.STEP_LATENCY.labels("state").observe(t1 - t0)
         for (partition, user_id), origin in touched.items():
             self._recommend(self.partitions[partition], user_id, origin, result)
+        self._request_copy(result)
         return result
+
+    def _request_copy(self, result: BatchResult) -> None:
+        """Copy misses of this batch go to the copy agent (keyed by item so one writer handles an item)."""
+        for state in self.partitions.values():
+            copybook = state.selector.copybook
+            if copybook is None:
+                continue
+            for request in copybook.take_requests():
+                value = orjson.dumps(request.to_json())
+                result.outputs.append(OutputRecord(self.topics.copy_requests, request.item_id.encode(), value))
+            break  # the copy book is shared by every partition of the worker
 
     def _apply_record(self, record: InputRecord, result: BatchResult, touched: dict) -> None:
         state = self.partitions.get(record.partition)
@@ -254,6 +266,8 @@ def _ranked_item(rank: int, item, info) -> dict:
     }
     if info is not None and info.name:
         out["name"] = info.name
+    if item.copy:
+        out["copy"] = item.copy
     return out
 
 

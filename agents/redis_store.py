@@ -83,6 +83,14 @@ class RedisStateStore:
         self.stale_writes += sum(1 for r in results[len(results) - len(commit.serving) :] if r == 0)
         self.last_write_s = time.perf_counter() - started
 
+    async def save_copies(self, copies: list[tuple[str, str, str]]) -> None:
+        """Generated copy (item, segment, text), one hash per segment, for the API and for cold workers."""
+        async with self.client.pipeline(transaction=False) as pipe:
+            for item_id, segment, text in copies:
+                pipe.hset(self.keys.copy(segment), item_id, text)
+                pipe.expire(self.keys.copy(segment), self.serving_ttl_s)
+            await pipe.execute()
+
     async def publish_trending(self, items: list[str]) -> None:
         await self.client.set(self.keys.trending(), orjson.dumps(items), ex=self.serving_ttl_s)
 

@@ -71,6 +71,28 @@ async def running_worker(settings: Settings, svc: Services, ready_timeout_s: flo
         await store.close()
 
 
+@contextlib.asynccontextmanager
+async def running_app(settings: Settings, svc: Services, ready_timeout_s: float = 60.0, web_port: int | None = None):
+    """The Faust application (ingest service + copy agent) started in this event loop; yields the app once its
+    ingest worker owns partitions. ``app.ingest_worker`` has the live counters."""
+    import faust
+
+    from kairos.agents.app import create_app
+
+    app = create_app(settings, svc.bootstrap, svc.redis_url, web_port=web_port)
+    worker = faust.Worker(app, loglevel=settings.log_level, quiet=True, redirect_stdouts=False, override_logging=False)
+    task = asyncio.ensure_future(worker.start())
+    try:
+        ok = await wait_for(lambda: getattr(app, "ingest_worker", None) is not None and app.ingest_worker.ready.is_set() or task.done(), ready_timeout_s)
+        if not ok or task.done():
+            raise RuntimeError("the Kairos Faust app did not become ready")
+        yield app
+    finally:
+        await worker.stop()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await asyncio.wait_for(task, 10.0)
+
+
 @dataclass
 class RecommendationMonitor:
     """Consumes the recommendations topic; keeps latencies (output append time - source ingest time) and the

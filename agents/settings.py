@@ -105,6 +105,7 @@ class Settings(BaseSettings):
             ad_requests=f"{p}.ad-requests",
             ad_scores=f"{p}.ad-scores",
             copy_requests=f"{p}.copy-requests",
+            copies=f"{p}.copies",
         )
 
     def resolved_data_dir(self) -> Path | None:

@@ -26,6 +26,7 @@ from kairos.engine import metrics
 from kairos.engine.config import EngineConfig
 from kairos.engine.partition import PartitionState
 from kairos.engine.ads import AdSelector
+from kairos.engine.copywriting import CopyBook
 from kairos.engine.creatives import load_inventory
 from kairos.engine.selection import Selector
 from kairos.engine.store import StateStore
@@ -37,14 +38,14 @@ KAFKA_COMMIT_INTERVAL_S = 2.0
 TRENDING_PUBLISH_INTERVAL_S = 10.0
 
 
-def default_selector_factory(settings: Settings) -> Callable[[EngineConfig], Selector]:
+def default_selector_factory(settings: Settings, copybook: CopyBook | None = None) -> Callable[[EngineConfig], Selector]:
     """Selectors with the ad inventory (Upworthy creatives when the data directory has them, else the built-in
-    synthetic set); each partition paces 1/partitions of every campaign's budget."""
+    synthetic set; each partition paces 1/partitions of every campaign's budget) and the worker's copy book."""
     inventory = load_inventory(settings.resolved_data_dir())
     share = 1.0 / settings.partitions
 
     def make(config: EngineConfig) -> Selector:
-        return Selector(config, ads=AdSelector(inventory, budget_share=share))
+        return Selector(config, ads=AdSelector(inventory, budget_share=share), copybook=copybook)
 
     return make
 

@@ -1,7 +1,7 @@
 """Approximate nearest-neighbour search over item embeddings (cosine similarity).
 
-:class:`ItemIndex` wraps a USearch HNSW index (see ``docs/selection.md`` for why USearch) behind a small API keyed by
-item id strings. When ``usearch`` is not installed, or ``backend="exact"`` is asked for, the same API runs an exact
+:class:`ItemIndex` wraps a faiss HNSW index (see ``docs/selection.md`` for why faiss) behind a small API keyed by
+item id strings. When ``faiss`` is not installed, or ``backend="exact"`` is asked for, the same API runs an exact
 brute-force search in NumPy, which is also the reference the recall test compares against.
 
 Examples
@@ -21,9 +21,9 @@ from collections.abc import Collection, Sequence
 import numpy as np
 
 try:  # optional: the exact fallback keeps the engine working without the wheel
-    from usearch.index import Index as _UsearchIndex
+    import faiss as _faiss
 except ImportError:  # pragma: no cover - depends on the environment
-    _UsearchIndex = None
+    _faiss = None
 
 
 class ItemIndex:
@@ -34,22 +34,20 @@ class ItemIndex:
     dim
         Embedding dimension.
     backend
-        ``"auto"`` (USearch when installed, else exact), ``"usearch"`` or ``"exact"``.
+        ``"auto"`` (faiss when installed, else exact), ``"faiss"`` or ``"exact"``.
     connectivity, expansion_search
-        HNSW graph degree and search beam width (USearch only); larger = better recall, slower.
+        HNSW graph degree and search beam width (faiss only); larger = better recall, slower.
     """
 
     def __init__(self, dim: int, backend: str = "auto", connectivity: int = 16, expansion_search: int = 64) -> None:
         if backend == "auto":
-            backend = "usearch" if _UsearchIndex is not None else "exact"
-        if backend == "usearch" and _UsearchIndex is None:
-            raise ImportError("backend='usearch' needs the usearch package")
-        if backend not in ("usearch", "exact"):
+            backend = "faiss" if _faiss is not None else "exact"
+        if backend == "faiss" and _faiss is None:
+            raise ImportError("backend='faiss' needs the faiss-cpu package")
+        if backend not in ("faiss", "exact"):
             raise ValueError(f"unknown backend {backend!r}")
         self.dim, self.backend = dim, backend
-        self._impl = (
-            _UsearchBackend(dim, connectivity, expansion_search) if backend == "usearch" else _ExactBackend(dim)
-        )
+        self._impl = _FaissBackend(dim, connectivity, expansion_search) if backend == "faiss" else _ExactBackend(dim)
 
     def __len__(self) -> int:
         return len(self._impl.key_of)
@@ -111,36 +109,50 @@ class _ExactBackend:
         return [(self._ids[i], float(sims[i])) for i in top]
 
 
-class _UsearchBackend:
-    """USearch HNSW; string ids map to fresh uint64 keys so a replaced item never collides with its old node."""
+class _FaissBackend:
+    """faiss HNSW over normalised vectors (inner product = cosine). faiss's HNSW cannot delete, so a removed or
+    replaced item becomes a tombstone filtered out of results, and the graph is rebuilt from the live vectors once
+    tombstones outnumber them (amortised O(1) per removal)."""
 
     def __init__(self, dim: int, connectivity: int, expansion_search: int) -> None:
-        self._index = _UsearchIndex(ndim=dim, metric="cos", dtype="f32", connectivity=connectivity,
-                                    expansion_search=expansion_search)
+        self.dim, self.connectivity, self.expansion_search = dim, connectivity, expansion_search
         self.key_of: dict[str, int] = {}
         self._id_of: dict[int, str] = {}
-        self._next_key = 0
+        self._vectors: list[np.ndarray] = []  # by faiss key, tombstones included (needed for rebuilds)
+        self._index = self._new_index()
+
+    def _new_index(self):
+        index = _faiss.IndexHNSWFlat(self.dim, self.connectivity, _faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efSearch = self.expansion_search
+        return index
 
     def add(self, item_ids: list[str], vectors: np.ndarray) -> None:
-        keys = np.arange(self._next_key, self._next_key + len(item_ids), dtype=np.uint64)
-        self._next_key += len(item_ids)
-        for item, key in zip(item_ids, keys.tolist()):
+        vectors = np.ascontiguousarray(_normalise(vectors), dtype=np.float32)
+        for item, vector in zip(item_ids, vectors):
+            key = len(self._vectors)
             self.key_of[item], self._id_of[key] = key, item
-        self._index.add(keys, vectors)
+            self._vectors.append(vector)
+        self._index.add(vectors)
 
     def remove(self, item_ids: list[str]) -> None:
-        if not item_ids:
-            return
-        keys = [self.key_of.pop(item) for item in item_ids]
-        for key in keys:
-            del self._id_of[key]
-        self._index.remove(np.array(keys, dtype=np.uint64))
+        for item in item_ids:
+            del self._id_of[self.key_of.pop(item)]
+        if len(self._vectors) > 2 * max(len(self.key_of), 16):
+            self._rebuild()
+
+    def _rebuild(self) -> None:
+        live = sorted(self.key_of.items(), key=lambda kv: kv[1])
+        vectors = [self._vectors[key] for _, key in live]
+        self.key_of, self._id_of, self._vectors = {}, {}, []
+        self._index = self._new_index()
+        if live:
+            self.add([item for item, _ in live], np.stack(vectors))
 
     def search(self, query: np.ndarray, k: int) -> list[tuple[str, float]]:
-        matches = self._index.search(query, k)
-        # USearch returns cosine *distance*; 1 - distance is the similarity the exact backend reports.
-        return [(self._id_of[int(key)], 1.0 - float(dist)) for key, dist in zip(matches.keys, matches.distances)
-                if int(key) in self._id_of]
+        # Over-fetch by the tombstone count so k live items come back even when dead nodes are nearest.
+        fetch = min(k + len(self._vectors) - len(self.key_of), len(self._vectors))
+        sims, keys = self._index.search(_normalise(query[None, :]).astype(np.float32), fetch)
+        return [(self._id_of[int(key)], float(sim)) for key, sim in zip(keys[0], sims[0]) if int(key) in self._id_of][:k]
 
 
 def _normalise(vectors: np.ndarray) -> np.ndarray:

@@ -1,7 +1,9 @@
 """Exponential time decay with a half-life, and a bounded map of decayed scores.
 
-Scores are stored as ``(value, t)`` pairs and decayed lazily on read, so an update costs O(1) and an idle key
-costs nothing. ``value(t) = value(t0) * 2 ** (-(t - t0) / half_life)``.
+``value(t) = value(t0) * 2 ** (-(t - t0) / half_life)``. Every key of a :class:`DecayedScores` decays at the same
+rate, so each score is stored scaled to one reference time ``ref``: ``s = value(t) * 2 ** ((t - ref) / half_life)``.
+Then the value now is ``s * 2 ** (-(now - ref) / half_life)`` — one factor shared by every key — and ranking keys
+needs no decay at all (the order of ``s`` is the order now). An update costs O(1); an idle key costs nothing.
 """
 
 from __future__ import annotations
@@ -9,6 +11,10 @@ from __future__ import annotations
 import heapq
 import math
 from collections.abc import Iterator
+from operator import itemgetter
+
+#: Rebase when stored scores grow by 2**60: far from float overflow (2**1024), no precision lost.
+_REBASE_EXPONENT = 60.0
 
 
 def decay_factor(elapsed_s: float, half_life_s: float) -> float:
@@ -25,7 +31,8 @@ def decay_factor(elapsed_s: float, half_life_s: float) -> float:
 
 
 class DecayedScores:
-    """A map key -> decayed score, bounded to ``capacity`` keys (the weakest now are dropped first).
+    """A map key -> decayed score, bounded to ``capacity`` keys (the weakest are dropped first). Scores never go
+    below zero (a negative signal can cancel interest, not create disinterest).
 
     >>> s = DecayedScores(half_life_s=10.0, capacity=2)
     >>> s.add("a", 4.0, t=0.0); s.add("b", 1.0, t=0.0); s.add("c", 2.0, t=10.0)
@@ -33,43 +40,68 @@ class DecayedScores:
     [('a', 2.0), ('c', 2.0)]
     """
 
-    __slots__ = ("half_life_s", "capacity", "_scores")
+    __slots__ = ("half_life_s", "capacity", "_scores", "_ref", "_factor_at")
 
-    def __init__(self, half_life_s: float, capacity: int, scores: dict[str, list[float]] | None = None) -> None:
+    def __init__(self, half_life_s: float, capacity: int, state: dict | None = None) -> None:
         self.half_life_s = half_life_s
         self.capacity = capacity
-        self._scores: dict[str, list[float]] = scores if scores is not None else {}
+        self._scores: dict[str, float] = {}
+        self._ref: float | None = None
+        self._factor_at: tuple[float, float] = (math.nan, 1.0)
+        if state:
+            self._ref = state["ref"]
+            self._scores = state["s"]
+
+    def _scale(self, t: float) -> float:
+        """2 ** ((t - ref) / half_life): the weight of an event at ``t`` in stored units."""
+        return 2.0 ** ((t - self._ref) / self.half_life_s)
+
+    def _factor(self, now: float) -> float:
+        """Stored units -> value at ``now`` (cached: one ``now`` is read many times per recommendation)."""
+        at, factor = self._factor_at
+        if at != now:
+            factor = 1.0 / self._scale(now) if self._ref is not None else 1.0
+            self._factor_at = (now, factor)
+        return factor
 
     def add(self, key: str, weight: float, t: float) -> None:
-        entry = self._scores.get(key)
-        if entry is None:
-            self._scores[key] = [max(weight, 0.0), t]
-            if len(self._scores) > self.capacity:
-                self._evict(t)
-            return
-        value, t0 = entry
-        # Out-of-order events keep the newest reference time and are decayed onto it.
-        if t >= t0:
-            entry[0] = max(value * decay_factor(t - t0, self.half_life_s) + weight, 0.0)
-            entry[1] = t
-        else:
-            entry[0] = max(value + weight * decay_factor(t0 - t, self.half_life_s), 0.0)
+        if self._ref is None:
+            self._ref = t
+        elif (t - self._ref) / self.half_life_s > _REBASE_EXPONENT:
+            self._rebase(t)
+        scores = self._scores
+        scores[key] = max(scores.get(key, 0.0) + weight * self._scale(t), 0.0)
+        if len(scores) > self.capacity:
+            self._evict()
+
+    def _rebase(self, t: float) -> None:
+        shrink = 1.0 / self._scale(t)
+        self._scores = {k: v * shrink for k, v in self._scores.items()}
+        self._ref = t
+        self._factor_at = (math.nan, 1.0)
 
     def get(self, key: str, now: float) -> float:
-        entry = self._scores.get(key)
-        if entry is None:
-            return 0.0
-        return entry[0] * decay_factor(now - entry[1], self.half_life_s)
+        stored = self._scores.get(key)
+        return 0.0 if stored is None else stored * self._factor(now)
 
     def items(self, now: float) -> Iterator[tuple[str, float]]:
-        for key, (value, t0) in self._scores.items():
-            yield key, value * decay_factor(now - t0, self.half_life_s)
+        factor = self._factor(now)
+        for key, stored in self._scores.items():
+            yield key, stored * factor
 
     def top(self, n: int, now: float) -> list[tuple[str, float]]:
-        return heapq.nlargest(n, self.items(now), key=lambda kv: kv[1])
+        factor = self._factor(now)
+        return [(k, v * factor) for k, v in heapq.nlargest(n, self._scores.items(), key=itemgetter(1))]
+
+    def as_dict(self, now: float) -> dict[str, float]:
+        factor = self._factor(now)
+        return {k: v * factor for k, v in self._scores.items()}
 
     def total(self, now: float) -> float:
-        return sum(score for _, score in self.items(now))
+        return sum(self._scores.values()) * self._factor(now)
+
+    def keys(self):
+        return self._scores.keys()
 
     def __len__(self) -> int:
         return len(self._scores)
@@ -77,16 +109,11 @@ class DecayedScores:
     def __contains__(self, key: str) -> bool:
         return key in self._scores
 
-    def _evict(self, now: float) -> None:
-        # Evict down to ~90% of capacity at once so eviction's sort is amortised over many inserts.
+    def _evict(self) -> None:
+        # Down to ~90% of capacity at once, so the selection is amortised over many inserts.
         keep = self.capacity - self.capacity // 10
-        ranked = sorted(self._scores.items(), key=lambda kv: kv[1][0] * decay_factor(now - kv[1][1], self.half_life_s))
-        for key, _ in ranked[: len(ranked) - keep]:
-            del self._scores[key]
+        kept = heapq.nlargest(keep, self._scores.items(), key=itemgetter(1))
+        self._scores = dict(kept)
 
-    def to_state(self) -> dict[str, list[float]]:
-        return self._scores
-
-    @staticmethod
-    def log_weight(score: float) -> float:
-        return math.log1p(max(score, 0.0))
+    def to_state(self) -> dict:
+        return {"ref": self._ref, "s": self._scores}

@@ -87,9 +87,9 @@ def _fill_item_columns(
     now: float,
     co_visit: Mapping[str, float],
 ) -> None:
-    category_scores = dict(user.categories.items(now))
+    category_scores = user.categories.as_dict(now)
     category_total = sum(category_scores.values()) or 1.0
-    item_scores = dict(user.items.items(now))
+    item_scores = user.items.as_dict(now)
     recent = set(user.recent)
     co_visit_max = max(co_visit.values(), default=0.0) or 1.0
     user_price = user.price_mean.get() if user.price_mean.n else 0.0

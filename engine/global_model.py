@@ -90,7 +90,7 @@ class GlobalModel:
         row.update(keep)
 
     def _forget_unpopular(self) -> None:
-        tracked = set(self.popular.to_state())
+        tracked = set(self.popular.keys())
         for item in [i for i in self.catalog if i not in tracked]:
             del self.catalog[item]
             self.neighbours.pop(item, None)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from collections.abc import Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from river import optim
@@ -24,6 +24,7 @@ from river import optim
 from kairos.engine.ads import AdSelector
 from kairos.engine.bandit import EpsilonGreedySlatePolicy, greedy_order
 from kairos.engine.config import EngineConfig
+from kairos.engine.copywriting import CopyBook, CopyRequest
 from kairos.engine.feedback import FeedbackCorrector, FeedbackJoin, Impression, Interaction
 from kairos.engine.interfaces import Ranker
 from kairos.engine.recommender import Recommender, StepTimings
@@ -49,6 +50,7 @@ class SelectedItem:
     #: P(this item at this position) under the policy that served the slate.
     propensity: float
     logit: float
+    copy: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +93,7 @@ class Selector:
         attribution_window_s: float = 1800.0,
         hidden: Collection[str] = (),
         ads: AdSelector | None = None,
+        copybook: CopyBook | None = None,
         seed: int = 0,
     ) -> None:
         self.config = config
@@ -108,6 +111,7 @@ class Selector:
         )
         self._served: OrderedDict[str, _Served] = OrderedDict()
         self.ads = ads
+        self.copybook = copybook
         if ads is not None:
             ads.corrector = self.corrector  # one online correction model for products and creatives
         self.examples_learned = 0
@@ -183,6 +187,8 @@ class Selector:
         kept = self._apply_rules(user, pool, scores, now)
         rec_id = rec_id or f"{user.user_id}.{user.version}"
         selection = self._explore(user, rec_id, segment, kept, pool.reasons, dict(zip(pool.items, logits)), n)
+        if self.copybook is not None:
+            selection = self._with_copy(selection, user, now)
         t2 = time.perf_counter()
         self.correction_s = t1 - t0
         if timings is not None:
@@ -216,6 +222,21 @@ class Selector:
             for i, p in zip(order, position_p)
         ]
         return Selection(rec_id, user.user_id, items, segment, explored, float(slate_p))
+
+    def _with_copy(self, selection: Selection, user: UserInterest, now: float) -> Selection:
+        """Attach cached copy (or the template, queueing a request): never waits for generation."""
+        interests = tuple(category.split("-", 1)[-1] for category, _ in user.categories.top(3, now))
+        catalog = self.model.catalog
+        items = []
+        for item in selection.items:
+            info = catalog.get(item.item_id)
+            name = (info.name if info and info.name else item.item_id)
+            request = CopyRequest(
+                item.item_id, selection.segment, name, (info.category_id or "") if info else "",
+                info.price if info else None, interests,
+            )  # fmt: skip
+            items.append(replace(item, copy=self.copybook.lookup(request)))
+        return replace(selection, items=items)
 
     def _remember(self, selection: Selection) -> None:
         self._served[selection.rec_id] = _Served(

@@ -116,11 +116,12 @@ class KVCacheDecoder:
                 for j in keep:
                     reasons[active[j]] = "time"
                 break
-            keep = np.asarray(keep, dtype=np.int64)
             last_pos = step_pos[:, -1]
-            active, mask, past = active[keep], mask[keep], [p[keep] for p in past]
+            if len(keep) < len(active):  # drop finished rows (copying the cache only when a row ended)
+                keep = np.asarray(keep, dtype=np.int64)
+                active, mask, past, last_pos = active[keep], mask[keep], [p[keep] for p in past], last_pos[keep]
             step_ids = np.asarray([[out[r][-1]] for r in active], dtype=np.int64).reshape(len(active), 1)
-            step_pos = (last_pos[keep] + 1).reshape(-1, 1)
+            step_pos = (last_pos + 1).reshape(-1, 1)
             mask = np.concatenate([mask, np.ones((len(active), 1), np.int64)], axis=1)
         return GenerationResult(out, reasons, prefill_s, time.perf_counter() - start, steps)
 

@@ -39,7 +39,7 @@ class BuildProfile:
 
 
 PROFILES = {
-    "small": BuildProfile("small", 12_000, 0.3, 2, 24, 4, 128, (400, 400, 200), 24, 240.0, 120.0),
+    "small": BuildProfile("small", 12_000, 0.3, 2, 60, 4, 128, (400, 400, 200), 24, 240.0, 120.0),
     "full": BuildProfile("full", None, 0.6, 4, 300, 8, 192, (4000, 1000, 1000), 64, 3 * 3600.0, 1800.0),
 }
 
@@ -126,7 +126,7 @@ def build_ranker(data_dir: Path, model_dir: Path, profile: BuildProfile, version
                         source=test.source.astype(str))
     fit = train.score_mask > 0
     np.savez_compressed(folder / "train_dense.npz", dense=train.dense[fit], label=train.label[fit])
-    return {**metrics, "int8_spearman": rho, "int8_kept": float(rho >= 0.99)}
+    return {**metrics, "int8_spearman": rho, "ranker_int8_kept": float(rho >= 0.99)}
 
 
 def build_embedder(model_dir: Path, version: str, say: Progress) -> dict:
@@ -235,7 +235,7 @@ def _quantized_generator(model_dir, version, fp32, tok_path, config, data, held,
                       training_data=data)
     else:
         say("generator int8: not published (perplexity more than 10% above fp32)")
-    return {"ppl_onnx_fp32": ppl["fp32"], "ppl_onnx_int8": ppl["int8"], "int8_kept": float(ratio <= 1.10)}
+    return {"ppl_onnx_fp32": ppl["fp32"], "ppl_onnx_int8": ppl["int8"], "generator_int8_kept": float(ratio <= 1.10)}
 
 
 def build_models(data_dir: Path, model_dir: Path, profile: str = "small", steps=("ranker", "embedder", "generator"),

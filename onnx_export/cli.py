@@ -86,6 +86,12 @@ def cmd_eval_models(args: argparse.Namespace) -> int:
     _stderr("ranker: " + ", ".join(f"{k}={v}" for k, v in result.items()))
     result.update(safety_metrics())
     if not args.skip_generator:
+        from kairos.onnx_export.evaluate import sample_generations
+
+        samples = sample_generations(model_dir)
+        for s in samples:
+            _stderr(f"--- {s['kind']}: {s['prompt']!r}\n>>> {s['text']}" + (f"  [blocked: {s['blocked']}]" if s["blocked"] else ""))
+        result["generated_block_rate"] = sum(bool(s["blocked"]) for s in samples) / len(samples)
         result.update(generator_metrics(model_dir, data_dir, n_examples=args.ppl_examples))
     return _print_last(result)
 

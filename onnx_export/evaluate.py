@@ -146,3 +146,33 @@ def generator_metrics(model_dir: Path, data_dir: Path, n_examples: int = 24, cac
     model, tokenizer = gt.load_smollm2(gt.ensure_smollm2(cache_dir or Path(model_dir) / "_cache"))
     metrics["ppl_base"] = gt.perplexity(model, tokenizer, held)
     return metrics
+
+
+def sample_prompts() -> list[tuple[str, str]]:
+    """Five fixed prompts (kind, prompt) built with the serving templates: English and Chinese."""
+    from kairos.engine.prompts import ProductFacts, ad_copy_prompt, product_copy_prompt, summary_prompt
+
+    return [
+        ("product_en", product_copy_prompt(ProductFacts("Roadster Men Blue Slim Fit Jeans", brand="Roadster",
+                                                        colour="Blue", price=1299), ["denim", "casual", "blue"])),
+        ("product_en", product_copy_prompt(ProductFacts("Mango Women White Linen Shirt", brand="Mango", colour="White",
+                                                        price=2490), ["summer", "linen", "women"])),
+        ("ad_zh", ad_copy_prompt(ProductFacts("", attributes="类型#上衣*颜色#白色*风格#休闲*图案#条纹"), ["休闲", "白色"])),
+        ("ad_zh", ad_copy_prompt(ProductFacts("", attributes="类型#裙*版型#显瘦*颜色#黑色*裙长#连衣裙"), ["显瘦", "黑色"])),
+        ("summary_en", summary_prompt("I love this sweater. The knit is soft and not itchy at all, the sleeves are a "
+                                      "little long but the colour is exactly as pictured and it washes well.")),
+    ]
+
+
+def sample_generations(model_dir: Path, variant: str = "generator", max_new_tokens: int = 60) -> list[dict]:
+    """Greedy generations (with a mild repetition penalty) for :func:`sample_prompts`, each checked by the filter."""
+    from kairos.engine.safety import SafetyFilter
+    from kairos.models.generator import GenerationConfig, OnnxGenerator
+
+    generator = OnnxGenerator.from_dir(model_dir, variant)
+    config = GenerationConfig(repetition_penalty=1.2, time_budget_s=60.0)
+    prompts = sample_prompts()
+    texts = generator.generate([p for _, p in prompts], max_new_tokens=max_new_tokens, config=config)
+    safety = SafetyFilter()
+    return [{"kind": k, "prompt": p, "text": t, "blocked": list(safety.check(t).reasons)}
+            for (k, p), t in zip(prompts, texts)]

@@ -23,7 +23,7 @@ from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
 
 log = logging.getLogger(__name__)
 
-OPSET = 18
+OPSET = 23  # ONNX Attention + RMSNormalization + RotaryEmbedding ops: ~20% faster decoding on CPU than 18
 
 
 class FlatCacheLM(nn.Module):

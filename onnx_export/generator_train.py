@@ -188,7 +188,7 @@ def finetune_lora(model, tokenizer, examples: list[CopyExample], cfg: FinetuneCo
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        losses.append(float(loss))
+        losses.append(loss.item())
         if progress:
             progress(step + 1, cfg.steps, float(loss))
         if cfg.time_budget_s is not None and time.perf_counter() - start > cfg.time_budget_s:

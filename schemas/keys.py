@@ -42,6 +42,10 @@ class RedisKeys:
         """Hash {ts, seq, rec}: the storefront's latest recommendation for a user (TTL'd)."""
         return f"{self.prefix}:rec:{user_id}"
 
+    def copy(self, segment: str) -> str:
+        """Hash item id -> generated copy for one interest segment (TTL'd)."""
+        return f"{self.prefix}:copy:{segment}"
+
     def trending(self) -> str:
         """String: JSON list of trending item ids, the cold-start answer for unknown users."""
         return f"{self.prefix}:trending"

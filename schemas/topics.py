@@ -17,6 +17,8 @@ class Topics:
     ad_requests: str = "kairos.ad-requests"
     ad_scores: str = "kairos.ad-scores"
     copy_requests: str = "kairos.copy-requests"
+    #: Generated copy, keyed by item|segment (compacted on real Kafka): every worker's copy book reads it.
+    copies: str = "kairos.copies"
 
     def inputs(self) -> tuple[str, ...]:
         """Topics the worker consumes, in the order of their priority when rebalancing."""

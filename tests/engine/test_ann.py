@@ -6,7 +6,7 @@ import pytest
 from kairos.engine import ann
 from kairos.engine.ann import ItemIndex
 
-BACKENDS = ["exact"] + (["usearch"] if ann._UsearchIndex is not None else [])
+BACKENDS = ["exact"] + (["faiss"] if ann._faiss is not None else [])
 
 
 @pytest.fixture(params=BACKENDS)
@@ -44,12 +44,12 @@ def test_exclude_still_returns_k(backend):
     assert index.search(query, k=0) == [] and ItemIndex(3, backend=backend).search(query, k=3) == []
 
 
-@pytest.mark.skipif("usearch" not in BACKENDS, reason="usearch not installed")
+@pytest.mark.skipif("faiss" not in BACKENDS, reason="faiss-cpu not installed")
 def test_hnsw_recall_against_brute_force():
     rng = np.random.default_rng(42)
     ids = [f"item-{n}" for n in range(5000)]
     vectors = rng.normal(size=(5000, 32)).astype(np.float32)
-    approx, exact = ItemIndex(32, backend="usearch"), ItemIndex(32, backend="exact")
+    approx, exact = ItemIndex(32, backend="faiss"), ItemIndex(32, backend="exact")
     approx.add(ids, vectors)
     exact.add(ids, vectors)
     queries = rng.normal(size=(50, 32))

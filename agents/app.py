@@ -1,0 +1,128 @@
+"""The Faust application of a Kairos worker process.
+
+- ``IngestService`` (a mode Service started with the app) runs the partition-owning batch consumer of
+  ``kairos.agents.worker``: the hot path, batch-wise, with state committed to Redis with its offsets (why not a
+  Faust stream/table for it: docs/state.md).
+- ``write_copy`` (a Faust agent) turns copy requests into personalized copy, batched, off the hot path.
+- Web views: ``/healthz`` and ``/metrics`` on the Faust web server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import faust
+import orjson
+from mode import Service
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from kairos.agents.copy_feed import CopyFeed
+from kairos.agents.redis_store import RedisStateStore
+from kairos.agents.settings import Settings
+from kairos.agents.topics_admin import ensure_topics
+from kairos.agents.worker import IngestWorker, default_selector_factory
+from kairos.engine import metrics
+from kairos.engine.copywriting import CopyBook, CopyRequest, CopyWriter
+from kairos.schemas.keys import RedisKeys
+
+log = logging.getLogger(__name__)
+
+COPY_BATCH = 16
+COPY_BATCH_WAIT_S = 1.0
+
+
+def load_generator(settings: Settings):
+    """The ONNX copy generator from the model directory, or None (copy then comes from templates)."""
+    try:
+        from kairos.models.generator import OnnxGenerator
+
+        return OnnxGenerator.from_dir(settings.model_dir)
+    except Exception as exc:  # noqa: BLE001 - a missing or broken model means templates, not a dead worker
+        log.warning("no copy generator in %s (%s): copy comes from templates", settings.model_dir, exc)
+        return None
+
+
+def create_app(settings: Settings, bootstrap: str, redis_url: str, *, web_port: int | None = None) -> faust.App:
+    app = faust.App(
+        f"{settings.consumer_group}-agents",
+        broker=f"kafka://{bootstrap}",
+        store="memory://",
+        broker_session_timeout=settings.session_timeout_ms / 1000.0,
+        broker_heartbeat_interval=settings.heartbeat_interval_ms / 1000.0,
+        consumer_auto_offset_reset="earliest",
+        topic_partitions=settings.partitions,
+        topic_allow_declare=True,
+        web_enabled=web_port is not None,
+        web_port=web_port or settings.http_port,
+        web_bind="127.0.0.1",
+    )
+    copy_requests = app.topic(settings.topics.copy_requests, key_type=bytes, value_type=bytes, value_serializer="raw")
+    copies = app.topic(settings.topics.copies, key_type=bytes, value_type=bytes, value_serializer="raw")
+    copybook = CopyBook()
+    writer = CopyWriter(load_generator(settings))
+    keys = RedisKeys(settings.topic_prefix, settings.consumer_group)
+
+    @app.service
+    class IngestService(Service):
+        """The hot path inside the Faust worker: starts with the app, commits and leaves the group on stop."""
+
+        async def on_start(self) -> None:
+            counts = await ensure_topics(settings, bootstrap)
+            self.store = RedisStateStore.from_url(redis_url, keys, settings.serving_ttl_s)
+            loop = asyncio.get_running_loop()  # loading the creative inventory takes seconds: not on the loop
+            make = await loop.run_in_executor(None, default_selector_factory, settings, copybook)
+            self.worker = IngestWorker(settings, bootstrap, self.store, make_selector=make)
+            self.feed = CopyFeed(settings, bootstrap, copybook)
+            await self.feed.start()
+            await self.worker.start(counts[settings.topics.clicks])
+            app.ingest_worker = self.worker
+
+        @Service.task
+        async def _consume(self) -> None:
+            await self.worker.run()
+
+        async def on_stop(self) -> None:
+            self.worker.stop()
+            await asyncio.sleep(0)
+            await self.worker.close()
+            await self.feed.stop()
+            await self.store.close()
+
+    @app.agent(copy_requests)
+    async def write_copy(stream):
+        """Copy requests -> generated, safety-checked copy (or templates), batched; published to the copies
+        topic (every worker's copy book) and to Redis (for the API)."""
+        store = RedisStateStore.from_url(redis_url, keys, settings.serving_ttl_s)
+        async for values in stream.take(COPY_BATCH, within=COPY_BATCH_WAIT_S):
+            requests = _decode_requests(values)
+            metrics.GENERATION_QUEUE_DEPTH.set(len(requests))
+            texts = await asyncio.get_running_loop().run_in_executor(None, writer.write, requests)
+            for request, text in zip(requests, texts):
+                record = {"item_id": request.item_id, "segment": request.segment, "text": text.text,
+                          "source": text.source, "writer": writer.version}  # fmt: skip
+                await copies.send(key=f"{request.item_id}|{request.segment}".encode(), value=orjson.dumps(record))
+            await store.save_copies([(r.item_id, r.segment, t.text) for r, t in zip(requests, texts)])
+            metrics.GENERATION_QUEUE_DEPTH.set(0)
+
+    @app.page("/healthz")
+    async def healthz(web, request):
+        return web.json({"status": "ok"})
+
+    @app.page("/metrics")
+    async def prometheus(web, request):
+        return web.bytes(generate_latest(), content_type=CONTENT_TYPE_LATEST)
+
+    app.copybook = copybook
+    app.copy_writer = writer
+    return app
+
+
+def _decode_requests(values) -> list[CopyRequest]:
+    requests = []
+    for value in values:
+        try:
+            requests.append(CopyRequest.from_json(orjson.loads(value)))
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            log.warning("dropping a malformed copy request: %s", exc)
+    return requests

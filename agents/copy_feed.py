@@ -1,0 +1,76 @@
+"""Feeds generated copy from the copies topic into a worker's copy book (read side of the copy agent)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import orjson
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from kairos.agents.kafka_config import kafka_client_options
+from kairos.agents.settings import Settings
+from kairos.engine.copywriting import CopyBook
+
+log = logging.getLogger(__name__)
+
+
+class CopyFeed:
+    """Reads every partition of the copies topic from the start (no consumer group: every worker needs all
+    copy, whatever partitions of the inputs it owns)."""
+
+    def __init__(self, settings: Settings, bootstrap: str, copybook: CopyBook) -> None:
+        self.settings = settings
+        self.bootstrap = bootstrap
+        self.copybook = copybook
+        self.received = 0
+        self._consumer: AIOKafkaConsumer | None = None
+        self._task: asyncio.Task | None = None
+
+    async def start(self) -> None:
+        topic = self.settings.topics.copies
+        self._consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.bootstrap, enable_auto_commit=False, fetch_max_wait_ms=100,
+            **kafka_client_options(self.settings),
+        )  # fmt: skip
+        await self._consumer.start()
+        ids = await self._partitions(topic)
+        self._consumer.assign([TopicPartition(topic, p) for p in sorted(ids)])
+        await self._consumer.seek_to_beginning()
+        self._task = asyncio.create_task(self._run(), name="copy-feed")
+
+    async def _partitions(self, topic: str, timeout_s: float = 10.0) -> set[int]:
+        assert self._consumer is not None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while True:
+            ids = self._consumer.partitions_for_topic(topic)
+            if ids or loop.time() > deadline:
+                return ids or set()
+            await self._consumer.topics()  # refreshes the metadata
+            await asyncio.sleep(0.1)
+
+    async def _run(self) -> None:
+        assert self._consumer is not None
+        while True:
+            batches = await self._consumer.getmany(timeout_ms=500, max_records=1000)
+            for records in batches.values():
+                for record in records:
+                    self._apply(record.value)
+
+    def _apply(self, value: bytes | None) -> None:
+        try:
+            data = orjson.loads(value or b"")
+            self.copybook.put(str(data["item_id"]), str(data["segment"]), str(data["text"]))
+            self.received += 1
+        except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
+            log.warning("ignoring a malformed copy record: %s", exc)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+        if self._consumer is not None:
+            await self._consumer.stop()

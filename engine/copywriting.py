@@ -1,0 +1,123 @@
+"""Personalized copy for recommended items, kept off the hot path.
+
+The hot path only *reads* a :class:`CopyBook` (an in-memory cache keyed by item and interest segment): a hit gives
+generated copy, a miss gives the template at once and queues a request. A separate agent turns requests into copy
+with :class:`CopyWriter` (generator + safety filter + template fallback) and publishes it; every worker's copy book
+is fed from that stream, so no event ever waits for text generation.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from kairos.engine.interfaces import TextGenerator
+from kairos.engine.prompts import ProductFacts, fallback_product_copy, product_copy_prompt
+from kairos.engine.safety import SafeText, SafetyFilter, SafetyStats, safe_generate
+
+
+@dataclass(frozen=True, slots=True)
+class CopyRequest:
+    item_id: str
+    segment: str
+    name: str
+    category: str = ""
+    price: float | None = None
+    interests: tuple[str, ...] = ()
+    lang: str = "en"
+
+    def facts(self) -> ProductFacts:
+        return ProductFacts(name=self.name, price=self.price, currency="GBP", category=self.category)
+
+    def to_json(self) -> dict:
+        return {
+            "item_id": self.item_id, "segment": self.segment, "name": self.name, "category": self.category,
+            "price": self.price, "interests": list(self.interests), "lang": self.lang,
+        }  # fmt: skip
+
+    @classmethod
+    def from_json(cls, data: dict) -> "CopyRequest":
+        return cls(
+            str(data["item_id"]), str(data["segment"]), str(data["name"])[:300], str(data.get("category") or ""),
+            data.get("price"), tuple(str(i) for i in data.get("interests") or ())[:5], str(data.get("lang") or "en"),
+        )  # fmt: skip
+
+
+def template_copy(name: str, category: str = "", interests: Sequence[str] = ()) -> str:
+    """The copy shown until generated copy exists (and when generation is blocked or unavailable): factual, with
+    the shopper's interest named when there is one.
+
+    >>> template_copy("WHITE HANGING HEART T-LIGHT HOLDER", interests=["holder"])
+    'White Hanging Heart T-Light Holder. Picked for your interest in holder.'
+    """
+    line = fallback_product_copy(ProductFacts(name=name.title(), category=category))
+    return f"{line} Picked for your interest in {interests[0]}." if interests else line
+
+
+class CopyBook:
+    """Bounded LRU of (item, segment) -> text, plus the set of misses to request (deduplicated, bounded)."""
+
+    def __init__(self, capacity: int = 200_000, max_pending: int = 10_000) -> None:
+        self.capacity = capacity
+        self.max_pending = max_pending
+        self._texts: OrderedDict[tuple[str, str], str] = OrderedDict()
+        self._pending: OrderedDict[tuple[str, str], CopyRequest] = OrderedDict()
+        self._requested: set[tuple[str, str]] = set()
+        self.hits = 0
+        self.misses = 0
+
+    def lookup(self, request: CopyRequest) -> str:
+        """Generated copy if known, else the template (and the request is queued once)."""
+        key = (request.item_id, request.segment)
+        text = self._texts.get(key)
+        if text is not None:
+            self.hits += 1
+            return text
+        self.misses += 1
+        if key not in self._requested and len(self._pending) < self.max_pending:
+            self._pending[key] = request
+        return template_copy(request.name, request.category, request.interests)
+
+    def put(self, item_id: str, segment: str, text: str) -> None:
+        key = (item_id, segment)
+        self._texts[key] = text
+        self._texts.move_to_end(key)
+        self._requested.discard(key)
+        while len(self._texts) > self.capacity:
+            self._texts.popitem(last=False)
+
+    def take_requests(self) -> list[CopyRequest]:
+        requests = list(self._pending.values())
+        self._requested.update(self._pending)
+        if len(self._requested) > 4 * self.max_pending:
+            self._requested.clear()  # forget old requests: a lost one is simply asked for again
+        self._pending.clear()
+        return requests
+
+
+class CopyWriter:
+    """Writes copy for a batch of requests: one batched generator call, safety filter on every text, one
+    regeneration for blocked rows, the template when still blocked or when there is no generator."""
+
+    def __init__(self, generator: TextGenerator | None, safety: SafetyFilter | None = None, max_new_tokens: int = 48):
+        self.generator = generator
+        self.safety = safety or SafetyFilter()
+        self.stats = SafetyStats()
+        self.max_new_tokens = max_new_tokens
+
+    @property
+    def version(self) -> str:
+        return f"{self.generator.name}@{self.generator.version}" if self.generator else "template"
+
+    def write(self, requests: Sequence[CopyRequest]) -> list[SafeText]:
+        fallbacks = [template_copy(r.name, r.category, r.interests) for r in requests]
+        if self.generator is None:
+            return [SafeText(text, "template") for text in fallbacks]
+        prompts = [product_copy_prompt(r.facts(), r.interests, r.lang) for r in requests]
+        generator = self.generator
+
+        def generate(batch: Sequence[str]) -> list[str]:
+            return generator.generate(batch, max_new_tokens=self.max_new_tokens)
+
+        return safe_generate(generate, prompts, fallbacks, self.safety, self.stats)
