@@ -2,6 +2,7 @@
 
 Sources (in the order they fill the pool):
 ``recently_engaged`` the last few items the user interacted with (and did not buy): shoppers come back to them;
+``popular``    the long-run best sellers (a fifth of the pool first, more at the end to fill it);
 ``co_visit``   neighbours of the user's recent items in the co-occurrence graph;
 ``category``   popular items of the user's strongest categories;
 ``trending``   items rising now (short half-life popularity);
@@ -50,14 +51,16 @@ def retrieve_candidates(
     extra_sources: Iterable[tuple[str, CandidateSource]] = (),
 ) -> CandidatePool:
     pool = CandidatePool()
+    trending, popular = model.top_items(now)
     _add_ranked(pool, "recently_engaged", list(reversed(user.recent))[:5], 5, excluded)
+    # The long-run best sellers always compete: a strong baseline for everyone, and the ranker decides.
+    _add_ranked(pool, "popular", popular, len(pool) + limit // 5, excluded)
     _add_co_visits(pool, user, model, limit // 2, excluded)
     _add_category_items(pool, user, model, now, limit // 4, excluded)
     for name, source in extra_sources:
         for item, _ in source(user, now, limit // 4):
             if item not in excluded:
                 pool.add(item, name)
-    trending, popular = model.top_items(now)
     _add_ranked(pool, "trending", trending, limit, excluded)
     _add_ranked(pool, "popular", popular, limit, excluded)
     del pool.items[limit:]
@@ -65,7 +68,7 @@ def retrieve_candidates(
 
 
 def _add_co_visits(pool: CandidatePool, user: UserInterest, model: GlobalModel, n: int, excluded: set[str]) -> None:
-    recent = list(user.recent)[-model.config.cooccurrence_window :]
+    recent = list(user.recent)[-model.config.candidate_anchors :]
     for anchor in reversed(recent):  # the latest item's neighbours first
         for item, weight in model.neighbours_of(anchor, n):
             if item in excluded or item == anchor:

@@ -14,8 +14,14 @@ class EngineConfig:
     max_purchased: int = 200
     idle_expiry_s: float = 30 * 86_400.0
     top_n: int = 10
-    #: How many recent items feed the co-occurrence model and the candidate search.
+    #: How many previous items a new interaction is linked to in the co-occurrence graph.
     cooccurrence_window: int = 5
+    #: Lines of one order are linked to each other too (the strongest co-purchase signal): the first this many...
+    basket_lines: int = 30
+    #: ...each to at most this many other lines of the order (bounds the cost of very large orders).
+    basket_links: int = 8
+    #: How many recent items anchor the co-visit candidate search.
+    candidate_anchors: int = 20
     max_neighbours: int = 100
     #: Popularity half-lives: a short one for "trending", a long one for "popular".
     trend_half_life_s: float = 6 * 3600.0

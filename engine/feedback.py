@@ -287,11 +287,18 @@ class FeedbackCorrector:
 
     def __init__(self, optimizer: optim.base.Optimizer | None = None,
                  similarity: Callable[[str], Sequence[str]] | None = None, neighbour_share: float = 0.5,
-                 max_shift: float = 4.0, calibration_share: float = 1.0) -> None:
+                 max_shift: float = 4.0, calibration_share: float = 1.0, item_level: bool = True,
+                 learn_scale: bool = True) -> None:
         self._optimizer = optimizer or optim.SGD(0.1)
         # The scale's gradient is g x logit: with a fast per-item rate and logits far from 0 it would diverge,
         # so the global calibration weights can learn at a fraction of the optimizer's rate.
         self.calibration_share = calibration_share
+        # item_level=False learns only item x segment shifts: what shoppers of one segment do with an item says
+        # little about shoppers of another (a global per-item shift overrides their interests).
+        self.item_level = item_level
+        # With logits that are all on one side of 0 (e.g. shifted so the best candidate sits at a CTR-like logit),
+        # the scale's gradient acts as a second bias and can flatten the ranker's order: keep it fixed then.
+        self.learn_scale = learn_scale
         self._loss = optim.losses.Log()
         self._weights: dict[str, float] = {"scale": 1.0, "bias": 0.0}
         self.similarity = similarity
@@ -311,11 +318,15 @@ class FeedbackCorrector:
         raw = self.correct([example.item_id], example.segment, [example.logit])[0]
         g = self._loss.gradient(example.label, raw) * example.weight
         share = self.calibration_share
-        grad = {"scale": g * example.logit * share, "bias": g * share}
-        for key in _keys(example.item_id, example.segment):
+        grad = {"bias": g * share}
+        if self.learn_scale:
+            grad["scale"] = g * example.logit * share
+        item_key, segment_key, pair_key = _keys(example.item_id, example.segment)
+        for key in (item_key, segment_key, pair_key) if self.item_level else (segment_key, pair_key):
             grad[key] = g
         for neighbour in self._neighbours(example.item_id):
-            grad[f"i:{neighbour}"] = grad.get(f"i:{neighbour}", 0.0) + self.neighbour_share * g
+            key = f"i:{neighbour}" if self.item_level else _keys(neighbour, example.segment)[2]
+            grad[key] = grad.get(key, 0.0) + self.neighbour_share * g
         for key in grad:
             self._weights.setdefault(key, 0.0)
         self._optimizer.step(self._weights, grad)

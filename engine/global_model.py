@@ -52,7 +52,16 @@ class GlobalModel:
                 for other in previous:
                     if other != it.item_id:
                         self._link(it.item_id, other, it.weight)
+        self._link_basket(interactions)
         self.events += 1
+
+    def _link_basket(self, interactions: list[Interaction]) -> None:
+        """Items bought together in one order are each other's best neighbours (bounded for huge orders)."""
+        lines = [it for it in interactions[: self.config.basket_lines] if it.weight > 0]
+        for n, it in enumerate(lines):
+            for other in lines[max(0, n - self.config.basket_links) : n]:
+                if other.item_id != it.item_id:
+                    self._link(it.item_id, other.item_id, it.weight)
 
     def _observe_item(self, it: Interaction) -> None:
         weight = max(it.weight, 0.0)
@@ -114,9 +123,10 @@ class GlobalModel:
         return trending, popular
 
     def item_columns(self, item_id: str, now: float) -> tuple:
-        """Per-item ranker inputs that do not depend on the user, cached for 500 events of this model:
+        """Per-item ranker inputs that do not depend on the user, cached for 500 events of this model and at most
+        an hour of event time (a slow stream must not serve days-old popularity):
         (category, price, log popularity, log category popularity, trend ratio)."""
-        epoch = self.events // 500
+        epoch = (self.events // 500, int(now // 3600))
         cached = self._item_cache.get(item_id)
         if cached is not None and cached[0] == epoch:
             return cached[1]

@@ -20,7 +20,7 @@ from kairos.schemas.features import RANKER_DENSE_DIM, RANKER_DENSE_FEATURES
 _HEURISTIC_WEIGHTS = dict(
     category_affinity_share=2.0,
     category_affinity_log=0.4,
-    item_affinity_log=0.3,
+    item_affinity_log=1.0,
     item_in_recent=0.2,
     cooccurrence_score=2.5,
     item_popularity_log=0.35,
@@ -99,20 +99,44 @@ class RiverRanker:
 
 
 class BlendedRanker:
-    """Heuristic prior plus what the River ranker has learned, once it has learned enough to be trusted."""
+    """Champion / challenger over the heuristic prior, the River ranker and their sum.
+
+    Before each learning step the three are scored prequentially on the same labelled candidates (the fraction of
+    (positive, negative) pairs ordered correctly, an exponentially weighted average); ranking uses whichever is
+    best so far. The online model therefore only takes over once it has *shown* it ranks better.
+    """
 
     name = "heuristic+river"
+    _DECAY = 0.995
 
     def __init__(self, prior: HeuristicRanker, online: RiverRanker) -> None:
         self.prior, self.online = prior, online
+        self.accuracy = {"heuristic": 0.5, "river": 0.5, "blend": 0.5}
+        self.champion = "heuristic"
 
     @property
     def version(self) -> str:
-        return f"{self.prior.version}+{self.online.version}"
+        return f"{self.prior.version}+{self.online.version}:{self.champion}"
+
+    def _scores(self, features: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        base = self.prior.score(features)
+        online = self.online.score(features)
+        return {"heuristic": base, "river": online, "blend": base + online}
+
+    def record_pairs(self, features: Mapping[str, np.ndarray], labels: np.ndarray) -> None:
+        """Score the three candidates' orderings of one labelled set, before the online model learns from it."""
+        if labels.all() or not labels.any():
+            return
+        for name, scores in self._scores(features).items():
+            correct = (scores[labels][:, None] > scores[~labels][None, :]).mean()
+            self.accuracy[name] = self._DECAY * self.accuracy[name] + (1 - self._DECAY) * float(correct)
+        if self.online.ready:
+            self.champion = max(self.accuracy, key=self.accuracy.__getitem__)
 
     def score(self, features: Mapping[str, np.ndarray]) -> np.ndarray:
-        base = self.prior.score(features)
-        return base + self.online.score(features) if self.online.ready else base
+        if self.champion == "heuristic" or not self.online.ready:
+            return self.prior.score(features)
+        return self._scores(features)[self.champion]
 
 
 assert len(RANKER_DENSE_FEATURES) == RANKER_DENSE_DIM

@@ -94,23 +94,30 @@ class Recommender:
             self.model.observe(user, _interactions_preview(user, event))
 
     def _learn_ranking(self, user: UserInterest, interactions: list[Interaction], now: float) -> None:
-        """One positive (a random positive line of the event) against sampled popular items: enough signal,
-        bounded cost even for an order with hundreds of lines."""
+        """Learning to rank the candidates the engine would have ranked at that moment: the pool is retrieved as
+        for serving, items of the pool the shopper acts on are positives, a sample of the others negatives.
+        (Negatives sampled from popular items taught the model "popular = bad"; positives outside the pool are a
+        retrieval miss, not a ranking lesson.)"""
         if user.event_count == 0:
             return  # nothing to learn from a first event: every feature is empty
-        positives = [it for it in interactions if it.weight > 0]
-        if not positives:
+        excluded = user.excluded_items(now)
+        acted = {it.item_id for it in interactions if it.weight > 0 and it.item_id not in excluded}
+        if not acted:
             return
         rng = self.online._rng
-        it = positives[rng.randrange(len(positives))]
-        if it.action not in _ALWAYS_LEARN and rng.random() >= self.view_learn_rate:
+        if not any(it.action in _ALWAYS_LEARN for it in interactions) and rng.random() >= self.view_learn_rate:
             return
-        _, popular = self.model.top_items(now)
-        negatives = [i for i in self.online.sample(popular, self.negatives + 1) if i != it.item_id]
-        items = [it.item_id, *negatives[: self.negatives]]
-        dense = build_ranker_features(user, self.model, items, now, _co_visit_scores(user, self.model))["dense"]
-        for row, label in zip(dense, [True] + [False] * (len(items) - 1)):
-            self.online.learn(row, label)
+        pool = retrieve_candidates(user, self.model, now, self.config.max_candidates, excluded, self.extra_sources)
+        positives = [item for item in pool.items if item in acted][:5]
+        if not positives:
+            return
+        negatives = self.online.sample([item for item in pool.items if item not in acted], 3 * len(positives))
+        items = positives + negatives
+        features = build_ranker_features(user, self.model, items, now, pool.co_visit)
+        labels = np.array([True] * len(positives) + [False] * len(negatives))
+        self.fallback.record_pairs(features, labels)
+        for row, label in zip(features["dense"], labels):
+            self.online.learn(row, bool(label))
 
     # --- read path ---
 
@@ -155,14 +162,6 @@ class Recommender:
 
 def _interactions_preview(user: UserInterest, event: ClickEvent | PurchaseEvent) -> list[Interaction]:
     return interactions_of(event, user.config)
-
-
-def _co_visit_scores(user: UserInterest, model: GlobalModel) -> dict[str, float]:
-    scores: dict[str, float] = {}
-    for anchor in list(user.recent)[-model.config.cooccurrence_window :]:
-        for item, weight in model.neighbours_of(anchor, 50):
-            scores[item] = scores.get(item, 0.0) + weight
-    return scores
 
 
 def _top_n(pool: CandidatePool, scores: np.ndarray, n: int) -> list[ScoredItem]:

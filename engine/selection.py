@@ -25,7 +25,7 @@ from kairos.engine.ads import AdSelector
 from kairos.engine.bandit import EpsilonGreedySlatePolicy, greedy_order
 from kairos.engine.config import EngineConfig
 from kairos.engine.copywriting import CopyBook, CopyRequest
-from kairos.engine.feedback import FeedbackCorrector, FeedbackJoin, Impression, Interaction
+from kairos.engine.feedback import FeedbackCorrector, FeedbackJoin, Impression, Interaction, PositionBias
 from kairos.engine.interfaces import Ranker
 from kairos.engine.recommender import Recommender, StepTimings
 from kairos.engine.rules import Candidate, CategoryCap, ExcludeHidden, FrequencyCap, ImpressionHistory, RuleContext, RulePipeline
@@ -86,7 +86,7 @@ class Selector:
         ranker: Ranker | None = None,
         feedback: bool = True,
         exploration: bool = True,
-        epsilon: float = 0.1,
+        epsilon: float = 0.05,
         frequency_cap: int = 6,
         frequency_window_s: float = 86_400.0,
         max_per_category: int = 4,
@@ -94,15 +94,22 @@ class Selector:
         hidden: Collection[str] = (),
         ads: AdSelector | None = None,
         copybook: CopyBook | None = None,
+        feedback_rate: float = 0.1,
+        item_level_feedback: bool = False,
+        max_position_weight: float = 3.0,
         seed: int = 0,
     ) -> None:
         self.config = config
         self.recommender = Recommender(config, ranker, seed=seed)
         self.feedback = feedback
         self.exploration = exploration
-        self.join = FeedbackJoin(attribution_window_s=attribution_window_s)
-        # A fast learning rate: the ranking must react within a few events to what the shopper does.
-        self.corrector = FeedbackCorrector(optimizer=optim.SGD(0.5), similarity=self._neighbours, calibration_share=0.005)
+        self.join = FeedbackJoin(attribution_window_s, position_bias=PositionBias(max_weight=max_position_weight))
+        # Defaults measured in the closed loop with the simulator (docs/evaluation.md): item x segment shifts only,
+        # SGD 0.1, click weights capped at 3 (higher rates or global per-item shifts lowered CTR there).
+        self.corrector = FeedbackCorrector(
+            optimizer=optim.SGD(feedback_rate), similarity=self._neighbours, calibration_share=0.005,
+            item_level=item_level_feedback, learn_scale=False,
+        )
         self.policy = EpsilonGreedySlatePolicy(epsilon=epsilon if exploration else 0.0, seed=seed)
         self.impressions = ImpressionHistory(frequency_window_s)
         self.hidden: set[str] = set(hidden)
