@@ -43,7 +43,14 @@ def load_generator(settings: Settings):
         return None
 
 
-def create_app(settings: Settings, bootstrap: str, redis_url: str, *, web_port: int | None = None) -> faust.App:
+ROLES = frozenset({"ingest", "copy"})
+
+
+def create_app(
+    settings: Settings, bootstrap: str, redis_url: str, *, web_port: int | None = None, roles: frozenset[str] = ROLES
+) -> faust.App:
+    """A worker process's app. ``roles``: ``ingest`` (the hot path) and/or ``copy`` (the generation agent); in
+    production run them as separate processes so generation never competes with the hot path for CPU."""
     app = faust.App(
         f"{settings.consumer_group}-agents",
         broker=f"kafka://{bootstrap}",
@@ -60,10 +67,9 @@ def create_app(settings: Settings, bootstrap: str, redis_url: str, *, web_port: 
     copy_requests = app.topic(settings.topics.copy_requests, key_type=bytes, value_type=bytes, value_serializer="raw")
     copies = app.topic(settings.topics.copies, key_type=bytes, value_type=bytes, value_serializer="raw")
     copybook = CopyBook()
-    writer = CopyWriter(load_generator(settings))
+    writer = CopyWriter(load_generator(settings) if "copy" in roles else None)
     keys = RedisKeys(settings.topic_prefix, settings.consumer_group)
 
-    @app.service
     class IngestService(Service):
         """The hot path inside the Faust worker: starts with the app, commits and leaves the group on stop."""
 
@@ -89,7 +95,9 @@ def create_app(settings: Settings, bootstrap: str, redis_url: str, *, web_port: 
             await self.feed.stop()
             await self.store.close()
 
-    @app.agent(copy_requests)
+    if "ingest" in roles:
+        app.service(IngestService)
+
     async def write_copy(stream):
         """Copy requests -> generated, safety-checked copy (or templates), batched; published to the copies
         topic (every worker's copy book) and to Redis (for the API)."""
@@ -104,6 +112,9 @@ def create_app(settings: Settings, bootstrap: str, redis_url: str, *, web_port: 
                 await copies.send(key=f"{request.item_id}|{request.segment}".encode(), value=orjson.dumps(record))
             await store.save_copies([(r.item_id, r.segment, t.text) for r, t in zip(requests, texts)])
             metrics.GENERATION_QUEUE_DEPTH.set(0)
+
+    if "copy" in roles:
+        app.agent(copy_requests, name="write_copy")(write_copy)
 
     @app.page("/healthz")
     async def healthz(web, request):

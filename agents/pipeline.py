@@ -100,10 +100,26 @@ class BatchPipeline:
             self._apply_record(record, result, touched)
         t1 = time.perf_counter()
         metrics.STEP_LATENCY.labels("state").observe(t1 - t0)
+        by_partition: dict[int, list[tuple[str, _Touched]]] = {}
         for (partition, user_id), origin in touched.items():
-            self._recommend(self.partitions[partition], user_id, origin, result)
+            by_partition.setdefault(partition, []).append((user_id, origin))
+        for partition, users in by_partition.items():
+            self._recommend_many(self.partitions[partition], users, result)
         self._request_copy(result)
         return result
+
+    def _recommend_many(self, state: PartitionState, users: list[tuple[str, _Touched]], result: BatchResult) -> None:
+        """Every touched user of the partition: candidates and features each, then ONE ranker call for all of
+        them (the micro-batch of this consumed batch), then correction / rules / exploration each."""
+        selector = state.selector
+        prepared = [selector.prepare(state.users[user_id], origin.event_ts) for user_id, origin in users]
+        t0 = time.perf_counter()
+        fallbacks = selector.recommender.ranker_failures
+        scores = selector.recommender.score_many([features for _, features in prepared])
+        metrics.STEP_LATENCY.labels("rank").observe(time.perf_counter() - t0)
+        metrics.RANKER_FALLBACKS.inc(selector.recommender.ranker_failures - fallbacks)
+        for (user_id, origin), (pool, _), user_scores in zip(users, prepared, scores):
+            self._recommend(state, user_id, origin, result, pool, user_scores)
 
     def _request_copy(self, result: BatchResult) -> None:
         """Copy misses of this batch go to the copy agent (keyed by item so one writer handles an item)."""
@@ -160,10 +176,10 @@ class BatchPipeline:
         first_ms = origin.first_timestamp_ms if origin else record.timestamp_ms
         touched[key] = _Touched(record.topic, record.partition, record.offset, event.event_id, event.ts, first_ms)
 
-    def _recommend(self, state: PartitionState, user_id: str, origin: _Touched, result: BatchResult) -> None:
+    def _recommend(self, state: PartitionState, user_id: str, origin: _Touched, result: BatchResult, pool, scores) -> None:
         user = state.users[user_id]
         selector = state.selector
-        selection = selector.select(user, now=origin.event_ts, n=self.top_n)
+        selection = selector.finish(user, pool, scores, now=origin.event_ts, n=self.top_n)
         _observe_timings(selector)
         catalog = selector.model.catalog
         payload = orjson.dumps(
@@ -251,7 +267,6 @@ def _observe_timings(selector) -> None:
     if timings is not None:
         metrics.STEP_LATENCY.labels("retrieval").observe(timings.retrieve)
         metrics.STEP_LATENCY.labels("features").observe(timings.features)
-        metrics.STEP_LATENCY.labels("rank").observe(timings.rank)
         metrics.STEP_LATENCY.labels("correction").observe(selector.correction_s)
         metrics.STEP_LATENCY.labels("rules").observe(timings.rules)
 

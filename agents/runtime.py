@@ -72,14 +72,18 @@ async def running_worker(settings: Settings, svc: Services, ready_timeout_s: flo
 
 
 @contextlib.asynccontextmanager
-async def running_app(settings: Settings, svc: Services, ready_timeout_s: float = 60.0, web_port: int | None = None):
+async def running_app(
+    settings: Settings, svc: Services, ready_timeout_s: float = 60.0, web_port: int | None = None, roles=None
+):
     """The Faust application (ingest service + copy agent) started in this event loop; yields the app once its
     ingest worker owns partitions. ``app.ingest_worker`` has the live counters."""
     import faust
 
     from kairos.agents.app import create_app
 
-    app = create_app(settings, svc.bootstrap, svc.redis_url, web_port=web_port)
+    from kairos.agents.app import ROLES
+
+    app = create_app(settings, svc.bootstrap, svc.redis_url, web_port=web_port, roles=roles or ROLES)
     worker = faust.Worker(app, loglevel=settings.log_level, quiet=True, redirect_stdouts=False, override_logging=False)
     task = asyncio.ensure_future(worker.start())
     try:

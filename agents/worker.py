@@ -38,14 +38,30 @@ KAFKA_COMMIT_INTERVAL_S = 2.0
 TRENDING_PUBLISH_INTERVAL_S = 10.0
 
 
+def load_ranker(settings: Settings):
+    """The ONNX ranker from the model directory (one session shared by the worker's partitions), or None: then
+    the online River / heuristic champion ranks (the documented fallback)."""
+    try:
+        from kairos.models.ranker import OnnxRanker
+        from kairos.models.session import SessionOptions
+
+        ranker = OnnxRanker.from_dir(settings.model_dir, options=SessionOptions(intra_op_threads=settings.onnx_threads))
+    except Exception as exc:  # noqa: BLE001 - no model (or a broken one) means the fallback ranker, not a dead worker
+        log.warning("no ONNX ranker in %s (%s): ranking with the online River/heuristic ranker", settings.model_dir, exc)
+        return None
+    log.info("ranking with ONNX %s@%s on %s", ranker.name, ranker.version, ranker.provider)
+    return ranker
+
+
 def default_selector_factory(settings: Settings, copybook: CopyBook | None = None) -> Callable[[EngineConfig], Selector]:
     """Selectors with the ad inventory (Upworthy creatives when the data directory has them, else the built-in
     synthetic set; each partition paces 1/partitions of every campaign's budget) and the worker's copy book."""
     inventory = load_inventory(settings.resolved_data_dir())
     share = 1.0 / settings.partitions
+    ranker = load_ranker(settings)
 
     def make(config: EngineConfig) -> Selector:
-        return Selector(config, ads=AdSelector(inventory, budget_share=share), copybook=copybook)
+        return Selector(config, ranker=ranker, ads=AdSelector(inventory, budget_share=share), copybook=copybook)
 
     return make
 

@@ -308,6 +308,8 @@ class FeedbackCorrector:
     def correct(self, item_ids: Sequence[str], segment: str, logits: Sequence[float]) -> np.ndarray:
         """Corrected logits for ``item_ids`` (aligned with ``logits``) in ``segment``."""
         logits = np.asarray(logits, dtype=float)
+        if not self.item_level:
+            return self._correct_pairs(item_ids, segment, logits)
         shifts = np.array([self._shift(item, segment) for item in item_ids])
         return self._weights["scale"] * logits + self._weights["bias"] + shifts
 
@@ -330,6 +332,14 @@ class FeedbackCorrector:
         for key in grad:
             self._weights.setdefault(key, 0.0)
         self._optimizer.step(self._weights, grad)
+
+    def _correct_pairs(self, item_ids: Sequence[str], segment: str, logits: np.ndarray) -> np.ndarray:
+        """The item x segment-only correction, one dict lookup per item (it runs on every candidate)."""
+        w, limit = self._weights, self.max_shift
+        suffix = f"|{segment}"
+        pair = np.array([w.get(f"is:{item}{suffix}", 0.0) for item in item_ids], dtype=float)
+        common = self._weights["bias"] + min(max(w.get(f"s:{segment}", 0.0), -limit), limit)
+        return self._weights["scale"] * logits + common + np.clip(pair, -limit, limit)
 
     def _shift(self, item_id: str, segment: str) -> float:
         # The item-level part is clipped on its own: the segment weight is shared by every item of the segment, and

@@ -8,6 +8,7 @@ Fallback order when ranking (docs/engine.md): ONNX ranker -> River ranker once i
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import Mapping
 
 import numpy as np
@@ -137,6 +138,55 @@ class BlendedRanker:
         if self.champion == "heuristic" or not self.online.ready:
             return self.prior.score(features)
         return self._scores(features)[self.champion]
+
+
+class GuardedRanker:
+    """A model-backed ranker with a fallback: on an error, or when calls get slow (the p99-ish of the last 50 calls
+    above ``budget_s``), ranking uses ``fallback`` for ``cooldown_calls`` calls, then tries the model again.
+    ``fallbacks`` counts the rankings served by the fallback (exported as a metric by the worker)."""
+
+    def __init__(self, primary, fallback, budget_s: float = 0.010, cooldown_calls: int = 1000) -> None:
+        self.primary, self.fallback = primary, fallback
+        self.budget_s, self.cooldown_calls = budget_s, cooldown_calls
+        self._recent: list[float] = []
+        self._cooldown = 0
+        self.fallbacks = 0
+        self.errors = 0
+
+    @property
+    def name(self) -> str:
+        return self.primary.name if self._cooldown == 0 else self.fallback.name
+
+    @property
+    def version(self) -> str:
+        return self.primary.version if self._cooldown == 0 else self.fallback.version
+
+    def score(self, features: Mapping[str, np.ndarray]) -> np.ndarray:
+        if self._cooldown > 0:
+            self._cooldown -= 1
+            self.fallbacks += 1
+            return self.fallback.score(features)
+        started = time.perf_counter()
+        try:
+            scores = np.asarray(self.primary.score(features), dtype=np.float32)
+        except Exception:  # noqa: BLE001 - a failing model must not stop recommendations
+            self.errors += 1
+            self._trip()
+            return self.fallback.score(features)
+        self._observe(time.perf_counter() - started)
+        return scores
+
+    def _observe(self, seconds: float) -> None:
+        self._recent.append(seconds)
+        if len(self._recent) >= 50:
+            if sorted(self._recent)[-2] > self.budget_s:  # 2nd slowest of 50 ~ p98
+                self._trip()
+            self._recent.clear()
+
+    def _trip(self) -> None:
+        self._cooldown = self.cooldown_calls
+        self.fallbacks += 1
+        self._recent.clear()
 
 
 assert len(RANKER_DENSE_FEATURES) == RANKER_DENSE_DIM

@@ -21,7 +21,7 @@ from kairos.engine.config import EngineConfig
 from kairos.engine.features import TextSimilarity, build_ranker_features
 from kairos.engine.global_model import GlobalModel
 from kairos.engine.interfaces import Ranker
-from kairos.engine.ranking import BlendedRanker, HeuristicRanker, RiverRanker
+from kairos.engine.ranking import BlendedRanker, GuardedRanker, HeuristicRanker, RiverRanker
 from kairos.engine.state import Interaction, UserInterest, interactions_of
 from kairos.schemas.events import ClickEvent, ImpressionEvent, PurchaseEvent
 
@@ -66,13 +66,14 @@ class Recommender:
         self.model = GlobalModel(config)
         self.online = RiverRanker(seed=seed)
         self.fallback = BlendedRanker(HeuristicRanker(), self.online)
-        self.ranker = ranker
+        # Fallback order (docs/selection.md): the model ranker while it answers within budget, else the
+        # champion of heuristic / River / blend.
+        self.ranker = GuardedRanker(ranker, self.fallback) if ranker is not None else None
         self.extra_sources = tuple(extra_sources)
         self.text_similarity = text_similarity
         self.view_learn_rate = view_learn_rate
         self.negatives = negatives_per_positive
         self.last_timings: StepTimings | None = None
-        self.ranker_failures = 0
 
     # --- write path ---
 
@@ -133,30 +134,46 @@ class Recommender:
 
     def score_candidates(self, user: UserInterest, now: float) -> tuple[CandidatePool, np.ndarray]:
         """Retrieve candidates (purchased items already excluded) and score them with the ranker."""
+        pool, features = self.candidates_and_features(user, now)
+        if not pool.items:
+            return pool, np.zeros(0, dtype=np.float32)
+        t0 = time.perf_counter()
+        scores = self._score(features)
+        self.last_timings = self.last_timings._replace(rank=time.perf_counter() - t0)
+        return pool, scores
+
+    def candidates_and_features(self, user: UserInterest, now: float) -> tuple[CandidatePool, dict[str, np.ndarray]]:
+        """The read path up to the ranker: lets a caller score many users' candidates in one ranker call."""
         t0 = time.perf_counter()
         excluded = user.excluded_items(now)
         pool = retrieve_candidates(user, self.model, now, self.config.max_candidates, excluded, self.extra_sources)
         t1 = time.perf_counter()
-        if not pool.items:
-            self.last_timings = StepTimings(t1 - t0, 0.0, 0.0, 0.0)
-            return pool, np.zeros(0, dtype=np.float32)
         features = build_ranker_features(user, self.model, pool.items, now, pool.co_visit, None, self.text_similarity)
-        t2 = time.perf_counter()
-        scores = self._score(features)
-        self.last_timings = StepTimings(t1 - t0, t2 - t1, time.perf_counter() - t2, 0.0)
-        return pool, scores
+        self.last_timings = StepTimings(t1 - t0, time.perf_counter() - t1, 0.0, 0.0)
+        return pool, features
+
+    def score_many(self, features: list[dict[str, np.ndarray]]) -> list[np.ndarray]:
+        """Score several candidate sets with one ranker call (one ONNX inference per consumed batch)."""
+        sizes = [len(f["item_id"]) for f in features]
+        if not sizes or sum(sizes) == 0:
+            return [np.zeros(n, dtype=np.float32) for n in sizes]
+        merged = {name: np.concatenate([f[name] for f in features]) for name in features[0]}
+        scores = self._score(merged)
+        return np.split(scores, np.cumsum(sizes)[:-1])
 
     @property
     def model_version(self) -> str:
         ranker = self.ranker or self.fallback
         return f"{ranker.name}@{ranker.version}"
 
+    @property
+    def ranker_failures(self) -> int:
+        """Rankings the fallback served because the model ranker failed or was slow."""
+        return self.ranker.fallbacks if self.ranker is not None else 0
+
     def _score(self, features: dict[str, np.ndarray]) -> np.ndarray:
         if self.ranker is not None:
-            try:
-                return np.asarray(self.ranker.score(features), dtype=np.float32)
-            except Exception:  # noqa: BLE001 - a broken model must not stop recommendations (fallback + metric)
-                self.ranker_failures += 1
+            return self.ranker.score(features)
         return self.fallback.score(features)
 
 

@@ -225,3 +225,28 @@ def perplexity(model, tokenizer, examples: list[CopyExample], max_len: int = 160
         total_nll += float(nll)
         total_tokens += count
     return float(torch.exp(torch.tensor(total_nll / max(total_tokens, 1))))
+
+
+def apply_lora_adapter(model, adapter_file: Path):
+    """Merge a LoRA adapter written by ``onnx_export/gpu_finetune.py`` into ``model``; returns (model, its report)."""
+    from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
+
+    saved = torch.load(adapter_file, map_location="cpu")
+    lora = saved["report"]["lora"]
+    config = LoraConfig(r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=0.0, target_modules=lora["targets"],
+                        task_type="CAUSAL_LM")
+    peft_model = get_peft_model(model, config)
+    set_peft_model_state_dict(peft_model, {k: v.float() for k, v in saved["state"].items()})
+    return peft_model.merge_and_unload().eval(), saved["report"]
+
+
+def gpu_pairs(data_dir: Path, path: Path, sizes=(8000, 1070, 2000), held_examples: int = 24) -> Path:
+    """Write chat-formatted training pairs (and the held-out Myntra pairs) for ``gpu_finetune.py``."""
+    from kairos.onnx_export.gpu_finetune import write_pairs
+
+    train_frame, held_frame = myntra_split(data_dir)
+    n_my, n_ad, n_sum = sizes
+    examples = myntra_examples(train_frame, n_my) + advertisegen_examples(data_dir, n_ad) + summary_examples(data_dir, n_sum)
+    held = myntra_examples(held_frame, held_examples, seed=1)
+    as_pairs = lambda exs: [(chatml(e.prompt), e.target + END) for e in exs]  # noqa: E731
+    return write_pairs(path, as_pairs(examples), as_pairs(held))

@@ -1,0 +1,50 @@
+import time
+
+import numpy as np
+
+from kairos.engine.ranking import GuardedRanker, HeuristicRanker
+
+
+class _Model:
+    name, version = "model", "7"
+
+    def __init__(self, delay_s=0.0, fail=False):
+        self.delay_s, self.fail, self.calls = delay_s, fail, 0
+
+    def score(self, features):
+        self.calls += 1
+        if self.fail:
+            raise RuntimeError("session died")
+        time.sleep(self.delay_s)
+        return np.full(len(features["dense"]), 9.0, dtype=np.float32)
+
+
+def _features(n=3):
+    return {"dense": np.ones((n, 16), dtype=np.float32)}
+
+
+def test_model_scores_while_healthy():
+    guard = GuardedRanker(_Model(), HeuristicRanker())
+    assert np.all(guard.score(_features()) == 9.0) and guard.fallbacks == 0 and guard.name == "model"
+
+
+def test_error_falls_back_for_the_cooldown_then_retries():
+    model = _Model(fail=True)
+    guard = GuardedRanker(model, HeuristicRanker(), cooldown_calls=3)
+    guard.score(_features())
+    assert guard.errors == 1 and guard.name == "heuristic"
+    for _ in range(3):
+        guard.score(_features())
+    assert model.calls == 1, "the failing model was called during the cooldown"
+    guard.score(_features())
+    assert model.calls == 2 and guard.fallbacks == 5  # the trip + 3 cooldown calls + the retry's trip
+
+
+def test_slow_model_is_benched():
+    model = _Model(delay_s=0.002)
+    guard = GuardedRanker(model, HeuristicRanker(), budget_s=0.001, cooldown_calls=10)
+    for _ in range(50):
+        guard.score(_features())
+    assert guard.fallbacks == 1 and guard.name == "heuristic"
+    guard.score(_features())
+    assert model.calls == 50
