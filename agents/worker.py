@@ -105,6 +105,8 @@ class IngestWorker:
         self._last_checkpoint: dict[int, float] = {}
         self._last_kafka_commit = 0.0
         self.ready = asyncio.Event()
+        #: perf_counter() when the first batch started (throughput is measured from there).
+        self.first_batch_at: float | None = None
 
     # --- lifecycle ---
 
@@ -171,6 +173,8 @@ class IngestWorker:
 
     async def _handle(self, batches: dict) -> None:
         assert self.outputs is not None
+        if self.first_batch_at is None:
+            self.first_batch_at = time.perf_counter()
         records = [
             InputRecord(tp.topic, tp.partition, r.offset, r.key, r.value, r.timestamp)
             for tp, batch in batches.items()

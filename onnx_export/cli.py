@@ -1,6 +1,7 @@
 """Sub-commands of the models side, registered into the ``kairos`` command by ``kairos.agents.cli``:
 
     kairos models build [--data-dir DIR] [--model-dir DIR] [--profile small|full] [--only ranker,embedder,generator]
+                        [--generator-adapter FILE]
     kairos bench ranker [--threads N] [--device cpu|cuda]
     kairos bench generator [--model-dir DIR] [--threads N] [--new-tokens N]
     kairos eval models --data-dir DIR [--model-dir DIR]
@@ -51,7 +52,8 @@ def cmd_models_build(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING)
     steps = tuple(s.strip() for s in args.only.split(",")) if args.only else ("ranker", "embedder", "generator")
     data_dir = args.data_dir or default_data_dir()
-    report = build_models(data_dir, args.model_dir or default_model_dir(), args.profile, steps)
+    report = build_models(data_dir, args.model_dir or default_model_dir(), args.profile, steps,
+                          generator_adapter=args.generator_adapter)
     summary = {"version": report["version"], "profile": args.profile}
     for step, info in report["steps"].items():
         summary[f"{step}_seconds"] = info["seconds"]
@@ -108,6 +110,8 @@ def register(groups: dict[str, argparse._SubParsersAction]) -> None:
     build.add_argument("--profile", choices=["small", "full"], default="small",
                        help="small: < 15 min on 2 CPU cores; full: longer training")
     build.add_argument("--only", default="", help="comma-separated subset of ranker,embedder,generator")
+    build.add_argument("--generator-adapter", type=Path, default=None,
+                       help="merge this LoRA adapter (from onnx_export/gpu_finetune.py) instead of fine-tuning here")
     build.set_defaults(func=cmd_models_build)
 
     ranker = groups["bench"].add_parser("ranker", help="ranker p50/p99: onnxruntime fp32/int8 vs torch eager")
