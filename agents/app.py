@@ -47,7 +47,13 @@ ROLES = frozenset({"ingest", "copy"})
 
 
 def create_app(
-    settings: Settings, bootstrap: str, redis_url: str, *, web_port: int | None = None, roles: frozenset[str] = ROLES
+    settings: Settings,
+    bootstrap: str,
+    redis_url: str,
+    *,
+    web_port: int | None = None,
+    web_host: str = "127.0.0.1",
+    roles: frozenset[str] = ROLES,
 ) -> faust.App:
     """A worker process's app. ``roles``: ``ingest`` (the hot path) and/or ``copy`` (the generation agent); in
     production run them as separate processes so generation never competes with the hot path for CPU."""
@@ -62,7 +68,7 @@ def create_app(
         topic_allow_declare=True,
         web_enabled=web_port is not None,
         web_port=web_port or settings.http_port,
-        web_bind="127.0.0.1",
+        web_bind=web_host,
     )
     copy_requests = app.topic(settings.topics.copy_requests, key_type=bytes, value_type=bytes, value_serializer="raw")
     copies = app.topic(settings.topics.copies, key_type=bytes, value_type=bytes, value_serializer="raw")

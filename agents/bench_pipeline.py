@@ -3,7 +3,8 @@
 (a) plain aiokafka loop: consume -> JSON decode -> produce, no state;
 (b) the full pipeline (decode, validate, state, retrieval, ranking, outputs, atomic Redis commits) from the same
     pre-filled topics with a fresh consumer group;
-(c) event -> recommendation latency measured by a separate consumer while events arrive at half of (b)'s rate;
+(c) event -> recommendation latency measured by a separate consumer while events arrive, one at a time at a steady
+    pace, at half of (b)'s rate (or ``--rate``);
 (d) peak RSS of this process (worker, producers and consumers; the broker and Redis are separate processes).
 The last line printed is one JSON object.
 """
@@ -20,6 +21,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from kairos.agents.demo import pick_source, produce
 from kairos.agents.kafka_config import consumer_options, producer_options
+from kairos.schemas.codec import encode
 from kairos.agents.runtime import RecommendationMonitor, Services, running_app, services, wait_for
 from kairos.agents.settings import Settings
 from kairos.agents.topics_admin import ensure_topics
@@ -50,6 +52,26 @@ async def plain_loop(settings: Settings, bootstrap: str, expected: int) -> float
     return seen / (time.perf_counter() - (started or time.perf_counter()))
 
 
+async def produce_paced(settings: Settings, bootstrap: str, events: list, rate: float) -> int:
+    """Each event sent at its own due time (t0 + k / rate): a smooth stream, as shoppers produce it. A chunked
+    producer would deliver bursts, and the last event of a burst waits for the whole burst to be processed."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, **{**producer_options(settings), "linger_ms": 0})
+    await producer.start()
+    topics, loop = settings.topics, asyncio.get_running_loop()
+    started = loop.time()
+    try:
+        for k, event in enumerate(events):
+            delay = started + k / rate - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            topic = topics.purchases if event.kind == "purchase" else topics.clicks
+            await producer.send(topic, encode(event), key=event.user_id.encode())
+        await producer.flush()
+    finally:
+        await producer.stop()
+    return len(events)
+
+
 async def pipeline_phase(settings: Settings, svc: Services, expected: int, latency_events: list, rate: float | None):
     # The hot path only: the copy agent runs in its own process in production (it would compete for the CPU here).
     async with running_app(settings, svc, roles=frozenset({"ingest"})) as app:
@@ -63,7 +85,7 @@ async def pipeline_phase(settings: Settings, svc: Services, expected: int, laten
         await monitor.start()
         target_rate = rate or throughput / 2
         before = worker.stats["events"]
-        produced = await produce(settings, svc.bootstrap, latency_events, target_rate, [])
+        produced = await produce_paced(settings, svc.bootstrap, latency_events, target_rate)
         await wait_for(lambda: worker.stats["events"] >= before + produced, 120.0)
         await asyncio.sleep(0.5)
         p50, p99 = monitor.percentiles()

@@ -49,7 +49,7 @@ def _cmd_worker(args: argparse.Namespace) -> int:
         if svc.embedded_kafka or svc.embedded_redis:
             log.warning("embedded services at %s / %s (they stop with this worker)", svc.bootstrap, svc.redis_url)
         roles = frozenset(args.roles.split(","))
-        app = create_app(settings, svc.bootstrap, svc.redis_url, web_port=args.web_port, roles=roles)
+        app = create_app(settings, svc.bootstrap, svc.redis_url, web_port=args.web_port, web_host=args.web_host, roles=roles)
         worker = faust.Worker(app, loglevel=settings.log_level, override_logging=False)
         try:
             worker.execute_from_commandline()
@@ -88,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     worker = top.add_parser("worker", help="run one worker: Faust app with the ingest service and the copy agent")
     worker.add_argument("--web-port", type=int, default=None, help="serve /healthz and /metrics on this port")
+    worker.add_argument("--web-host", default="127.0.0.1", help="address the web views bind to")
     worker.add_argument(
         "--roles", default="ingest,copy", choices=["ingest,copy", "ingest", "copy"],
         help="ingest (hot path), copy (generation agent), or both; run them as separate processes in production",

@@ -39,7 +39,7 @@ def consumer_options(settings: Settings) -> dict:
         "heartbeat_interval_ms": settings.heartbeat_interval_ms,
         "rebalance_timeout_ms": settings.session_timeout_ms,
         "max_poll_interval_ms": 300_000,
-        "fetch_max_wait_ms": 50,
+        "fetch_max_wait_ms": settings.fetch_max_wait_ms,
         "max_partition_fetch_bytes": 4 * 1024 * 1024,
     }
 

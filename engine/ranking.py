@@ -141,13 +141,16 @@ class BlendedRanker:
 
 
 class GuardedRanker:
-    """A model-backed ranker with a fallback: on an error, or when calls get slow (the p99-ish of the last 50 calls
-    above ``budget_s``), ranking uses ``fallback`` for ``cooldown_calls`` calls, then tries the model again.
-    ``fallbacks`` counts the rankings served by the fallback (exported as a metric by the worker)."""
+    """A model-backed ranker with a fallback: on an error, or when calls get slow (the p98 of the last 50 calls,
+    per row scored, above ``budget_s + budget_s_per_row x rows``: one call may score a whole batch of users),
+    ranking uses ``fallback`` for ``cooldown_calls`` calls, then tries the model again. ``fallbacks`` counts the
+    rankings served by the fallback (exported as a metric by the worker)."""
 
-    def __init__(self, primary, fallback, budget_s: float = 0.010, cooldown_calls: int = 1000) -> None:
+    def __init__(
+        self, primary, fallback, budget_s: float = 0.010, budget_s_per_row: float = 5e-6, cooldown_calls: int = 1000
+    ) -> None:
         self.primary, self.fallback = primary, fallback
-        self.budget_s, self.cooldown_calls = budget_s, cooldown_calls
+        self.budget_s, self.budget_s_per_row, self.cooldown_calls = budget_s, budget_s_per_row, cooldown_calls
         self._recent: list[float] = []
         self._cooldown = 0
         self.fallbacks = 0
@@ -173,13 +176,15 @@ class GuardedRanker:
             self.errors += 1
             self._trip()
             return self.fallback.score(features)
-        self._observe(time.perf_counter() - started)
+        elapsed = time.perf_counter() - started
+        self._observe(elapsed / (self.budget_s + self.budget_s_per_row * len(scores)))
         return scores
 
-    def _observe(self, seconds: float) -> None:
-        self._recent.append(seconds)
+    def _observe(self, budget_share: float) -> None:
+        """``budget_share``: the call's time as a fraction of its budget (> 1 = too slow)."""
+        self._recent.append(budget_share)
         if len(self._recent) >= 50:
-            if sorted(self._recent)[-2] > self.budget_s:  # 2nd slowest of 50 ~ p98
+            if sorted(self._recent)[-2] > 1.0:  # 2nd slowest of 50 ~ p98
                 self._trip()
             self._recent.clear()
 

@@ -70,9 +70,12 @@ def test_kairos_commands_parse(compose):
     """The compose commands are real: argparse accepts them (``--help`` would exit, so parse without running)."""
     import argparse
 
-    for name in ("worker", "api"):
+    from kairos.agents.cli import build_parser
+
+    for name in ("worker", "copywriter", "api"):
         command = compose["services"][name]["command"]
-        assert command[:3] == ["python", "-m", "kairos.agents.ops"], name
+        assert command[:3] in (["python", "-m", "kairos.agents.ops"], ["python", "-m", "kairos"]), name
+        parse = ops_main if command[2] == "kairos.agents.ops" else build_parser().parse_args
         parser_error = []
 
         def fail(message, _errors=parser_error):
@@ -83,7 +86,7 @@ def test_kairos_commands_parse(compose):
         argparse.ArgumentParser.error = lambda self, message: fail(message)
         try:
             with pytest.raises(SystemExit) as caught:
-                ops_main([*command[3:], "--definitely-not-an-option"])
+                parse([*command[3:], "--definitely-not-an-option"])
         finally:
             argparse.ArgumentParser.error = original
         assert parser_error and "unrecognized arguments: --definitely-not-an-option" in parser_error[0], caught.value

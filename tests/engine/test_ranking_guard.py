@@ -42,9 +42,18 @@ def test_error_falls_back_for_the_cooldown_then_retries():
 
 def test_slow_model_is_benched():
     model = _Model(delay_s=0.002)
-    guard = GuardedRanker(model, HeuristicRanker(), budget_s=0.001, cooldown_calls=10)
+    guard = GuardedRanker(model, HeuristicRanker(), budget_s=0.001, budget_s_per_row=0.0, cooldown_calls=10)
     for _ in range(50):
         guard.score(_features())
     assert guard.fallbacks == 1 and guard.name == "heuristic"
     guard.score(_features())
     assert model.calls == 50
+
+
+def test_budget_scales_with_rows():
+    """A batched call over many users' candidates may take longer than a single user's."""
+    model = _Model(delay_s=0.002)
+    guard = GuardedRanker(model, HeuristicRanker(), budget_s=0.001, budget_s_per_row=0.001)
+    for _ in range(50):
+        guard.score(_features(n=3))  # budget 4 ms per call
+    assert guard.fallbacks == 0 and guard.name == "model"
