@@ -192,8 +192,8 @@ class IngestWorker:
         for source_ms in result.source_times_ms:
             metrics.EVENT_TO_REC.observe(max(now_ms - source_ms, 0.0) / 1000.0)
         metrics.STEP_LATENCY.labels("emit").observe(time.perf_counter() - t0)
-        for partition in result.touched_partitions:
-            await self._commit_partition(partition)
+        # One Redis round trip for all touched partitions, not one after another (each commit is its own MULTI).
+        await asyncio.gather(*(self._commit_partition(p) for p in result.touched_partitions))
         self._count(len(records), result)
         await self._maybe_commit_kafka()
         await self._maybe_publish_trending()

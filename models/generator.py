@@ -263,7 +263,9 @@ class OnnxGenerator:
         return result
 
     def _finish(self, tokens: list[int], stops: tuple[str, ...]) -> str:
-        text = self.tokenizer.decode(tokens, skip_special_tokens=True)
+        # A byte-level BPE cut by max_new_tokens can end inside a multi-byte (e.g. Chinese) character: drop the
+        # replacement characters that leaves, and the unknown-token marker.
+        text = self.tokenizer.decode(tokens, skip_special_tokens=True).replace("\ufffd", "").replace("<UNK>", "")
         for s in stops:
             if s in text:
                 text = text[: text.index(s)]

@@ -257,6 +257,10 @@ def build_models(data_dir: Path, model_dir: Path, profile: str = "small", steps=
     model_dir.mkdir(parents=True, exist_ok=True)
     version = _version()
     report = {"version": version, "profile": asdict(prof), "data_dir": str(data_dir), "steps": {}}
+    previous = model_dir / "build_report.json"
+    if previous.exists() and set(steps) != {"ranker", "embedder", "generator"}:
+        # a partial build keeps the other steps' entries (each records the version it built)
+        report["steps"] = json.loads(previous.read_text()).get("steps", {})
     for step in steps:
         start = time.perf_counter()
         if step == "ranker":
@@ -268,7 +272,7 @@ def build_models(data_dir: Path, model_dir: Path, profile: str = "small", steps=
                                       generator_adapter)
         else:
             raise ValueError(f"unknown build step {step!r}")
-        report["steps"][step] = {"seconds": round(time.perf_counter() - start, 1), "metrics": metrics}
+        report["steps"][step] = {"version": version, "seconds": round(time.perf_counter() - start, 1), "metrics": metrics}
         say(f"{step}: done in {report['steps'][step]['seconds']} s")
         (model_dir / "build_report.json").write_text(json.dumps(report, indent=2) + "\n")
     return report
