@@ -172,8 +172,6 @@ def build_embedder(model_dir: Path, version: str, say: Progress) -> dict:
 def build_generator(data_dir: Path, model_dir: Path, profile: BuildProfile, version: str, say: Progress,
                     cache_dir: Path, adapter: Path | None = None) -> dict:
     """Fine-tune (or merge ``adapter`` from ``gpu_finetune.py``), export with KV cache, check int8, publish."""
-    import torch
-
     from kairos.models.registry import publish_model
     from kairos.onnx_export.generator_export import export_causal_lm, generator_config
     from kairos.onnx_export import generator_train as gt

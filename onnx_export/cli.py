@@ -73,7 +73,7 @@ def cmd_bench_generator(args: argparse.Namespace) -> int:
     from kairos.onnx_export.bench import bench_generator
 
     result = bench_generator(args.model_dir or default_model_dir(), new_tokens=args.new_tokens, threads=args.threads,
-                             say=_stderr)
+                             say=_stderr, rounds=args.rounds)
     return _print_last(result)
 
 
@@ -122,7 +122,8 @@ def register(groups: dict[str, argparse._SubParsersAction]) -> None:
     gen = groups["bench"].add_parser("generator", help="generator tokens/s: onnxruntime vs torch eager")
     gen.add_argument("--model-dir", type=Path, default=None)
     gen.add_argument("--threads", type=int, default=2)
-    gen.add_argument("--new-tokens", type=int, default=32)
+    gen.add_argument("--new-tokens", type=int, default=64, help="per row; 64 = the serving default max_new_tokens")
+    gen.add_argument("--rounds", type=int, default=2, help="interleaved rounds; the best of each backend is kept")
     gen.set_defaults(func=cmd_bench_generator)
 
     ev = groups["eval"].add_parser("models", help="ranker AUC vs baselines, generator perplexity, safety")
