@@ -28,6 +28,7 @@ from kairos.engine.partition import PartitionState
 from kairos.engine.ads import AdSelector
 from kairos.engine.copywriting import CopyBook
 from kairos.engine.creatives import load_inventory
+from kairos.engine.item_vectors import ItemVectors
 from kairos.engine.selection import Selector
 from kairos.engine.store import StateStore
 
@@ -59,11 +60,27 @@ def default_selector_factory(settings: Settings, copybook: CopyBook | None = Non
     inventory = load_inventory(settings.resolved_data_dir())
     share = 1.0 / settings.partitions
     ranker = load_ranker(settings)
+    item_vectors = load_item_vectors(settings)
 
     def make(config: EngineConfig) -> Selector:
-        return Selector(config, ranker=ranker, ads=AdSelector(inventory, budget_share=share), copybook=copybook)
+        ads = AdSelector(inventory, budget_share=share)
+        return Selector(config, ranker=ranker, ads=ads, copybook=copybook, item_vectors=item_vectors)
 
+    make.item_vectors = item_vectors  # the worker embeds queued item texts in the background
     return make
+
+
+def load_item_vectors(settings: Settings) -> ItemVectors | None:
+    """Item-text embeddings for the ``similar_text`` candidate source, or None without an embedder model."""
+    try:
+        from kairos.models.embedder import OnnxEmbedder
+        from kairos.models.session import SessionOptions
+
+        embedder = OnnxEmbedder.from_dir(settings.model_dir, options=SessionOptions(intra_op_threads=1))
+    except Exception as exc:  # noqa: BLE001 - no embedder means no content-based candidates, nothing worse
+        log.warning("no ONNX embedder in %s (%s): no similar_text candidates", settings.model_dir, exc)
+        return None
+    return ItemVectors(embedder)
 
 
 class _Rebalance(ConsumerRebalanceListener):
@@ -91,6 +108,7 @@ class IngestWorker:
         self.store = store
         self.config = settings.engine_config()
         self.make_selector = make_selector or default_selector_factory(settings)
+        self.item_vectors = getattr(self.make_selector, "item_vectors", None)
         self.on_batch = on_batch
         self.partitions: dict[int, PartitionState] = {}
         self.n_partitions = settings.partitions
@@ -120,6 +138,14 @@ class IngestWorker:
         self.consumer.subscribe(list(self.settings.topics.inputs()), listener=_Rebalance(self))
 
     async def run(self) -> None:
+        assert self.consumer is not None
+        embedding = asyncio.create_task(self.embed_items(), name="embed-items")
+        try:
+            await self._loop()
+        finally:
+            embedding.cancel()
+
+    async def _loop(self) -> None:
         assert self.consumer is not None
         while not self._stopping.is_set():
             batches = await self.consumer.getmany(
@@ -236,6 +262,14 @@ class IngestWorker:
             log.info("state store reachable again; pending state written")
             self.redis_healthy = True
             metrics.SERVING_STALE.set(0)
+
+    async def embed_items(self) -> None:
+        """Background: embed the item texts the hot path queued (in a thread: onnxruntime releases the GIL)."""
+        loop = asyncio.get_running_loop()
+        while not self._stopping.is_set() and self.item_vectors is not None:
+            embedded = await loop.run_in_executor(None, self.item_vectors.embed_pending)
+            if not embedded:
+                await asyncio.sleep(0.5)
 
     async def _idle_tick(self) -> None:
         for partition, state in list(self.partitions.items()):

@@ -27,6 +27,7 @@ from kairos.engine.config import EngineConfig
 from kairos.engine.copywriting import CopyBook, CopyRequest
 from kairos.engine.feedback import FeedbackCorrector, FeedbackJoin, Impression, Interaction, PositionBias
 from kairos.engine.interfaces import Ranker
+from kairos.engine.item_vectors import ItemVectors
 from kairos.engine.recommender import Recommender, StepTimings
 from kairos.engine.rules import Candidate, CategoryCap, ExcludeHidden, FrequencyCap, ImpressionHistory, RuleContext, RulePipeline
 from kairos.engine.state import UserInterest
@@ -95,12 +96,16 @@ class Selector:
         ads: AdSelector | None = None,
         copybook: CopyBook | None = None,
         feedback_rate: float = 0.1,
+        item_vectors: ItemVectors | None = None,
         item_level_feedback: bool = False,
         max_position_weight: float = 3.0,
         seed: int = 0,
     ) -> None:
         self.config = config
-        self.recommender = Recommender(config, ranker, seed=seed)
+        # Content-based candidates (nearest item texts to the user's interest) when an embedder is available.
+        sources = [("similar_text", item_vectors.similar_items)] if item_vectors is not None else []
+        self.recommender = Recommender(config, ranker, extra_sources=sources, seed=seed)
+        self.item_vectors = item_vectors
         self.feedback = feedback
         self.exploration = exploration
         self.join = FeedbackJoin(attribution_window_s, position_bias=PositionBias(max_weight=max_position_weight))
@@ -152,6 +157,9 @@ class Selector:
         if user.has_applied(event.event_id):
             return
         self.recommender.observe(user, event)
+        if self.item_vectors is not None and isinstance(event, PurchaseEvent):
+            for line in event.lines:
+                self.item_vectors.queue(line.item_id, line.name)
         if self.ads is not None and isinstance(event, ClickEvent) and event.rec_id:
             self.ads.on_click(event.rec_id, event.ts)
         if isinstance(event, ImpressionEvent):

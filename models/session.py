@@ -36,6 +36,9 @@ class SessionOptions:
     intra_op_threads: int = 0
     inter_op_threads: int = 0
     graph_optimization: str = "all"  # "basic" | "extended" | "all" | "disable"
+    #: onnxruntime's worker threads busy-wait between runs by default: lowest latency on a dedicated machine, but it
+    #: takes CPU from everything else in the process (event loop, torch, other models) on a shared one.
+    allow_spinning: bool = True
 
 
 _OPT_LEVELS = {
@@ -80,6 +83,9 @@ def create_session(model: str | os.PathLike | bytes, options: SessionOptions | N
     so.intra_op_num_threads = options.intra_op_threads
     so.inter_op_num_threads = options.inter_op_threads
     so.graph_optimization_level = _OPT_LEVELS[options.graph_optimization]
+    if not options.allow_spinning:
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        so.add_session_config_entry("session.inter_op.allow_spinning", "0")
     providers = choose_providers(options.device)
     if options.device == "cuda":
         so.add_session_config_entry("session.disable_cpu_ep_fallback", "1")

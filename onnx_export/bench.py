@@ -89,13 +89,16 @@ BENCH_PROMPTS = [
 ]
 
 
-def bench_generator(model_dir: Path, new_tokens: int = 32, threads: int = 2, batches=(1, 16), say=print,
-                    cache_dir: Path | None = None, variants=("generator", "generator_int8"), rounds: int = 2) -> dict:
+def bench_generator(model_dir: Path, new_tokens: int = 64, threads: int = 2, batches=(1, 16), say=print,
+                    cache_dir: Path | None = None, variants=("generator", "generator_int8"), rounds: int = 2,
+                    spinning: bool = False) -> dict:
     """Tokens/s and first-token ms, greedy, exactly ``new_tokens`` per row: ORT (KV-cache loop) vs torch eager
     ``generate`` on the same architecture (SmolLM2-135M weights from the GGUF), same prompts, same threads.
 
     The machines this runs on are shared and noisy, so backends are measured in interleaved rounds and the best
-    round of each is kept (the usual "min time" convention); every round is printed to stderr.
+    round of each is kept (the usual "min time" convention); every round is printed to stderr. onnxruntime's
+    thread spinning is off by default here: its busy-waiting workers would otherwise slow the torch runs that follow
+    in the same process.
     """
     import torch
     from tokenizers import Tokenizer
@@ -107,13 +110,14 @@ def bench_generator(model_dir: Path, new_tokens: int = 32, threads: int = 2, bat
 
     torch.set_num_threads(threads)
     result: dict = {"benchmark": "generator", "threads": threads, "new_tokens": new_tokens, "rounds": rounds,
-                    **machine()}
+                    "ort_spinning": spinning, **machine()}
     prompts = [chatml(p) for p in BENCH_PROMPTS]
     runners: dict[str, Callable[[int], tuple[float, float]]] = {}
     pad_id, ids = None, None
     for variant in variants:
         try:
-            loaded = load_model(model_dir, variant, options=SessionOptions(device="auto", intra_op_threads=threads))
+            options = SessionOptions(device="auto", intra_op_threads=threads, allow_spinning=spinning)
+            loaded = load_model(model_dir, variant, options=options)
         except Exception as exc:  # noqa: BLE001 - an absent variant is reported, not fatal
             say(f"{variant}: not available ({exc.__class__.__name__})")
             continue

@@ -3,7 +3,7 @@
     kairos models build [--data-dir DIR] [--model-dir DIR] [--profile small|full] [--only ranker,embedder,generator]
                         [--generator-adapter FILE]
     kairos bench ranker [--threads N] [--device cpu|cuda]
-    kairos bench generator [--model-dir DIR] [--threads N] [--new-tokens N]
+    kairos bench generator [--model-dir DIR] [--threads N] [--new-tokens N] [--rounds N] [--ort-spinning]
     kairos eval models --data-dir DIR [--model-dir DIR]
 
 This module imports nothing heavy at import time (torch is needed only when a command runs), so the CLI works on a
@@ -73,7 +73,7 @@ def cmd_bench_generator(args: argparse.Namespace) -> int:
     from kairos.onnx_export.bench import bench_generator
 
     result = bench_generator(args.model_dir or default_model_dir(), new_tokens=args.new_tokens, threads=args.threads,
-                             say=_stderr, rounds=args.rounds)
+                             say=_stderr, rounds=args.rounds, spinning=args.ort_spinning)
     return _print_last(result)
 
 
@@ -124,6 +124,7 @@ def register(groups: dict[str, argparse._SubParsersAction]) -> None:
     gen.add_argument("--threads", type=int, default=2)
     gen.add_argument("--new-tokens", type=int, default=64, help="per row; 64 = the serving default max_new_tokens")
     gen.add_argument("--rounds", type=int, default=2, help="interleaved rounds; the best of each backend is kept")
+    gen.add_argument("--ort-spinning", action="store_true", help="let onnxruntime threads busy-wait (off: fairer)")
     gen.set_defaults(func=cmd_bench_generator)
 
     ev = groups["eval"].add_parser("models", help="ranker AUC vs baselines, generator perplexity, safety")

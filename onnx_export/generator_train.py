@@ -194,7 +194,7 @@ def finetune_lora(model, tokenizer, examples: list[CopyExample], cfg: FinetuneCo
         optimizer.zero_grad(set_to_none=True)
         losses.append(loss.item())
         if progress:
-            progress(step + 1, cfg.steps, float(loss))
+            progress(step + 1, cfg.steps, losses[-1])
         if cfg.time_budget_s is not None and time.perf_counter() - start > cfg.time_budget_s:
             log.warning("fine-tuning stopped after %d/%d steps (time budget)", step + 1, cfg.steps)
             break

@@ -13,6 +13,10 @@ command -v "$PY" >/dev/null || PY=python3
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
-.venv/bin/python -m pip install -q --upgrade pip >/dev/null
-.venv/bin/python -m pip install -q -e '.[train,dev]'
+quiet_pip() {  # pip's config names local index folders that may be absent: drop those warnings, keep the rest
+  .venv/bin/python -m pip install -q "$@" 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }
+  return "${PIPESTATUS[0]}"
+}
+quiet_pip --upgrade pip >/dev/null
+quiet_pip -e '.[train,dev]'
 exec .venv/bin/python -m pytest -q -p no:cacheprovider "$@"

@@ -45,3 +45,8 @@ def test_threads_are_applied(tmp_path):
 def test_unknown_device_is_rejected():
     with pytest.raises(ValueError, match="device"):
         choose_providers("tpu")
+
+
+def test_spinning_can_be_disabled(tmp_path):
+    s = create_session(tiny_ranker_onnx(tmp_path / "m.onnx"), SessionOptions(device="cpu", allow_spinning=False))
+    assert s.get_session_options().get_session_config_entry("session.intra_op.allow_spinning") == "0"
