@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from kairos.agents.kafka_config import kafka_client_options
+from kairos.agents.kafka_config import kafka_client_options, stop_reader
 from kairos.agents.settings import Settings
 from kairos.engine.copywriting import CopyBook
 
@@ -68,9 +67,4 @@ class CopyFeed:
             log.warning("ignoring a malformed copy record: %s", exc)
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
-        if self._consumer is not None:
-            await self._consumer.stop()
+        await stop_reader(self._task, self._consumer)

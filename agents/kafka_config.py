@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import ssl
 
+from aiokafka import AIOKafkaConsumer
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 
 from kairos.agents.settings import Settings
@@ -46,3 +49,13 @@ def consumer_options(settings: Settings) -> dict:
 
 def producer_options(settings: Settings) -> dict:
     return {**kafka_client_options(settings), "linger_ms": 2, "acks": "all", "max_batch_size": 512 * 1024}
+
+
+async def stop_reader(task: asyncio.Task | None, consumer: AIOKafkaConsumer | None) -> None:
+    """Stop a background reading task, then its consumer (the task may be mid-fetch: cancel, then wait)."""
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
+    if consumer is not None:
+        await consumer.stop()

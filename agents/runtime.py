@@ -17,7 +17,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer
 
 from kairos.agents.embedded import embedded_services
-from kairos.agents.kafka_config import kafka_client_options
+from kairos.agents.kafka_config import kafka_client_options, stop_reader
 from kairos.agents.redis_store import RedisStateStore
 from kairos.agents.settings import Settings
 from kairos.agents.topics_admin import ensure_topics
@@ -155,12 +155,7 @@ class RecommendationMonitor:
         return float(p50), float(p99)
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
-        if self._consumer is not None:
-            await self._consumer.stop()
+        await stop_reader(self._task, self._consumer)
 
 
 async def wait_for(predicate, timeout_s: float, interval_s: float = 0.05) -> bool:
