@@ -21,6 +21,7 @@ from kairos.engine.bandit import ThompsonSampler
 from kairos.engine.creatives import Creative, Inventory, variant_sampler
 from kairos.engine.feedback import FeedbackCorrector
 from kairos.engine.pacing import BudgetPacer
+from kairos.engine.rules import ImpressionHistory
 
 #: Creatives each campaign bids with per request (its best by prior CTR): bounds the work per request.
 SHORTLIST = 4
@@ -63,6 +64,8 @@ class AdSelector:
         reserve_ev: float = 0.002,
         corrector: FeedbackCorrector | None = None,
         budget_share: float = 1.0,
+        creative_cap: int = 3,
+        cap_window_s: float = 86_400.0,
         seed: int = 0,
     ):
         self.inventory = inventory
@@ -74,6 +77,9 @@ class AdSelector:
         self.seed = seed
         self.shortlists = {cid: self._shortlist(cid) for cid in inventory.campaigns}
         self.no_fill = 0
+        #: Frequency cap per user x creative: a served creative counts as one impression for its user.
+        self.creative_cap = creative_cap
+        self.creative_views = ImpressionHistory(cap_window_s)
         #: request id -> (creative, variant, segment, served at): open until clicked or the window passes.
         self.served: OrderedDict[str, tuple[str, str, str, float]] = OrderedDict()
         self.attribution_window_s = 1800.0
@@ -100,6 +106,8 @@ class AdSelector:
                 continue
             bid_per_click = self.inventory.campaigns[campaign_id].bid_per_click
             for creative in shortlist:
+                if self.creative_views.count(user_id, creative.creative_id, now) >= self.creative_cap:
+                    continue
                 sampler = self._sampler(creative)
                 variant_id = sampler.choose([v.variant_id for v in creative.variants])
                 pctr = self.pctr(creative.creative_id, variant_id, segment, sampler)
@@ -116,6 +124,7 @@ class AdSelector:
         probabilities = self._sampler(creative).choice_probabilities(variants, draws=PROPENSITY_DRAWS)
         propensity = float(probabilities[variants.index(winner.variant_id)])
         self.served[request_id] = (winner.creative_id, winner.variant_id, segment, now)
+        self.creative_views.record(user_id, winner.creative_id, now)
         self.expire(now)
         return AdDecision(
             request_id, user_id, winner.campaign_id, winner.creative_id, winner.variant_id, headlines[winner.variant_id],
