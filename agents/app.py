@@ -114,9 +114,11 @@ def create_app(
             texts = await asyncio.get_running_loop().run_in_executor(None, writer.write, requests)
             for request, text in zip(requests, texts):
                 record = {"item_id": request.item_id, "segment": request.segment, "text": text.text,
-                          "source": text.source, "writer": writer.version}  # fmt: skip
+                          "source": text.source, "writer": writer.version, "kind": request.kind}  # fmt: skip
+                if request.kind == "ad":
+                    record["variant_id"] = f"{request.item_id}:gen-{writer.version}"
                 await copies.send(key=f"{request.item_id}|{request.segment}".encode(), value=orjson.dumps(record))
-            await store.save_copies([(r.item_id, r.segment, t.text) for r, t in zip(requests, texts)])
+            await store.save_copies([(r.item_id, r.segment, t.text) for r, t in zip(requests, texts) if r.kind == "product"])
             metrics.GENERATION_QUEUE_DEPTH.set(0)
 
     if "copy" in roles:

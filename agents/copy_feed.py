@@ -61,7 +61,11 @@ class CopyFeed:
     def _apply(self, value: bytes | None) -> None:
         try:
             data = orjson.loads(value or b"")
-            self.copybook.put(str(data["item_id"]), str(data["segment"]), str(data["text"]))
+            if data.get("kind") == "ad":
+                if data.get("source") != "template":  # the original headline back is no new variant
+                    self.copybook.add_ad_variant(str(data["item_id"]), str(data["variant_id"]), str(data["text"]))
+            else:
+                self.copybook.put(str(data["item_id"]), str(data["segment"]), str(data["text"]))
             self.received += 1
         except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
             log.warning("ignoring a malformed copy record: %s", exc)

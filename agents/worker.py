@@ -63,7 +63,7 @@ def default_selector_factory(settings: Settings, copybook: CopyBook | None = Non
     item_vectors = load_item_vectors(settings)
 
     def make(config: EngineConfig) -> Selector:
-        ads = AdSelector(inventory, budget_share=share)
+        ads = AdSelector(inventory, budget_share=share, copybook=copybook)
         return Selector(config, ranker=ranker, ads=ads, copybook=copybook, item_vectors=item_vectors)
 
     make.item_vectors = item_vectors  # the worker embeds queued item texts in the background

@@ -18,7 +18,8 @@ from dataclasses import dataclass
 
 from kairos.engine.auction import Bid, run_auction
 from kairos.engine.bandit import ThompsonSampler
-from kairos.engine.creatives import Creative, Inventory, variant_sampler
+from kairos.engine.copywriting import CopyBook, CopyRequest
+from kairos.engine.creatives import Creative, Inventory, add_generated_variant, variant_sampler
 from kairos.engine.feedback import FeedbackCorrector
 from kairos.engine.pacing import BudgetPacer
 from kairos.engine.rules import ImpressionHistory
@@ -66,6 +67,7 @@ class AdSelector:
         budget_share: float = 1.0,
         creative_cap: int = 3,
         cap_window_s: float = 86_400.0,
+        copybook: CopyBook | None = None,
         seed: int = 0,
     ):
         self.inventory = inventory
@@ -80,6 +82,9 @@ class AdSelector:
         #: Frequency cap per user x creative: a served creative counts as one impression for its user.
         self.creative_cap = creative_cap
         self.creative_views = ImpressionHistory(cap_window_s)
+        #: Shared with the copy feed: generated headline variants arrive there and become arms here.
+        self.copybook = copybook
+        self.generated_headlines: dict[str, str] = {}
         #: request id -> (creative, variant, segment, served at): open until clicked or the window passes.
         self.served: OrderedDict[str, tuple[str, str, str, float]] = OrderedDict()
         self.attribution_window_s = 1800.0
@@ -95,6 +100,30 @@ class AdSelector:
             sampler = self.samplers[creative.creative_id] = variant_sampler(creative, seed=self.seed + len(self.samplers))
         return sampler
 
+    def variant_ids(self, creative: Creative) -> list[str]:
+        """The creative's variants: its own, plus generated headlines (new arms with a weak prior)."""
+        ids = [v.variant_id for v in creative.variants]
+        generated = self.copybook.ad_variants.get(creative.creative_id) if self.copybook is not None else None
+        if generated:
+            sampler = self._sampler(creative)
+            for variant_id, text in generated.items():
+                if variant_id not in self.generated_headlines:
+                    add_generated_variant(sampler, creative, variant_id)
+                    self.generated_headlines[variant_id] = text
+                ids.append(variant_id)
+        return ids
+
+    def headline(self, creative: Creative, variant_id: str) -> str:
+        text = self.generated_headlines.get(variant_id)
+        return text if text is not None else next(v.headline for v in creative.variants if v.variant_id == variant_id)
+
+    def _request_variant(self, creative: Creative) -> None:
+        """Ask the copy agent for a generated headline once per creative that wins (a new arm to explore)."""
+        if self.copybook is None or creative.creative_id in self.copybook.ad_variants:
+            return
+        best = max(creative.variants, key=lambda v: v.prior_ctr)
+        self.copybook.request(CopyRequest(creative.creative_id, "ad", best.headline, kind="ad"))
+
     def pctr(self, creative_id: str, variant_id: str, segment: str, sampler: ThompsonSampler) -> float:
         base = sampler.stats(variant_id).posterior_mean
         return _sigmoid(_logit(base) + self.corrector._shift(f"ad:{creative_id}", segment))
@@ -109,10 +138,10 @@ class AdSelector:
                 if self.creative_views.count(user_id, creative.creative_id, now) >= self.creative_cap:
                     continue
                 sampler = self._sampler(creative)
-                variant_id = sampler.choose([v.variant_id for v in creative.variants])
+                variant_id = sampler.choose(self.variant_ids(creative))
                 pctr = self.pctr(creative.creative_id, variant_id, segment, sampler)
                 bids.append(Bid(campaign_id, creative.creative_id, variant_id, pctr, bid_per_click))
-                headlines[variant_id] = next(v.headline for v in creative.variants if v.variant_id == variant_id)
+                headlines[variant_id] = self.headline(creative, variant_id)
         award = run_auction(bids, reserve_ev=self.reserve_ev)
         if not award.won:
             self.no_fill += 1
@@ -120,7 +149,8 @@ class AdSelector:
         winner = award.winner
         self.pacer.record_spend(winner.campaign_id, award.price_per_click * winner.pctr, now)
         creative = self.inventory.creatives[winner.creative_id]
-        variants = [v.variant_id for v in creative.variants]
+        self._request_variant(creative)
+        variants = self.variant_ids(creative)
         probabilities = self._sampler(creative).choice_probabilities(variants, draws=PROPENSITY_DRAWS)
         propensity = float(probabilities[variants.index(winner.variant_id)])
         self.served[request_id] = (winner.creative_id, winner.variant_id, segment, now)

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from kairos.engine.interfaces import TextGenerator
-from kairos.engine.prompts import ProductFacts, fallback_product_copy, product_copy_prompt
+from kairos.engine.prompts import ProductFacts, ad_copy_prompt, fallback_product_copy, product_copy_prompt
 from kairos.engine.safety import SafeText, SafetyFilter, SafetyStats, safe_generate
 
 
@@ -26,6 +26,9 @@ class CopyRequest:
     price: float | None = None
     interests: tuple[str, ...] = ()
     lang: str = "en"
+    #: "product": copy for a recommended item (keyed by item x segment); "ad": a generated variant of a creative's
+    #: headline (``item_id`` = creative id, ``name`` = the headline), which becomes a new bandit arm.
+    kind: str = "product"
 
     def facts(self) -> ProductFacts:
         return ProductFacts(name=self.name, price=self.price, currency="GBP", category=self.category)
@@ -33,7 +36,7 @@ class CopyRequest:
     def to_json(self) -> dict:
         return {
             "item_id": self.item_id, "segment": self.segment, "name": self.name, "category": self.category,
-            "price": self.price, "interests": list(self.interests), "lang": self.lang,
+            "price": self.price, "interests": list(self.interests), "lang": self.lang, "kind": self.kind,
         }  # fmt: skip
 
     @classmethod
@@ -41,6 +44,7 @@ class CopyRequest:
         return cls(
             str(data["item_id"]), str(data["segment"]), str(data["name"])[:300], str(data.get("category") or ""),
             data.get("price"), tuple(str(i) for i in data.get("interests") or ())[:5], str(data.get("lang") or "en"),
+            "ad" if data.get("kind") == "ad" else "product",
         )  # fmt: skip
 
 
@@ -66,6 +70,8 @@ class CopyBook:
         self._requested: set[tuple[str, str]] = set()
         self.hits = 0
         self.misses = 0
+        #: creative id -> generated variant id -> headline text (filled from the copies topic)
+        self.ad_variants: dict[str, dict[str, str]] = {}
 
     def lookup(self, request: CopyRequest) -> str:
         """Generated copy if known, else the template (and the request is queued once)."""
@@ -78,6 +84,15 @@ class CopyBook:
         if key not in self._requested and len(self._pending) < self.max_pending:
             self._pending[key] = request
         return template_copy(request.name, request.category, request.interests)
+
+    def request(self, request: CopyRequest) -> None:
+        """Queue a request directly (used for ad-copy variants), once."""
+        key = (request.item_id, request.segment)
+        if key not in self._requested and len(self._pending) < self.max_pending:
+            self._pending.setdefault(key, request)
+
+    def add_ad_variant(self, creative_id: str, variant_id: str, text: str) -> None:
+        self.ad_variants.setdefault(creative_id, {})[variant_id] = text
 
     def put(self, item_id: str, segment: str, text: str) -> None:
         key = (item_id, segment)
@@ -111,13 +126,19 @@ class CopyWriter:
         return f"{self.generator.name}@{self.generator.version}" if self.generator else "template"
 
     def write(self, requests: Sequence[CopyRequest]) -> list[SafeText]:
-        fallbacks = [template_copy(r.name, r.category, r.interests) for r in requests]
+        fallbacks = [r.name if r.kind == "ad" else template_copy(r.name, r.category, r.interests) for r in requests]
         if self.generator is None:
             return [SafeText(text, "template") for text in fallbacks]
-        prompts = [product_copy_prompt(r.facts(), r.interests, r.lang) for r in requests]
+        prompts = [_prompt(r) for r in requests]
         generator = self.generator
 
         def generate(batch: Sequence[str]) -> list[str]:
             return generator.generate(batch, max_new_tokens=self.max_new_tokens)
 
         return safe_generate(generate, prompts, fallbacks, self.safety, self.stats)
+
+
+def _prompt(request: CopyRequest) -> str:
+    if request.kind == "ad":
+        return ad_copy_prompt(ProductFacts(name=request.name), request.interests, lang="en")
+    return product_copy_prompt(request.facts(), request.interests, request.lang)

@@ -40,3 +40,24 @@ def test_click_updates_the_variant_and_no_click_expires():
     impressions = ads.samplers[second.creative_id].stats(second.variant_id).impressions
     ads.expire(T0 + 10 + ads.attribution_window_s + 1)
     assert ads.samplers[second.creative_id].stats(second.variant_id).impressions == impressions + 1
+
+
+def test_generated_headline_becomes_an_arm_with_its_own_ctr():
+    from kairos.engine.copywriting import CopyBook
+
+    copybook = CopyBook()
+    ads = AdSelector(builtin_inventory(), reserve_ev=0.0001, copybook=copybook)
+    first = ads.decide("r1", "u1", "cold", T0)
+    requests = copybook.take_requests()
+    assert [r.kind for r in requests] == ["ad"] and requests[0].item_id == first.creative_id
+    # the copy agent answers; the feed registers the variant in the shared copy book
+    copybook.add_ad_variant(first.creative_id, f"{first.creative_id}:gen-1", "A fresh take on the headline")
+    creative = ads.inventory.creatives[first.creative_id]
+    variants = ads.variant_ids(creative)
+    assert variants[-1] == f"{first.creative_id}:gen-1" and len(variants) == len(creative.variants) + 1
+    assert ads.headline(creative, variants[-1]) == "A fresh take on the headline"
+    sampler = ads.samplers[first.creative_id]
+    sampler.update(variants[-1], True)
+    assert sampler.stats(variants[-1]).clicks == 1 and sampler.stats(variants[-1]).impressions == 1
+    ads.decide("r2", "u2", "cold", T0 + 1)
+    assert [r for r in copybook.take_requests() if r.item_id == first.creative_id] == []  # asked for once
