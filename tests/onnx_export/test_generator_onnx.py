@@ -80,3 +80,11 @@ def test_top_p_keeps_only_the_nucleus():
     cfg = GenerationConfig(do_sample=True, top_p=0.8)
     draws = {int(sample(logits, cfg, np.random.default_rng(s))[0]) for s in range(300)}
     assert draws == {0, 1}
+
+
+def test_plain_run_and_io_binding_paths_agree(tiny):
+    _, decoder = tiny
+    plain = KVCacheDecoder(decoder.session, decoder.num_layers, decoder.num_kv_heads, decoder.head_dim,
+                           use_io_binding=False)
+    cfg = GenerationConfig(max_new_tokens=6)
+    assert plain.generate(PROMPTS, cfg).tokens == decoder.generate(PROMPTS, cfg).tokens
