@@ -33,7 +33,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from kairos.agents.demo import demo_main
 
     settings = load_settings()
-    demo_main(settings, args.data_dir, args.source, args.events, args.rate, args.examples)
+    demo_main(settings, args.data_dir, args.source, args.events, args.rate or None, args.examples, args.build_models)
     return 0
 
 
@@ -81,9 +81,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo = top.add_parser("demo", help="run the whole pipeline on embedded services with a live view")
     demo.add_argument("--data-dir", type=Path, default=None, help="real data sets (default ../shared/data if present)")
     demo.add_argument("--source", default="all", choices=["all", "online_retail", "taobao", "simulated"])
-    demo.add_argument("--events", type=int, default=20_000)
-    demo.add_argument("--rate", type=float, default=None, help="events per second (default: as fast as possible)")
+    demo.add_argument("--events", type=int, default=6_000)
+    demo.add_argument("--rate", type=float, default=200.0, help="events per second (0: as fast as possible)")
     demo.add_argument("--examples", type=int, default=3)
+    demo.add_argument("--build-models", action="store_true", help="build the ONNX models first if none exist (train extra)")
     demo.set_defaults(func=_cmd_demo)
 
     worker = top.add_parser("worker", help="run one worker: Faust app with the ingest service and the copy agent")

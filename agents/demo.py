@@ -112,7 +112,38 @@ def _print_examples(monitor: RecommendationMonitor, n: int) -> None:
                 console.print(f"       [italic]{item['copy'][:110]}[/italic]")
 
 
-def demo_main(settings: Settings, data_dir: Path | None, source: str, limit: int, rate: float | None, examples: int) -> dict:
+def models_present(model_dir: Path) -> list[str]:
+    return sorted(p.parent.name for p in Path(model_dir).glob("*/CURRENT")) if Path(model_dir).is_dir() else []
+
+
+def ensure_models(settings: Settings, data_dir: Path | None, build: bool) -> None:
+    """Say which models the demo runs with; with ``build``, build the missing ones first (needs the train extra)."""
+    present = models_present(settings.model_dir)
+    if present:
+        console.print(f"Models in {settings.model_dir}: {', '.join(present)}")
+        return
+    if not build:
+        console.print(
+            f"[yellow]No models in {settings.model_dir}: ranking with the online River/heuristic ranker and template "
+            "copy. Build them with `kairos models build` (train extra) or `kairos demo --build-models`.[/yellow]"
+        )
+        return
+    try:
+        from kairos.onnx_export.build import build_models
+    except ImportError as exc:
+        raise SystemExit(f"--build-models needs the train extra (pip install -e '.[train]'): {exc}") from None
+    source = data_dir or default_data_dir()
+    if source is None:
+        raise SystemExit("--build-models needs the real data sets (--data-dir or ../shared/data)")
+    with console.status("building models (small profile: 5-11 min on 2 cores)...") as status:
+        build_models(Path(source), settings.model_dir, "small", say=lambda message: status.update(f"building models: {message}"))
+
+
+def demo_main(
+    settings: Settings, data_dir: Path | None, source: str, limit: int, rate: float | None, examples: int,
+    build_models: bool = False,
+) -> dict:
+    ensure_models(settings, data_dir, build_models)
     picked = pick_source(data_dir, source, limit)
     if picked.simulated:
         console.print("[yellow]No data directory: the events below are SIMULATED by Kairos's seeded shopper simulator.[/yellow]")
