@@ -7,13 +7,13 @@ from pathlib import Path
 
 import numpy as np
 
-from kairos.models.registry import LoadedModel, ModelHandle
+from kairos.models.registry import HandleBacked, LoadedModel, ModelHandle
 from kairos.models.session import SessionOptions
 
 EMBEDDER_NAME = "embedder"
 
 
-class OnnxEmbedder:
+class OnnxEmbedder(HandleBacked):
     """``TextEmbedder``: texts -> L2-normalised float32 vectors (``dim`` = 384 for all-MiniLM-L6-v2).
 
     Texts are embedded in chunks of ``batch_size``, each padded to its longest text (cut at ``max_tokens``).
@@ -40,20 +40,6 @@ class OnnxEmbedder:
         self.dim = int(loaded.manifest.outputs["sentence_embedding"].shape[-1])
         self._input_names = {i.name for i in loaded.session.get_inputs()}
         self._session = loaded.session
-
-    @property
-    def name(self) -> str:
-        return self.handle.name
-
-    @property
-    def version(self) -> str:
-        return self.handle.version
-
-    def refresh(self) -> bool:
-        if self.handle.refresh():
-            self._bind(self.handle.current)
-            return True
-        return False
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """(len(texts), dim) float32, each row of unit length."""

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from kairos.models.registry import LoadedModel, ModelHandle
+from kairos.models.registry import HandleBacked, LoadedModel, ModelHandle
 from kairos.models.session import SessionOptions
 
 log = logging.getLogger(__name__)
@@ -222,7 +222,7 @@ def chatml(user: str, system: str = CHATML_SYSTEM) -> str:
     return f"<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n"
 
 
-class OnnxGenerator:
+class OnnxGenerator(HandleBacked):
     """``TextGenerator`` over the registry's ``generator`` model: chat-formats, tokenizes, decodes, detokenizes.
 
     >>> # gen = OnnxGenerator.from_dir("var/models"); gen.generate(["Write one line about blue jeans."])
@@ -252,21 +252,6 @@ class OnnxGenerator:
             eos_token_ids=cfg.get("eos_token_ids", ()), pad_token_id=cfg.get("pad_token_id", 0),
         )
         self._loaded = loaded
-
-    @property
-    def name(self) -> str:
-        return self.handle.name
-
-    @property
-    def version(self) -> str:
-        return self.handle.version
-
-    def refresh(self) -> bool:
-        """Hot-reload a newer version from the model directory."""
-        if self.handle.refresh():
-            self._bind(self.handle.current)
-            return True
-        return False
 
     def generate(self, prompts: Sequence[str], *, max_new_tokens: int = 64, config: GenerationConfig | None = None,
                  raw: bool = False) -> list[str]:

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from kairos.models.batching import MicroBatcher
-from kairos.models.registry import LoadedModel, ManifestMismatch, ModelHandle, check_signature
+from kairos.models.registry import HandleBacked, LoadedModel, ManifestMismatch, ModelHandle, check_signature
 from kairos.models.session import SessionOptions
 from kairos.schemas.features import RANKER_FEATURE_VERSION, RANKER_INPUTS, RANKER_OUTPUTS
 from kairos.schemas.manifest import TensorSpec
@@ -42,7 +42,7 @@ def as_ranker_inputs(features: Mapping[str, np.ndarray]) -> dict[str, np.ndarray
     return {n: np.ascontiguousarray(features[n], dtype=d) for n, (d, _) in RANKER_INPUTS.items()}
 
 
-class OnnxRanker:
+class OnnxRanker(HandleBacked):
     """Ranker backed by an ONNX session from the model registry; satisfies ``Ranker`` and ``AsyncRanker``.
 
     Build it with :meth:`from_dir` (hot-reloadable via :meth:`refresh`). ``score`` returns the ranking logit,
@@ -66,18 +66,6 @@ class OnnxRanker:
         problems = contract_problems(model)
         if problems:
             raise ManifestMismatch(f"{model.manifest.name}/{model.manifest.version}", problems)
-
-    @property
-    def name(self) -> str:
-        return self.handle.name
-
-    @property
-    def version(self) -> str:
-        return self.handle.version
-
-    @property
-    def provider(self) -> str:
-        return self.handle.current.provider
 
     def predict(self, features: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Both heads for every row: ``{"score": ..., "click_logit": ...}`` (float32, shape (rows,))."""

@@ -265,3 +265,32 @@ def _opset(path: Path) -> int:
 
     model = onnx.load(str(path), load_external_data=False)
     return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+
+
+class HandleBacked:
+    """A runtime model bound to a :class:`ModelHandle`: its name, version and provider come from the handle, and
+    :meth:`refresh` rebinds it (``_bind``) when the model directory has a newer version."""
+
+    handle: ModelHandle
+
+    @property
+    def name(self) -> str:
+        return self.handle.name
+
+    @property
+    def version(self) -> str:
+        return self.handle.version
+
+    @property
+    def provider(self) -> str:
+        return self.handle.current.provider
+
+    def refresh(self) -> bool:
+        """Hot-reload a newer version from the model directory."""
+        if self.handle.refresh():
+            self._bind(self.handle.current)
+            return True
+        return False
+
+    def _bind(self, loaded: LoadedModel) -> None:
+        """Take what the model needs from a newly loaded version (subclasses)."""
