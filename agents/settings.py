@@ -39,9 +39,10 @@ class Settings(BaseSettings):
     consumer_group: str = "kairos-worker"
     batch_max_records: int = Field(default=2000, ge=1, le=100_000)
     batch_max_wait_ms: int = Field(default=5, ge=0, le=10_000)
-    #: How long the broker may hold a fetch while waiting for data: the floor of event -> output latency on a quiet
-    #: stream (Tansu holds fetches for the whole wait, docs/performance.md).
-    fetch_max_wait_ms: int = Field(default=5, ge=1, le=10_000)
+    #: How long the broker may hold a fetch waiting for data. Not lower than ~50 ms on the embedded Tansu broker: its
+    #: fetch returns empty when scanning a partition's batches takes longer than this, and with many small batches
+    #: (~10k+) a 5 ms wait made the consumer stop receiving records altogether (docs/operations.md, soak).
+    fetch_max_wait_ms: int = Field(default=50, ge=1, le=10_000)
     session_timeout_ms: int = Field(default=10_000, ge=3_000, le=300_000)
     heartbeat_interval_ms: int = Field(default=1_000, ge=100, le=60_000)
 
