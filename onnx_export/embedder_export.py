@@ -61,17 +61,6 @@ def export_embedder(model: nn.Module, path: Path, opset: int = OPSET) -> Path:
 
 def quantize_matmul_int8(fp32_path: Path, int8_path: Path) -> Path:
     """int8 MatMul weights, per channel (embedder and generator): quantizing every op costs too much accuracy."""
-    import onnx
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from kairos.onnx_export.ranker_export import quantize_dynamic_int8
 
-    model = onnx.load(str(fp32_path))
-    initializers = {i.name for i in model.graph.initializer}
-    kept = [v for v in model.graph.value_info if v.name not in initializers]
-    del model.graph.value_info[:]
-    model.graph.value_info.extend(kept)
-    cleaned = Path(int8_path).with_suffix(".pre.onnx")
-    onnx.save(model, str(cleaned))
-    quantize_dynamic(str(cleaned), str(int8_path), weight_type=QuantType.QInt8, per_channel=True,
-                     op_types_to_quantize=["MatMul"])
-    cleaned.unlink()
-    return Path(int8_path)
+    return quantize_dynamic_int8(fp32_path, int8_path, per_channel=True, op_types_to_quantize=["MatMul"])

@@ -52,6 +52,12 @@ def _name_batch_axis(path: Path) -> None:
 
 def quantize_int8(fp32_path: Path, int8_path: Path) -> Path:
     """Dynamic int8 quantization (weights int8, activations quantized at run time)."""
+    return quantize_dynamic_int8(fp32_path, int8_path)
+
+
+def quantize_dynamic_int8(fp32_path: Path, int8_path: Path, **options) -> Path:
+    """``onnxruntime.quantization.quantize_dynamic`` to QInt8 weights on a dynamo export; ``options`` are passed on
+    (e.g. ``per_channel``, ``op_types_to_quantize``)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     model = onnx.load(str(fp32_path))
@@ -63,7 +69,7 @@ def quantize_int8(fp32_path: Path, int8_path: Path) -> Path:
     model.graph.value_info.extend(kept)
     cleaned = Path(int8_path).with_suffix(".pre.onnx")
     onnx.save(model, str(cleaned))
-    quantize_dynamic(str(cleaned), str(int8_path), weight_type=QuantType.QInt8)
+    quantize_dynamic(str(cleaned), str(int8_path), weight_type=QuantType.QInt8, **options)
     cleaned.unlink()
     return Path(int8_path)
 
