@@ -273,7 +273,7 @@ class IngestWorker:
 
     async def _idle_tick(self) -> None:
         for partition, state in list(self.partitions.items()):
-            state.expire_idle(now=max((u.last_ts for u in state.users.values()), default=0.0))
+            state.expire_idle(now=state.latest_ts)
             if state.has_pending or not self.redis_healthy:
                 await self._commit_partition(partition)
         metrics.USERS_IN_MEMORY.set(sum(len(s.users) for s in self.partitions.values()))
@@ -289,7 +289,7 @@ class IngestWorker:
         scores: dict[str, float] = {}
         for state in self.partitions.values():
             model = state.selector.model
-            latest = max((u.last_ts for u in state.users.values()), default=0.0)
+            latest = state.latest_ts
             for item, score in model.trend.top(50, latest):
                 scores[item] = scores.get(item, 0.0) + score
         top = sorted(scores, key=scores.__getitem__, reverse=True)[:50]

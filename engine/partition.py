@@ -35,6 +35,8 @@ class PartitionState:
         self.replay_until: dict[str, int] = {}
         self.dirty: set[str] = set()
         self.deleted: set[str] = set()
+        #: Newest event time applied to this partition: its stream clock (idle expiry, trending).
+        self.latest_ts = 0.0
         #: Serving records not yet written (kept across failed commits so nothing is lost while Redis is away).
         self.pending_serving: dict[str, ServingRecord] = {}
 
@@ -49,6 +51,7 @@ class PartitionState:
 
     def mark_dirty(self, user_id: str) -> None:
         self.dirty.add(user_id)
+        self.latest_ts = max(self.latest_ts, self.users[user_id].last_ts)
 
     def expire_idle(self, now: float) -> int:
         """Forget users idle for longer than the expiry; returns how many were dropped."""
@@ -109,6 +112,7 @@ class PartitionState:
         loaded = [UserInterest.from_state(uid, orjson.loads(blob), config) for uid, blob in snapshot.users.items()]
         for user in sorted(loaded, key=lambda u: u.last_ts):  # LRU order = activity order
             state.users[user.user_id] = user
+        state.latest_ts = max((user.last_ts for user in loaded), default=0.0)
         state.offsets = dict(snapshot.offsets)
         state.replay_until = dict(snapshot.offsets)
         state.global_offsets = dict(snapshot.global_offsets)

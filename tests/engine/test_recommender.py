@@ -81,6 +81,7 @@ def test_partition_state_expires_idle_users_and_round_trips():
     for n, uid in enumerate(["a", "b", "c"]):
         state.selector.observe(state.user(uid), click(user=uid, item="i", ts=T0 + n * 100))
         state.mark_dirty(uid)
+    assert state.latest_ts == T0 + 200  # the partition's stream clock follows the events applied
     assert state.expire_idle(now=T0 + 250) == 2  # a (idle 250 s) and b (150 s); c is 50 s idle
     assert list(state.users) == ["c"] and set(state.deleted) == {"a", "b"}
     state.offsets = {"t": 42}
@@ -97,6 +98,7 @@ def test_partition_state_expires_idle_users_and_round_trips():
     restored = PartitionState.restore(0, cfg, snapshot, lambda: Selector(cfg))
     assert list(restored.users) == ["c"] and restored.offsets == {"t": 42} and restored.global_offsets == {"t": 42}
     assert restored.selector.model.events == state.selector.model.events
+    assert restored.latest_ts == T0 + 200
 
 
 def test_serving_rule_newer_event_wins():
