@@ -147,7 +147,8 @@ class BatchPipeline:
             self._dead_letter(record, exc.error_class, exc.reason, result)
             return
         home = partition_for(event.user_id, self.n_partitions)
-        if home != record.partition:
+        if home != record.partition or record.key != event.user_id.encode():
+            # Applied only from a record keyed by its user: the worker reads evicted users back by record key.
             self._rekey(record, event.user_id, result)
             return
         self._apply_event(state, record, event, result, touched)

@@ -7,6 +7,7 @@ newer one" holds even with several writers (e.g. a worker catching up after a re
 from __future__ import annotations
 
 import time
+from collections.abc import Collection, Iterable
 
 import orjson
 import redis.asyncio as aioredis
@@ -42,20 +43,45 @@ class RedisStateStore:
         client = aioredis.Redis.from_url(url, socket_timeout=5.0, socket_connect_timeout=2.0, health_check_interval=10)
         return cls(client, keys, serving_ttl_s)
 
-    async def load(self, partition: int) -> PartitionSnapshot:
+    async def load(self, partition: int, *, with_users: bool = True) -> PartitionSnapshot:
+        """The partition's offsets and global checkpoint, and every user state when ``with_users`` (workers
+        read users on demand instead: ``load_users``)."""
         k = self.keys
         async with self.client.pipeline(transaction=True) as pipe:
-            pipe.hgetall(k.user_state(partition))
+            if with_users:
+                pipe.hgetall(k.user_state(partition))
             pipe.hgetall(k.offsets(partition))
             pipe.get(k.global_checkpoint(partition))
             pipe.hgetall(k.global_offsets(partition))
-            users, offsets, blob, global_offsets = await pipe.execute()
+            found = await pipe.execute()
+        users, offsets, blob, global_offsets = found if with_users else ({}, *found)
         return PartitionSnapshot(
             users={u.decode(): v for u, v in users.items()},
             offsets={t.decode(): int(o) for t, o in offsets.items()},
             global_blob=blob,
             global_offsets={t.decode(): int(o) for t, o in global_offsets.items()},
         )
+
+    async def load_users(self, partition: int, user_ids: Iterable[str]) -> dict[str, bytes]:
+        """The stored states of ``user_ids`` (one HMGET); users never seen are absent from the answer."""
+        ids = list(user_ids)
+        if not ids:
+            return {}
+        blobs = await self.client.hmget(self.keys.user_state(partition), ids)
+        return {uid: blob for uid, blob in zip(ids, blobs) if blob is not None}
+
+    async def expire_users(self, partition: int, idle_before: float, keep: Collection[str], limit: int = 1000) -> list[str]:
+        """Delete up to ``limit`` users whose last event is older than ``idle_before``, except ``keep`` (users in
+        the owner's memory, which expires those itself). Returns the ids deleted."""
+        k = self.keys
+        idle = await self.client.zrangebyscore(k.user_activity(partition), "-inf", f"({idle_before!r}", start=0, num=limit)
+        ids = [raw.decode() for raw in idle if raw.decode() not in keep]
+        if ids:
+            async with self.client.pipeline(transaction=True) as pipe:
+                pipe.hdel(k.user_state(partition), *ids)
+                pipe.zrem(k.user_activity(partition), *ids)
+                await pipe.execute()
+        return ids
 
     async def commit(self, commit: Commit) -> None:
         """One MULTI/EXEC: states, deletions, offsets, serving records and the optional global checkpoint."""
@@ -64,8 +90,11 @@ class RedisStateStore:
         async with self.client.pipeline(transaction=True) as pipe:
             if commit.users:
                 pipe.hset(k.user_state(p), mapping=commit.users)
+            if commit.activity:
+                pipe.zadd(k.user_activity(p), dict(commit.activity))
             if commit.deleted:
                 pipe.hdel(k.user_state(p), *commit.deleted)
+                pipe.zrem(k.user_activity(p), *commit.deleted)
             if commit.offsets:
                 pipe.hset(k.offsets(p), mapping=commit.offsets)
             if commit.global_checkpoint is not None:

@@ -53,6 +53,9 @@ class Settings(BaseSettings):
     max_recent_items: int = Field(default=50, ge=1, le=10_000)
     max_affinities_per_user: int = Field(default=200, ge=1, le=100_000)
     user_idle_expiry_days: float = Field(default=30.0, gt=0)
+    #: Memory bounds per owned partition (docs/operations.md, "Memory").
+    max_items_per_partition: int = Field(default=100_000, ge=100, le=10_000_000)
+    max_resident_users_per_partition: int = Field(default=20_000, ge=10, le=10_000_000)
     serving_ttl_s: int = Field(default=7 * 86_400, ge=60)
 
     # --- data, models and serving ---
@@ -134,6 +137,8 @@ class Settings(BaseSettings):
             max_recent_items=self.max_recent_items,
             max_affinities=self.max_affinities_per_user,
             idle_expiry_s=self.user_idle_expiry_days * 86_400.0,
+            max_items=self.max_items_per_partition,
+            max_resident_users=self.max_resident_users_per_partition,
             top_n=self.recommendations_per_user,
         )
 

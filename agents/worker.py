@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 GLOBAL_CHECKPOINT_INTERVAL_S = 30.0
 KAFKA_COMMIT_INTERVAL_S = 2.0
 TRENDING_PUBLISH_INTERVAL_S = 10.0
+STORE_EXPIRY_INTERVAL_S = 60.0
 
 
 def load_ranker(settings: Settings):
@@ -122,6 +123,7 @@ class IngestWorker:
         self._stopping = asyncio.Event()
         self._last_checkpoint: dict[int, float] = {}
         self._last_kafka_commit = 0.0
+        self._last_store_expiry = 0.0
         self.ready = asyncio.Event()
         #: perf_counter() when the first batch started (throughput is measured from there).
         self.first_batch_at: float | None = None
@@ -172,7 +174,7 @@ class IngestWorker:
     async def acquire(self, assigned: list[TopicPartition]) -> None:
         assert self.consumer is not None
         for partition in sorted({tp.partition for tp in assigned} - set(self.partitions)):
-            snapshot = await self.store.load(partition)
+            snapshot = await self.store.load(partition, with_users=False)  # users are read when they return
             state = PartitionState.restore(partition, self.config, snapshot, lambda: self.make_selector(self.config))
             self.partitions[partition] = state
             self._last_checkpoint[partition] = time.monotonic()
@@ -209,6 +211,7 @@ class IngestWorker:
         for tp, batch in batches.items():
             metrics.EVENTS_IN.labels(tp.topic).inc(len(batch))
         metrics.BATCH_SIZE.observe(len(records))
+        await self._load_returning_users(records)
         result = self.pipeline.process(records)
         t0 = time.perf_counter()
         for out in result.outputs:
@@ -225,6 +228,56 @@ class IngestWorker:
         await self._maybe_publish_trending()
         if self.on_batch is not None:
             self.on_batch(self, len(records))
+
+    async def _load_returning_users(self, records: list[InputRecord]) -> None:
+        """Read back the states of this batch's users that are not in memory (one HMGET per partition, all
+        partitions in one round trip). The pipeline applies events only from records keyed by their user
+        (others are re-keyed first), so the record keys name every user the batch touches. A user must never be
+        rebuilt from nothing while the store holds their state: while the store is away this waits and retries
+        (the batch stays unacknowledged) instead of going on without them."""
+        wanted: dict[int, set[str]] = {}
+        for record in records:
+            state = self.partitions.get(record.partition)
+            if state is not None and record.key:
+                wanted.setdefault(record.partition, set()).add(record.key.decode("utf-8", "replace"))
+        missing = {p: self.partitions[p].missing(ids) for p, ids in wanted.items()}
+        missing = {p: ids for p, ids in missing.items() if ids}
+        if not missing:
+            return
+        delay = 0.05
+        while True:
+            try:
+                found = await asyncio.gather(*(self.store.load_users(p, ids) for p, ids in missing.items()))
+                break
+            except (RedisError, OSError, asyncio.TimeoutError) as exc:
+                if self.redis_healthy:
+                    log.warning("state store unavailable, waiting to read returning users: %s", exc)
+                self.redis_healthy = False
+                metrics.SERVING_STALE.set(1)
+                if self._stopping.is_set():
+                    raise
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+        for partition, blobs in zip(missing, found):
+            self.partitions[partition].adopt(blobs)
+            metrics.USERS_LOADED.inc(len(blobs))
+
+    async def _expire_stored_users(self) -> None:
+        """Forget users idle past the expiry that are not in memory (those in memory expire in ``_idle_tick``)."""
+        now = time.monotonic()
+        if now - self._last_store_expiry < STORE_EXPIRY_INTERVAL_S or not self.redis_healthy:
+            return
+        self._last_store_expiry = now
+        for partition, state in list(self.partitions.items()):
+            if not state.latest_ts:
+                continue
+            idle_before = state.latest_ts - self.config.idle_expiry_s
+            try:
+                expired = await self.store.expire_users(partition, idle_before, keep=state.users.keys())
+            except (RedisError, OSError, asyncio.TimeoutError) as exc:
+                log.debug("stored users not expired: %s", exc)
+                return
+            metrics.USERS_EVICTED.labels("expired_in_store").inc(len(expired))
 
     def _count(self, n_records: int, result) -> None:
         recs = len(result.source_times_ms)
@@ -256,6 +309,7 @@ class IngestWorker:
         metrics.REDIS_WRITE.observe(time.perf_counter() - t0)
         metrics.STEP_LATENCY.labels("commit").observe(time.perf_counter() - t0)
         state.committed(commit)
+        metrics.USERS_EVICTED.labels("memory_bound").inc(state.evict_resident())
         if checkpoint:
             self._last_checkpoint[partition] = now
         if not self.redis_healthy:
@@ -277,6 +331,7 @@ class IngestWorker:
             if state.has_pending or not self.redis_healthy:
                 await self._commit_partition(partition)
         metrics.USERS_IN_MEMORY.set(sum(len(s.users) for s in self.partitions.values()))
+        await self._expire_stored_users()
         await self._maybe_commit_kafka()
         await self._maybe_publish_trending()
 
@@ -290,6 +345,8 @@ class IngestWorker:
         for state in self.partitions.values():
             model = state.selector.model
             latest = state.latest_ts
+            if not latest:
+                continue  # nothing applied since the restart and no clock saved yet
             for item, score in model.trend.top(50, latest):
                 scores[item] = scores.get(item, 0.0) + score
         top = sorted(scores, key=scores.__getitem__, reverse=True)[:50]

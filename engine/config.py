@@ -23,6 +23,12 @@ class EngineConfig:
     #: How many recent items anchor the co-visit candidate search.
     candidate_anchors: int = 20
     max_neighbours: int = 100
+    #: Distinct items one partition's global model tracks (popularity, catalog, co-occurrence rows); the least
+    #: popular are forgotten first. With ``max_neighbours`` this bounds the graph (docs/operations.md, memory).
+    max_items: int = 100_000
+    #: User states one partition keeps in memory; the least recently active clean ones are dropped from memory
+    #: (Redis keeps them; they are read back when the shopper returns).
+    max_resident_users: int = 20_000
     #: Popularity half-lives: a short one for "trending", a long one for "popular".
     trend_half_life_s: float = 6 * 3600.0
     popularity_half_life_s: float = 14 * 86_400.0
@@ -39,3 +45,19 @@ class EngineConfig:
             "return": -6.0,
         }
     )
+    #: Discovery (engine/discovery.py, docs/evaluation.md): the half-life of "popular now" (cold-start list and
+    #: every shopper's baseline), measured best of 1 / 3 / 7 / 14 days on the Online Retail replay.
+    discovery_half_life_s: float = 3 * 86_400.0
+    #: Item-kNN over the purchase history: this many latest purchases vote, each for this many neighbours.
+    discovery_anchors: int = 30
+    discovery_neighbours: int = 30
+    #: Links kept per item in the co-purchase graph, and links made per order line (within the order, and from a
+    #: first-time purchase to the shopper's latest earlier purchases, with this weight).
+    discovery_max_neighbours: int = 100
+    discovery_basket_links: int = 15
+    discovery_history_links: int = 15
+    discovery_history_weight: float = 0.5
+    #: Final score = ranker score + this x discovery score (kNN vote / best vote + popular-now / best popular-now).
+    discovery_weight: float = 1.0
+    #: Weight of popular-now inside the discovery score.
+    discovery_popular_weight: float = 0.5

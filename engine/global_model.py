@@ -17,8 +17,8 @@ from kairos.engine.config import EngineConfig
 from kairos.engine.decay import DecayedScores
 from kairos.engine.state import Interaction, UserInterest
 
-#: Upper bound on distinct items tracked per partition; the least popular are forgotten first.
-MAX_ITEMS = 500_000
+#: Distinct categories tracked per partition.
+MAX_CATEGORIES = 50_000
 
 
 @dataclass(slots=True)
@@ -31,9 +31,9 @@ class ItemInfo:
 class GlobalModel:
     def __init__(self, config: EngineConfig) -> None:
         self.config = config
-        self.trend = DecayedScores(config.trend_half_life_s, MAX_ITEMS)
-        self.popular = DecayedScores(config.popularity_half_life_s, MAX_ITEMS)
-        self.category_popular = DecayedScores(config.popularity_half_life_s, 50_000)
+        self.trend = DecayedScores(config.trend_half_life_s, config.max_items)
+        self.popular = DecayedScores(config.popularity_half_life_s, config.max_items)
+        self.category_popular = DecayedScores(config.popularity_half_life_s, MAX_CATEGORIES)
         self.neighbours: dict[str, dict[str, float]] = {}
         self.catalog: dict[str, ItemInfo] = {}
         #: category -> its most popular items (small, decayed): the "more from your favourite category" source.
@@ -41,6 +41,8 @@ class GlobalModel:
         self.events = 0
         self._top_cache: tuple[float, int, list[str], list[str]] | None = None
         self._item_cache: dict[str, tuple[int, tuple]] = {}
+        #: A row grows a quarter past ``max_neighbours`` before it is cut back (amortises the sort; bounds memory).
+        self._prune_at = config.max_neighbours + max(config.max_neighbours // 4, 1)
 
     def observe(self, user: UserInterest, interactions: list[Interaction]) -> None:
         """Learn from one user's interactions; call it *before* the user's state absorbs them, so the
@@ -70,7 +72,7 @@ class GlobalModel:
         info = self.catalog.get(it.item_id)
         if info is None:
             info = self.catalog[it.item_id] = ItemInfo()
-            if len(self.catalog) > MAX_ITEMS:
+            if len(self.catalog) > self.config.max_items:
                 self._forget_unpopular()
         if it.category_id is not None:
             info.category_id = it.category_id
@@ -78,6 +80,8 @@ class GlobalModel:
             items = self.category_items.get(it.category_id)
             if items is None:
                 items = self.category_items[it.category_id] = DecayedScores(self.config.popularity_half_life_s, 64)
+                if len(self.category_items) > MAX_CATEGORIES:
+                    self._forget_small_categories()
             items.add(it.item_id, weight, it.ts)
         if it.name:
             info.name = it.name
@@ -88,9 +92,11 @@ class GlobalModel:
         for x, y in ((a, b), (b, a)):
             row = self.neighbours.get(x)
             if row is None:
+                if x not in self.catalog:
+                    continue  # forgotten (unpopular): no row until it is seen again
                 row = self.neighbours[x] = {}
             row[y] = row.get(y, 0.0) + weight
-            if len(row) > 2 * self.config.max_neighbours:
+            if len(row) > self._prune_at:
                 self._prune(row)
 
     def _prune(self, row: dict[str, float]) -> None:
@@ -99,10 +105,20 @@ class GlobalModel:
         row.update(keep)
 
     def _forget_unpopular(self) -> None:
-        tracked = set(self.popular.keys())
+        """Drop what the popularity map no longer tracks (it evicts its weakest tenth at capacity): catalog
+        entries, co-occurrence rows and cached item columns."""
+        tracked = self.popular.keys()
         for item in [i for i in self.catalog if i not in tracked]:
             del self.catalog[item]
             self.neighbours.pop(item, None)
+            self._item_cache.pop(item, None)
+        for item in [i for i in self.neighbours if i not in tracked]:
+            del self.neighbours[item]
+
+    def _forget_small_categories(self) -> None:
+        tracked = self.category_popular.keys()
+        for category in [c for c in self.category_items if c not in tracked]:
+            del self.category_items[category]
 
     def neighbours_of(self, item_id: str, n: int) -> list[tuple[str, float]]:
         row = self.neighbours.get(item_id)
@@ -136,7 +152,7 @@ class GlobalModel:
         trend_ratio = min(self.trend.get(item_id, now) / long_run, 5.0) if long_run > 0 else 0.0
         category_pop = self.category_popular.get(category, now) if category else 0.0
         columns = (category, info.price if info else None, math.log1p(long_run), math.log1p(category_pop), trend_ratio)
-        if len(self._item_cache) > 200_000:
+        if len(self._item_cache) > self.config.max_items:
             self._item_cache.clear()
         self._item_cache[item_id] = (epoch, columns)
         return columns
@@ -157,9 +173,9 @@ class GlobalModel:
     @classmethod
     def from_state(cls, data: dict, config: EngineConfig) -> "GlobalModel":
         model = cls(config)
-        model.trend = DecayedScores(config.trend_half_life_s, MAX_ITEMS, data["trend"])
-        model.popular = DecayedScores(config.popularity_half_life_s, MAX_ITEMS, data["popular"])
-        model.category_popular = DecayedScores(config.popularity_half_life_s, 50_000, data["catpop"])
+        model.trend = DecayedScores(config.trend_half_life_s, config.max_items, data["trend"])
+        model.popular = DecayedScores(config.popularity_half_life_s, config.max_items, data["popular"])
+        model.category_popular = DecayedScores(config.popularity_half_life_s, MAX_CATEGORIES, data["catpop"])
         model.neighbours = data["nb"]
         model.catalog = {k: ItemInfo(*v) for k, v in data["cat"].items()}
         half_life = config.popularity_half_life_s

@@ -32,6 +32,8 @@ REDIS_WRITE = Histogram("kairos_redis_write_seconds", "One atomic state+serving 
 CONSUMER_LAG = Gauge("kairos_consumer_lag", "Records behind the high watermark", ["topic", "partition"])
 PARTITIONS_OWNED = Gauge("kairos_partitions_owned", "Input partitions owned by this worker")
 USERS_IN_MEMORY = Gauge("kairos_users_in_memory", "User states held by this worker")
+USERS_LOADED = Counter("kairos_users_loaded_total", "User states read back from the store (returning shoppers)")
+USERS_EVICTED = Counter("kairos_users_evicted_total", "User states dropped from memory (still in the store)", ["why"])
 SERVING_STALE = Gauge("kairos_serving_stale", "1 while serving state in Redis is behind (Redis unavailable)")
 
 # --- serving, models and operations (issue 5) ---

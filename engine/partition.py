@@ -3,12 +3,16 @@
 Users are keyed to partitions by the Kafka key (the user id), so a partition's state is only ever touched by the
 one worker that owns the partition: no locks, no cross-worker merges. ``dirty`` users are written at the next
 commit; idle users expire (least recently active first) and are deleted from the store in the same commit.
+
+Memory is bounded: at most ``max_resident_users`` user states stay in memory. Once committed, the least recently
+active beyond that are dropped from memory only (the store keeps them); the worker reads a returning user back
+(``missing`` / ``adopt``) before it applies the user's events, so eviction never loses or forks a state.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 
 import orjson
 
@@ -49,6 +53,33 @@ class PartitionState:
             self.users.move_to_end(user_id)
         return user
 
+    def missing(self, user_ids: Iterable[str]) -> list[str]:
+        """The ids in ``user_ids`` whose state is not in memory (to be read from the store)."""
+        users = self.users
+        return [uid for uid in user_ids if uid not in users]
+
+    def adopt(self, blobs: Mapping[str, bytes]) -> None:
+        """Take user states read back from the store (only for users not in memory: memory is newer)."""
+        for user_id, blob in blobs.items():
+            if user_id not in self.users:
+                self.users[user_id] = UserInterest.from_state(user_id, orjson.loads(blob), self.config)
+
+    def evict_resident(self) -> int:
+        """Drop the least recently active *committed* users beyond ``max_resident_users`` from memory; dirty
+        ones stay until they are written. Returns how many were dropped."""
+        excess = len(self.users) - self.config.max_resident_users
+        if excess <= 0:
+            return 0
+        victims = []
+        for user_id in self.users:  # oldest activity first
+            if user_id not in self.dirty:
+                victims.append(user_id)
+                if len(victims) == excess:
+                    break
+        for user_id in victims:
+            del self.users[user_id]
+        return len(victims)
+
     def mark_dirty(self, user_id: str) -> None:
         self.dirty.add(user_id)
         self.latest_ts = max(self.latest_ts, self.users[user_id].last_ts)
@@ -68,7 +99,8 @@ class PartitionState:
 
     def build_commit(self, with_global_checkpoint: bool) -> Commit:
         """Everything changed since the last successful commit, as one atomic unit."""
-        users = {uid: orjson.dumps(self.users[uid].to_state()) for uid in self.dirty if uid in self.users}
+        written = [self.users[uid] for uid in self.dirty if uid in self.users]
+        users = {user.user_id: orjson.dumps(user.to_state()) for user in written}
         checkpoint = (self.global_blob(), dict(self.offsets)) if with_global_checkpoint else None
         return Commit(
             partition=self.partition,
@@ -77,6 +109,7 @@ class PartitionState:
             offsets=dict(self.offsets),
             serving=list(self.pending_serving.values()),
             global_checkpoint=checkpoint,
+            activity={user.user_id: user.last_ts for user in written},
         )
 
     def committed(self, commit: Commit) -> None:
@@ -96,7 +129,12 @@ class PartitionState:
     def global_blob(self) -> bytes:
         selector = self.selector
         return orjson.dumps(
-            {"model": selector.model.to_state(), "ranker": selector.online.to_state(), "selection": selector.to_state()}
+            {
+                "model": selector.model.to_state(),
+                "ranker": selector.online.to_state(),
+                "selection": selector.to_state(),
+                "clock": self.latest_ts,
+            }
         )
 
     @classmethod
@@ -104,6 +142,7 @@ class PartitionState:
         cls, partition: int, config: EngineConfig, snapshot: PartitionSnapshot, make_selector: Callable[[], Selector]
     ) -> "PartitionState":
         state = cls(partition, config, make_selector())
+        data: dict = {}
         if snapshot.global_blob:
             data = orjson.loads(snapshot.global_blob)
             state.selector.recommender.model = GlobalModel.from_state(data["model"], config)
@@ -112,7 +151,7 @@ class PartitionState:
         loaded = [UserInterest.from_state(uid, orjson.loads(blob), config) for uid, blob in snapshot.users.items()]
         for user in sorted(loaded, key=lambda u: u.last_ts):  # LRU order = activity order
             state.users[user.user_id] = user
-        state.latest_ts = max((user.last_ts for user in loaded), default=0.0)
+        state.latest_ts = max([data.get("clock", 0.0), *(user.last_ts for user in loaded)])
         state.offsets = dict(snapshot.offsets)
         state.replay_until = dict(snapshot.offsets)
         state.global_offsets = dict(snapshot.global_offsets)

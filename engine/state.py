@@ -8,6 +8,7 @@ the most recent items, what they bought (excluded from recommendations for a whi
 from __future__ import annotations
 
 from collections import deque
+from sys import intern
 from dataclasses import dataclass, field
 
 from river import stats
@@ -34,16 +35,24 @@ class Interaction:
 
 
 def interactions_of(event: ClickEvent | PurchaseEvent, config: EngineConfig) -> list[Interaction]:
-    """Split an event into weighted item interactions (an order has one per line)."""
+    """Split an event into weighted item interactions (an order has one per line). Item and category ids are
+    interned: the same id is a key in many maps (user affinities, popularity, co-occurrence rows), and one string
+    object per id instead of one per event is most of the memory those maps take."""
     weights = config.action_weights
     if isinstance(event, ClickEvent):
         action = event.action.value
-        return [Interaction(event.item_id, event.category_id, action, weights[action], event.ts)]
+        return [Interaction(intern(event.item_id), _intern(event.category_id), action, weights[action], event.ts)]
     action = "return" if event.is_return else "purchase"
     return [
-        Interaction(line.item_id, line.category_id, action, weights[action], event.ts, float(line.unit_price), line.name)
+        Interaction(
+            intern(line.item_id), _intern(line.category_id), action, weights[action], event.ts, float(line.unit_price), line.name
+        )
         for line in event.lines
     ]
+
+
+def _intern(value: str | None) -> str | None:
+    return None if value is None else intern(value)
 
 
 @dataclass(slots=True)

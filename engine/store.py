@@ -3,11 +3,14 @@
 The contract (docs/state.md): ``commit`` applies user states, deletions, input offsets, serving records and an
 optional global checkpoint **atomically**; ``load`` returns what the last commit left. Because offsets are
 committed with the state they produced, a restarted worker resumes exactly where its state was saved.
+
+The store holds every user's state; a worker keeps only the recently active ones in memory (``load_users`` reads
+the others back when they return) and ``expire_users`` forgets users idle past the expiry that no worker holds.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -39,10 +42,16 @@ class Commit:
     offsets: Mapping[str, int]
     serving: Sequence[ServingRecord] = ()
     global_checkpoint: tuple[bytes, Mapping[str, int]] | None = None
+    #: Last event time of each user in ``users`` (the store's idle index).
+    activity: Mapping[str, float] = field(default_factory=dict)
 
 
 class StateStore(Protocol):
-    async def load(self, partition: int) -> PartitionSnapshot: ...
+    async def load(self, partition: int, *, with_users: bool = True) -> PartitionSnapshot: ...
+
+    async def load_users(self, partition: int, user_ids: Iterable[str]) -> dict[str, bytes]: ...
+
+    async def expire_users(self, partition: int, idle_before: float, keep: Collection[str], limit: int = 1000) -> list[str]: ...
 
     async def commit(self, commit: Commit) -> None: ...
 
@@ -65,17 +74,35 @@ class InMemoryStateStore:
         self.partitions: dict[int, PartitionSnapshot] = {}
         self.serving: dict[str, tuple[float, int, bytes]] = {}
         self.trending: list[str] = []
+        self.activity: dict[int, dict[str, float]] = {}
         self.commits = 0
 
-    async def load(self, partition: int) -> PartitionSnapshot:
+    async def load(self, partition: int, *, with_users: bool = True) -> PartitionSnapshot:
         snap = self.partitions.get(partition, PartitionSnapshot())
-        return PartitionSnapshot(dict(snap.users), dict(snap.offsets), snap.global_blob, dict(snap.global_offsets))
+        users = dict(snap.users) if with_users else {}
+        return PartitionSnapshot(users, dict(snap.offsets), snap.global_blob, dict(snap.global_offsets))
+
+    async def load_users(self, partition: int, user_ids: Iterable[str]) -> dict[str, bytes]:
+        users = self.partitions.get(partition, PartitionSnapshot()).users
+        return {uid: users[uid] for uid in user_ids if uid in users}
+
+    async def expire_users(self, partition: int, idle_before: float, keep: Collection[str], limit: int = 1000) -> list[str]:
+        activity = self.activity.get(partition, {})
+        idle = [uid for uid, ts in sorted(activity.items(), key=lambda kv: kv[1]) if ts < idle_before and uid not in keep]
+        idle = idle[:limit]
+        for uid in idle:
+            del activity[uid]
+            self.partitions[partition].users.pop(uid, None)
+        return idle
 
     async def commit(self, commit: Commit) -> None:
         snap = self.partitions.setdefault(commit.partition, PartitionSnapshot())
         snap.users.update(commit.users)
+        activity = self.activity.setdefault(commit.partition, {})
+        activity.update(commit.activity)
         for user_id in commit.deleted:
             snap.users.pop(user_id, None)
+            activity.pop(user_id, None)
         snap.offsets.update(commit.offsets)
         if commit.global_checkpoint is not None:
             snap.global_blob, offsets = commit.global_checkpoint

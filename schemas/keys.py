@@ -26,6 +26,10 @@ class RedisKeys:
         """Hash: user id -> serialized ``UserInterest``."""
         return f"{self._partition(partition)}:users"
 
+    def user_activity(self, partition: int) -> str:
+        """Sorted set: user id -> last event time, for expiring idle users that are not in any worker's memory."""
+        return f"{self._partition(partition)}:activity"
+
     def offsets(self, partition: int) -> str:
         """Hash: input topic -> next offset to consume, committed with the user states."""
         return f"{self._partition(partition)}:offsets"

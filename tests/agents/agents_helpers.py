@@ -27,6 +27,7 @@ class WorkerProcess:
             KAIROS_PARTITIONS=str(settings.partitions),
             KAIROS_SESSION_TIMEOUT_MS=str(settings.session_timeout_ms),
             KAIROS_HEARTBEAT_INTERVAL_MS=str(settings.heartbeat_interval_ms),
+            KAIROS_MAX_RESIDENT_USERS_PER_PARTITION=str(settings.max_resident_users_per_partition),
             KAIROS_LOG_LEVEL="INFO",
         )
         self.name = name

@@ -114,3 +114,60 @@ def test_serving_rule_newer_event_wins():
     serve(10.0, 1, b"same time, older state")
     assert store.serving["u"][2] == b"new"
     assert newer((10.0, 2), (10.0, 3))
+
+
+def test_resident_users_are_bounded_and_read_back_without_losing_state():
+    """Memory keeps the 3 most recently active users; the others live in the store and come back intact."""
+    import asyncio
+
+    cfg = EngineConfig(max_resident_users=3)
+    state, store = PartitionState(0, cfg, Selector(cfg)), InMemoryStateStore()
+    for n, uid in enumerate(["a", "b", "c", "d", "e"]):
+        state.selector.observe(state.user(uid), click(user=uid, item=f"i{n}", ts=T0 + n))
+        state.mark_dirty(uid)
+    assert state.evict_resident() == 0, "dirty users are never dropped before they are written"
+    commit = state.build_commit(with_global_checkpoint=False)
+    assert commit.activity == {uid: T0 + n for n, uid in enumerate("abcde")}
+    asyncio.run(store.commit(commit))
+    state.committed(commit)
+    assert state.evict_resident() == 2
+    assert list(state.users) == ["c", "d", "e"]  # least recently active dropped first
+
+    assert state.missing(["a", "c", "zz"]) == ["a", "zz"]
+    state.adopt(asyncio.run(store.load_users(0, ["a", "zz"])))  # zz was never seen: nothing to read
+    user_a = state.user("a")
+    assert list(user_a.recent) == ["i0"] and user_a.event_count == 1 and user_a.has_applied("c-a") is False
+    assert "zz" not in state.users
+
+
+def test_store_expires_idle_users_it_holds_except_those_in_memory():
+    import asyncio
+
+    from kairos.engine.store import Commit
+
+    store = InMemoryStateStore()
+    users = {uid: b"{}" for uid in "abc"}
+    asyncio.run(store.commit(Commit(0, users, [], {}, activity={"a": 10.0, "b": 20.0, "c": 30.0})))
+    assert asyncio.run(store.expire_users(0, idle_before=25.0, keep={"a"})) == ["b"]
+    assert set(asyncio.run(store.load(0)).users) == {"a", "c"}
+    asyncio.run(store.commit(Commit(0, {}, ["c"], {})))
+    assert asyncio.run(store.expire_users(0, idle_before=100.0, keep=set())) == ["a"]
+    assert asyncio.run(store.load(0)).users == {}
+
+
+def test_global_model_forgets_beyond_its_item_bound_and_prunes_neighbour_rows():
+    from kairos.engine.global_model import GlobalModel
+    from kairos.engine.state import Interaction
+
+    cfg = EngineConfig(max_items=100, max_neighbours=8)
+    model = GlobalModel(cfg)
+    user = UserInterest.new("u", cfg)
+    rng = random.Random(0)
+    for n in range(3000):
+        item = f"i{rng.randrange(1000)}"
+        interactions = [Interaction(item, "c", "click", 1.5, T0 + n)]
+        model.observe(user, interactions)
+        user.recent.append(item)
+    assert len(model.catalog) <= 100 and len(model.popular) <= 100
+    assert len(model.neighbours) <= 100 and set(model.neighbours) <= set(model.catalog)
+    assert max(len(row) for row in model.neighbours.values()) <= 8 + 2
