@@ -54,8 +54,8 @@ class Settings(BaseSettings):
     max_affinities_per_user: int = Field(default=200, ge=1, le=100_000)
     user_idle_expiry_days: float = Field(default=30.0, gt=0)
     #: Memory bounds per owned partition (docs/operations.md, "Memory").
-    max_items_per_partition: int = Field(default=100_000, ge=100, le=10_000_000)
-    max_resident_users_per_partition: int = Field(default=20_000, ge=10, le=10_000_000)
+    max_items_per_partition: int = Field(default=50_000, ge=100, le=10_000_000)
+    max_resident_users_per_partition: int = Field(default=10_000, ge=10, le=10_000_000)
     serving_ttl_s: int = Field(default=7 * 86_400, ge=60)
 
     # --- data, models and serving ---

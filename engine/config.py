@@ -25,10 +25,10 @@ class EngineConfig:
     max_neighbours: int = 100
     #: Distinct items one partition's global model tracks (popularity, catalog, co-occurrence rows); the least
     #: popular are forgotten first. With ``max_neighbours`` this bounds the graph (docs/operations.md, memory).
-    max_items: int = 100_000
+    max_items: int = 50_000
     #: User states one partition keeps in memory; the least recently active clean ones are dropped from memory
     #: (Redis keeps them; they are read back when the shopper returns).
-    max_resident_users: int = 20_000
+    max_resident_users: int = 10_000
     #: Popularity half-lives: a short one for "trending", a long one for "popular".
     trend_half_life_s: float = 6 * 3600.0
     popularity_half_life_s: float = 14 * 86_400.0

@@ -116,7 +116,7 @@ async def new_producer(broker: str) -> AIOKafkaProducer:
     return producer
 
 
-@pytest.mark.parametrize("resident", [20_000, 10], ids=["all-users-in-memory", "10-users-in-memory"])
+@pytest.mark.parametrize("resident", [10_000, 10], ids=["all-users-in-memory", "10-users-in-memory"])
 async def test_worker_killed_mid_stream_loses_nothing_and_counts_nothing_twice(make_settings, redis_url, spawn_worker, broker, resident):
     """With 10 resident users per partition (60 users over 2 partitions) most events find their user evicted
     from memory and read back from Redis: the counts must still be exact."""
