@@ -32,12 +32,18 @@ COPY_BATCH = 16
 COPY_BATCH_WAIT_S = 1.0
 
 
+#: Decoding of served copy: greedy with the repetition penalty the generator is evaluated with (docs/models.md);
+#: without it the small model loops ("cute, cute, cute, ...") and often repeats its prompt word for word.
+COPY_REPETITION_PENALTY = 1.2
+
+
 def load_generator(settings: Settings):
     """The ONNX copy generator from the model directory, or None (copy then comes from templates)."""
     try:
-        from kairos.models.generator import OnnxGenerator
+        from kairos.models.generator import GenerationConfig, OnnxGenerator
 
-        return OnnxGenerator.from_dir(settings.model_dir)
+        defaults = GenerationConfig(max_new_tokens=64, repetition_penalty=COPY_REPETITION_PENALTY)
+        return OnnxGenerator.from_dir(settings.model_dir, defaults=defaults)
     except Exception as exc:  # noqa: BLE001 - a missing or broken model means templates, not a dead worker
         log.warning("no copy generator in %s (%s): copy comes from templates", settings.model_dir, exc)
         return None

@@ -21,6 +21,7 @@ _PLUGINS = (
     ("kairos.onnx_export.cli", "register"),
     ("kairos.agents.ops", "register"),
     ("kairos.agents.evaluation", "register"),
+    ("kairos.agents.bench_copy", "register"),
 )
 
 

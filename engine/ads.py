@@ -48,6 +48,12 @@ class AdDecision:
     reasons: tuple[str, ...]
 
 
+def variant_request(creative: Creative) -> CopyRequest:
+    """The copy request for a generated variant of ``creative``: a rewrite of its best headline by prior CTR."""
+    best = max(creative.variants, key=lambda v: v.prior_ctr)
+    return CopyRequest(creative.creative_id, "ad", best.headline, kind="ad")
+
+
 def _logit(p: float) -> float:
     p = min(max(p, 1e-6), 1 - 1e-6)
     return math.log(p / (1 - p))
@@ -121,8 +127,7 @@ class AdSelector:
         """Ask the copy agent for a generated headline once per creative that wins (a new arm to explore)."""
         if self.copybook is None or creative.creative_id in self.copybook.ad_variants:
             return
-        best = max(creative.variants, key=lambda v: v.prior_ctr)
-        self.copybook.request(CopyRequest(creative.creative_id, "ad", best.headline, kind="ad"))
+        self.copybook.request(variant_request(creative))
 
     def pctr(self, creative_id: str, variant_id: str, segment: str, sampler: ThompsonSampler) -> float:
         base = sampler.stats(variant_id).posterior_mean

@@ -8,6 +8,7 @@ is fed from that stream, so no event ever waits for text generation.
 
 from __future__ import annotations
 
+import re
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -135,7 +136,25 @@ class CopyWriter:
         def generate(batch: Sequence[str]) -> list[str]:
             return generator.generate(batch, max_new_tokens=self.max_new_tokens)
 
-        return safe_generate(generate, prompts, fallbacks, self.safety, self.stats)
+        texts = safe_generate(generate, prompts, fallbacks, self.safety, self.stats)
+        return [_no_repeated_headline(r, t) for r, t in zip(requests, texts)]
+
+
+def _no_repeated_headline(request: CopyRequest, text: SafeText) -> SafeText:
+    """An ad "variant" that only repeats the headline it rewrites (small models often copy their prompt) is no new
+    arm: it would split one headline's traffic over two arms. It becomes the fallback (the headline itself).
+
+    >>> _no_repeated_headline(CopyRequest("c1", "ad", "You Won't Believe It", kind="ad"),
+    ...                       SafeText("you won't believe it.", "generated")).source
+    'template'
+    """
+    if request.kind != "ad" or text.source == "template" or _words(text.text) != _words(request.name):
+        return text
+    return SafeText(request.name, "template", text.reasons + ("duplicate:headline",))
+
+
+def _words(text: str) -> str:
+    return " ".join(re.findall(r"\w+", text.casefold()))
 
 
 def _prompt(request: CopyRequest) -> str:

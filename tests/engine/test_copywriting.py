@@ -1,0 +1,34 @@
+"""CopyWriter: a generated ad variant that only repeats the headline it rewrites is no new variant."""
+
+from kairos.engine.copywriting import CopyRequest, CopyWriter
+
+
+class EchoGenerator:
+    """Answers every prompt with a fixed text per call (a stand-in generator: no model needed for this rule)."""
+
+    name, version = "echo", "1"
+
+    def __init__(self, texts: list[str]) -> None:
+        self.texts = texts
+        self.calls = 0
+
+    def generate(self, prompts, *, max_new_tokens: int = 64) -> list[str]:
+        self.calls += 1
+        return self.texts[: len(prompts)]
+
+
+def test_a_copy_of_the_headline_falls_back_to_the_headline():
+    headline = "You Won't Believe What This Dog Did Next"
+    requests = [
+        CopyRequest("c1", "ad", headline, kind="ad"),
+        CopyRequest("c2", "ad", "A Quiet Story About Bread", kind="ad"),
+        CopyRequest("i1", "cat:bread", "SOURDOUGH LOAF"),
+    ]
+    answers = ["you won't believe what this dog did next!", "Bread, quietly.", "SOURDOUGH LOAF"]
+    writer = CopyWriter(EchoGenerator(answers))
+    copied, rewritten, product = writer.write(requests)
+    assert (copied.text, copied.source, copied.reasons) == (headline, "template", ("duplicate:headline",))
+    assert (rewritten.text, rewritten.source) == ("Bread, quietly.", "generated")
+    assert (product.text, product.source) == ("SOURDOUGH LOAF", "generated")  # product copy may name the product
+    assert writer.generator.calls == 1  # a copy is no safety block: not regenerated (greedy would repeat it)
+
