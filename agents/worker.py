@@ -223,6 +223,7 @@ class IngestWorker:
         metrics.STEP_LATENCY.labels("emit").observe(time.perf_counter() - t0)
         # One Redis round trip for all touched partitions, not one after another (each commit is its own MULTI).
         await asyncio.gather(*(self._commit_partition(p) for p in result.touched_partitions))
+        metrics.USERS_IN_MEMORY.set(sum(len(s.users) for s in self.partitions.values()))
         self._count(len(records), result)
         await self._maybe_commit_kafka()
         await self._maybe_publish_trending()

@@ -19,6 +19,8 @@ from kairos.schemas.features import RANKER_FEATURE_VERSION, RANKER_INPUTS, RANKE
 from kairos.schemas.manifest import TensorSpec
 
 RANKER_NAME = "ranker"
+#: Rows per onnxruntime run (see ``OnnxRanker.predict``).
+MAX_ROWS_PER_RUN = 4096
 
 
 def contract_problems(model: LoadedModel) -> list[str]:
@@ -68,13 +70,25 @@ class OnnxRanker(HandleBacked):
             raise ManifestMismatch(f"{model.manifest.name}/{model.manifest.version}", problems)
 
     def predict(self, features: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Both heads for every row: ``{"score": ..., "click_logit": ...}`` (float32, shape (rows,))."""
+        """Both heads for every row: ``{"score": ..., "click_logit": ...}`` (float32, shape (rows,)).
+
+        At most ``MAX_ROWS_PER_RUN`` rows go through one session run: onnxruntime's memory arena keeps the peak
+        of any run for the life of the session, so one huge call (a worker catching up on a backlog ranks a
+        2,000-event batch at once) would pin hundreds of MB; a few thousand rows per run already amortise the
+        call overhead."""
         inputs = as_ranker_inputs(features)
-        if len(inputs["item_id"]) == 0:
+        rows = len(inputs["item_id"])
+        if rows == 0:
             return {n: np.empty(0, np.float32) for n in RANKER_OUTPUTS}
         session = self.handle.current.session
         names = list(RANKER_OUTPUTS)
-        return dict(zip(names, session.run(names, inputs)))
+        if rows <= MAX_ROWS_PER_RUN:
+            return dict(zip(names, session.run(names, inputs)))
+        parts = [
+            session.run(names, {n: a[start : start + MAX_ROWS_PER_RUN] for n, a in inputs.items()})
+            for start in range(0, rows, MAX_ROWS_PER_RUN)
+        ]
+        return {name: np.concatenate([part[k] for part in parts]) for k, name in enumerate(names)}
 
     def score(self, features: Mapping[str, np.ndarray]) -> np.ndarray:
         """Ranking logit per row (higher is better)."""

@@ -44,3 +44,25 @@ def test_selector_ranks_with_the_onnx_model(model_dir):
 
 def test_missing_model_means_the_fallback(tmp_path):
     assert load_ranker(Settings(model_dir=tmp_path / "nothing-here")) is None
+
+
+def test_a_huge_ranking_call_runs_in_bounded_chunks_with_the_same_scores(model_dir, monkeypatch):
+    """A backlog batch is scored in runs of at most MAX_ROWS_PER_RUN rows (bounding onnxruntime's arena peak);
+    the scores are those of one run."""
+    from models_factories import ranker_rows
+
+    import kairos.models.ranker as ranker_module
+
+    publish_tiny_ranker(model_dir, "v1")
+    ranker = load_ranker(Settings(model_dir=model_dir))
+    rows = ranker_rows(1000, seed=3)
+    whole = ranker.predict(rows)
+    session = ranker.handle.current.session
+    runs = []
+    original_run = session.run
+    monkeypatch.setattr(ranker_module, "MAX_ROWS_PER_RUN", 128)
+    monkeypatch.setattr(session, "run", lambda names, inputs: runs.append(len(inputs["item_id"])) or original_run(names, inputs), raising=False)
+    chunked = ranker.predict(rows)
+    assert runs == [128] * 7 + [104]
+    for name in whole:
+        assert np.allclose(chunked[name], whole[name], atol=1e-6)
