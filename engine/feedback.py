@@ -185,9 +185,11 @@ class FeedbackJoin:
 
     def add_interaction(self, event: Interaction) -> list[LabelledExample]:
         """Attribute a click or purchase; returns its example (if attributed) and skips of closed impressions."""
-        if not self._first_sight(event.event_id, event.ts):
+        if event.event_id in self._seen:
             return []
         examples = self._attribute(event)
+        if examples:  # only an interaction that joined can be counted twice: only those ids are remembered
+            self._remember_id(event.event_id, event.ts)
         return examples + self.advance(event.ts)
 
     def advance(self, now: float) -> list[LabelledExample]:
@@ -247,8 +249,13 @@ class FeedbackJoin:
     def _first_sight(self, event_id: str, ts: float) -> bool:
         if event_id in self._seen:
             return False
-        self._seen[event_id] = ts
+        self._remember_id(event_id, ts)
         return True
+
+    def _remember_id(self, event_id: str, ts: float) -> None:
+        self._seen[event_id] = ts
+        if len(self._seen) > 4 * self.max_pending:  # a hard bound besides the time horizon
+            self._seen.popitem(last=False)
 
     def _forget_old_event_ids(self) -> None:
         # An id older than two windows can no longer join anything, so a duplicate of it would be unattributed

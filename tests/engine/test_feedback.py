@@ -87,8 +87,20 @@ def test_memory_bounded_by_max_pending():
 def test_event_ids_forgotten_after_two_windows():
     join = FeedbackJoin(attribution_window_s=10)
     for i in range(100):
+        join.add_impression(impression(f"r{i}", items=("a",), ts=float(i)))
         join.add_interaction(click("a", ts=float(i), event=f"e{i}"))
-    assert len(join._seen) <= 21
+    assert len(join._seen) <= 2 * 21
+
+
+def test_only_interactions_that_joined_are_remembered_and_ids_are_bounded():
+    """Clicks that join nothing (most of a stream) cost no memory; the id set also has a hard cap."""
+    join = FeedbackJoin(attribution_window_s=1e9, max_pending=5)
+    for i in range(1000):
+        join.add_interaction(click("z", ts=float(i), event=f"e{i}"))
+    assert len(join._seen) == 0
+    for i in range(100):
+        join.add_impression(impression(f"r{i}", items=("a",), ts=float(i)))
+    assert len(join._seen) <= 4 * 5
 
 
 def test_position_bias_prior_and_online_estimate():
