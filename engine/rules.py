@@ -101,15 +101,27 @@ class PurchaseHistory:
                 del self._last[user_id]
 
 
+_FIRST_PRUNE = 4096
+
+
 class ImpressionHistory:
     """Impression timestamps per user x key (item id or creative id) within a sliding window."""
 
     def __init__(self, window_s: float) -> None:
         self.window_s = window_s
         self._shown: dict[tuple[str, str], deque[float]] = {}
+        self._prune_at = _FIRST_PRUNE
 
     def record(self, user_id: str, key: str, ts: float) -> None:
         self._shown.setdefault((user_id, key), deque()).append(ts)
+        if len(self._shown) >= self._prune_at:
+            # Pairs nobody asks about again (a shopper who left) would stay forever: prune whenever the map has
+            # doubled since the last prune, so memory follows the traffic of one window at O(1) amortised cost.
+            self.prune(ts)
+            self._prune_at = max(_FIRST_PRUNE, 2 * len(self._shown))
+
+    def __len__(self) -> int:
+        return len(self._shown)
 
     def count(self, user_id: str, key: str, now: float) -> int:
         """Impressions of ``key`` to ``user_id`` in ``(now - window_s, now]``."""

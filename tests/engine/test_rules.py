@@ -120,3 +120,13 @@ def test_pipeline_records_which_step_dropped_each_item():
 def test_frequency_cap_rejects_unknown_key():
     with pytest.raises(ValueError):
         FrequencyCap(ImpressionHistory(1.0), 1, key="campaign")
+
+
+def test_impression_history_forgets_pairs_nobody_asks_about_again():
+    """Every shopper is shown something once and never comes back: the map stays near one window's traffic."""
+    history = ImpressionHistory(window_s=100.0)
+    for n in range(50_000):
+        history.record(f"user{n}", "item", ts=float(n))
+    assert len(history) < 10_000  # ~100 pairs are inside the window; the rest are pruned as the map doubles
+    assert history.count("user49999", "item", now=49_999.0) == 1
+    assert history.count("user0", "item", now=49_999.0) == 0
