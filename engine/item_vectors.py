@@ -10,6 +10,7 @@ A user's interest vector is the affinity-weighted mean of the vectors of their s
 
 from __future__ import annotations
 
+import itertools
 import threading
 from collections.abc import Sequence
 
@@ -24,13 +25,15 @@ INTEREST_ITEMS = 10
 
 
 class ItemVectors:
-    def __init__(self, embedder: TextEmbedder, max_pending: int = 50_000) -> None:
+    def __init__(self, embedder: TextEmbedder, max_pending: int = 50_000, max_items: int = 100_000) -> None:
         self.embedder = embedder
         self.index = ItemIndex(embedder.dim)
         self.vectors: dict[str, np.ndarray] = {}
         self._pending: dict[str, str] = {}
         self._lock = threading.Lock()  # the background embedder adds while the hot path reads
         self.max_pending = max_pending
+        #: Items kept embedded and indexed (~3 KB each with the index); the longest-embedded go first.
+        self.max_items = max_items
 
     def queue(self, item_id: str, name: str | None) -> None:
         """Remember an item to embed (called on the hot path: O(1), no model call)."""
@@ -50,6 +53,12 @@ class ItemVectors:
             for (item_id, _), vector in zip(items, vectors):
                 self.vectors[item_id] = vector
             self.index.add([item_id for item_id, _ in items], vectors)
+            excess = len(self.vectors) - self.max_items
+            if excess > 0:
+                oldest = list(itertools.islice(self.vectors, excess))
+                for item_id in oldest:
+                    del self.vectors[item_id]
+                self.index.remove(oldest)
         return len(items)
 
     def interest_vector(self, user: UserInterest, now: float) -> np.ndarray | None:

@@ -66,3 +66,14 @@ def test_selector_gets_similar_text_candidates():
     selector.observe(shopper, click(user="v", item="m1", ts=T0 + 1))
     pool, _ = selector.recommender.score_candidates(shopper, T0 + 2)
     assert "similar_text" in pool.reasons["m2"]  # the other mug, found by text
+
+
+def test_embedded_items_are_bounded_oldest_out():
+    vectors = ItemVectors(WordEmbedder(), max_items=3)
+    for n, name in enumerate(["red mug", "blue mug", "star lamp", "heart candle", "red bag"]):
+        vectors.queue(f"i{n}", name)
+    vectors.embed_pending(batch=2)
+    vectors.embed_pending(batch=2)
+    vectors.embed_pending(batch=2)
+    assert list(vectors.vectors) == ["i2", "i3", "i4"] and len(vectors.index) == 3
+    assert "i0" not in vectors.index and "i4" in vectors.index
