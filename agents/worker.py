@@ -18,6 +18,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
 from redis.exceptions import RedisError
 
+from kairos.agents import memory
 from kairos.agents.kafka_config import consumer_options, producer_options
 from kairos.agents.outputs import KafkaOutputs
 from kairos.agents.pipeline import BatchPipeline, InputRecord
@@ -38,6 +39,7 @@ GLOBAL_CHECKPOINT_INTERVAL_S = 30.0
 KAFKA_COMMIT_INTERVAL_S = 2.0
 TRENDING_PUBLISH_INTERVAL_S = 10.0
 STORE_EXPIRY_INTERVAL_S = 60.0
+MEMORY_TRIM_INTERVAL_S = 30.0
 
 
 def load_ranker(settings: Settings):
@@ -124,6 +126,7 @@ class IngestWorker:
         self._last_checkpoint: dict[int, float] = {}
         self._last_kafka_commit = 0.0
         self._last_store_expiry = 0.0
+        self._last_trim = time.monotonic()
         self.ready = asyncio.Event()
         #: perf_counter() when the first batch started (throughput is measured from there).
         self.first_batch_at: float | None = None
@@ -131,6 +134,7 @@ class IngestWorker:
     # --- lifecycle ---
 
     async def start(self, n_partitions: int) -> None:
+        memory.fix_mmap_threshold()  # RSS must not keep the peak of one large batch (agents/memory.py)
         self.n_partitions = self.pipeline.n_partitions = n_partitions
         self.producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, **producer_options(self.settings))
         await self.producer.start()
@@ -227,6 +231,7 @@ class IngestWorker:
         self._count(len(records), result)
         await self._maybe_commit_kafka()
         await self._maybe_publish_trending()
+        self._maybe_trim()
         if self.on_batch is not None:
             self.on_batch(self, len(records))
 
@@ -262,6 +267,12 @@ class IngestWorker:
         for partition, blobs in zip(missing, found):
             self.partitions[partition].adopt(blobs)
             metrics.USERS_LOADED.inc(len(blobs))
+
+    def _maybe_trim(self) -> None:
+        now = time.monotonic()
+        if now - self._last_trim >= MEMORY_TRIM_INTERVAL_S:
+            self._last_trim = now
+            memory.trim()
 
     async def _expire_stored_users(self) -> None:
         """Forget users idle past the expiry that are not in memory (those in memory expire in ``_idle_tick``)."""
@@ -333,6 +344,7 @@ class IngestWorker:
                 await self._commit_partition(partition)
         metrics.USERS_IN_MEMORY.set(sum(len(s.users) for s in self.partitions.values()))
         await self._expire_stored_users()
+        self._maybe_trim()
         await self._maybe_commit_kafka()
         await self._maybe_publish_trending()
 
