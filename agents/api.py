@@ -16,6 +16,7 @@ Routes::
 from __future__ import annotations
 
 import asyncio
+import gc
 import hmac
 import logging
 import re
@@ -451,7 +452,22 @@ def serve(app: KairosAPI, host: str = "127.0.0.1", port: int = 8080) -> None:
         app, host=host, port=port, loop="uvloop", http="httptools", lifespan="on", access_log=False,
         log_level="warning", server_header=False, date_header=False,
     )  # fmt: skip
+    config.load()  # imports the protocol and loop modules now, so the freeze below covers them
+    freeze_startup_objects()
     uvicorn.Server(config).run()
+
+
+def freeze_startup_objects() -> None:
+    """Collect once, then move everything allocated during start-up out of the garbage collector's reach.
+
+    Measured in the ``kairos bench api`` server (docs/operations.md): start-up leaves ~60k tracked objects
+    (modules, pydantic and prometheus structures); a full collection over them took 57-70 ms on the development
+    VM. Serving itself creates almost no cyclic garbage (no collection ran while serving 1000 requests/s for
+    10 s), but a long-running process eventually triggers a full one; frozen, it walks only what was allocated
+    since start-up (~2k objects).
+    """
+    gc.collect()
+    gc.freeze()
 
 
 def openapi_document() -> dict:
