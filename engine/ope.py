@@ -132,6 +132,46 @@ def engine_policy(model: ClickModel, epsilon: float = 0.1) -> EvaluationPolicy:
     return action_probabilities
 
 
+def selector_policy(train: BanditLog, epsilon: float = 0.05, seed: int = 0) -> EvaluationPolicy:
+    """The live engine's own feedback loop as the evaluation policy.
+
+    A ``Selector`` is built exactly as the worker builds one, and its ``FeedbackCorrector`` (the River-optimised
+    item x segment correction that serves in production) learns from the training slice as it would from joined
+    impressions: every logged row is a labelled example (a click with the engine's position-bias weight from its
+    ``PositionBias``, else a skip), its segment the shopper's first Open Bandit user feature (the stand-in for
+    the engine's interest segment, which needs a browsing history the log does not have), its logit the row's
+    user-item affinity placed as the Selector places ranker scores (best candidate at ``TOP_LOGIT``). On the
+    evaluation slice the policy is the Selector's: corrected logits, then its epsilon-greedy slate policy with
+    exact position marginals."""
+    from kairos.engine.config import EngineConfig
+    from kairos.engine.feedback import LabelledExample
+    from kairos.engine.selection import TOP_LOGIT, Selector
+
+    selector = Selector(EngineConfig(), epsilon=epsilon, seed=seed)
+    corrector, position_bias = selector.corrector, selector.join.position_bias
+
+    def base_logits(log: BanditLog) -> np.ndarray:
+        return log.affinity - log.affinity.max(axis=1, keepdims=True) + TOP_LOGIT
+
+    logits = base_logits(train)
+    for i in range(len(train)):
+        position, item, clicked = int(train.positions[i]) + 1, int(train.actions[i]), bool(train.rewards[i])
+        position_bias.observe(position, clicked)
+        corrector.learn(LabelledExample(
+            f"r{i}", "", str(item), position, int(clicked), "click" if clicked else "skip", None,
+            position_bias.weight(position) if clicked else 1.0, f"uf0={train.user_features[i, 0]}",
+            float(logits[i, item]),
+        ))  # fmt: skip
+
+    def action_probabilities(log: BanditLog) -> np.ndarray:
+        items = [str(a) for a in range(log.n_items)]
+        raw = base_logits(log)
+        corrected = np.stack([corrector.correct(items, f"uf0={log.user_features[i, 0]}", raw[i]) for i in range(len(log))])
+        return epsilon_greedy_marginals(corrected, log.n_positions, selector.policy.epsilon)
+
+    return action_probabilities
+
+
 def logging_policy_replay(log: BanditLog) -> np.ndarray:
     """An evaluation "policy" that puts the logged propensity on each logged action (a sanity check: IPS = CTR)."""
     probs = np.zeros((len(log), log.n_items, log.n_positions))
@@ -195,9 +235,12 @@ def evaluate_policy(log: BanditLog, pi_e: np.ndarray, q_hat: np.ndarray | None =
 
 def evaluate_open_bandit(data_dir: str | Path, policy: str = "bts", segment: str = "all", seed: int = 0,
                          train_fraction: float = 0.3, epsilon: float = 0.1, n_boot: int = 1000,
-                         make_policy: Callable[[ClickModel], EvaluationPolicy] | None = None) -> dict:
+                         make_policy: Callable[[ClickModel], EvaluationPolicy] | None = None,
+                         engine: str = "selector") -> dict:
     """Fit a click model on the first ``train_fraction`` of the log (time order) and evaluate the engine policy
-    (or ``make_policy(model)``) on the rest with IPS, SNIPS, DM and DR.
+    (or ``make_policy(model)``) on the rest with IPS, SNIPS, DM and DR. ``engine``: ``"selector"`` (the live
+    engine's feedback corrector and slate policy, :func:`selector_policy`) or ``"click-model"`` (epsilon-greedy
+    over the click model's item scores); the click model is DR's and DM's outcome model either way.
 
     Returns ``logged_ctr``, ``engine_ips``, ``engine_snips``, ``engine_dm``, ``engine_dr``, ``ci95`` (estimator ->
     ``[lo, hi]``, keys ``logged_ctr``, ``ips``, ``snips``, ``dm``, ``dr``), ``rounds`` (evaluated rows),
@@ -207,12 +250,23 @@ def evaluate_open_bandit(data_dir: str | Path, policy: str = "bts", segment: str
     split = int(len(log) * train_fraction)
     train, test = log.take(slice(0, split)), log.take(slice(split, None))
     model = ClickModel().fit(train)
-    evaluation_policy = make_policy(model) if make_policy else engine_policy(model, epsilon)
-    result = evaluate_policy(test, evaluation_policy(test), model.click_probabilities(test), n_boot, seed)
+    q_hat = model.click_probabilities(test)
+    if make_policy is not None:
+        evaluation_policy = make_policy(model)
+    elif engine == "selector":
+        evaluation_policy = selector_policy(train, epsilon, seed)
+    else:
+        evaluation_policy = engine_policy(model, epsilon)
+    result = evaluate_policy(test, evaluation_policy(test), q_hat, n_boot, seed)
     point = result["estimates"]
-    return {
+    out = {
         "logged_ctr": point["logged_ctr"], "engine_ips": point["ips"], "engine_snips": point["snips"],
         "engine_dm": point["dm"], "engine_dr": point["dr"], "ci95": result["ci95"], "rounds": len(test),
         "train_rounds": len(train), "max_weight": result["max_weight"], "policy": policy, "segment": segment,
-        "epsilon": epsilon, "seed": seed,
+        "epsilon": epsilon, "seed": seed, "engine": engine if make_policy is None else "custom",
     }
+    if make_policy is None and engine == "selector":
+        # The earlier stand-in (epsilon-greedy over the click model's item scores), for comparison.
+        reference = evaluate_policy(test, engine_policy(model, epsilon)(test), q_hat, n_boot, seed)["estimates"]
+        out["click_model_policy"] = {k: reference[k] for k in ("ips", "snips", "dm", "dr")}
+    return out

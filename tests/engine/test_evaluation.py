@@ -222,7 +222,7 @@ def test_ope_command_prints_the_keys_on_a_tiny_log(tmp_path, capsys):
     from kairos.agents.evaluation import ope_command
 
     data_dir = _tiny_open_bandit(tmp_path)
-    args = argparse.Namespace(data_dir=data_dir, policy="bts", segment="all", seed=0, epsilon=0.1, n_boot=50)
+    args = argparse.Namespace(data_dir=data_dir, policy="bts", segment="all", seed=0, epsilon=0.1, n_boot=50, engine_policy="selector")
     assert ope_command(args) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert {"logged_ctr", "engine_snips", "engine_dr", "ci95", "engine_ips", "rounds"} <= set(result)

@@ -14,6 +14,7 @@ from kairos.engine.ope import (
     evaluate_policy,
     load_open_bandit,
     logging_policy_replay,
+    selector_policy,
 )
 
 DATA_DIR = Path("/work/shared/data")
@@ -80,6 +81,25 @@ def test_engine_policy_probabilities_are_distributions_per_position():
     np.testing.assert_allclose(probs.sum(axis=1), 1.0)
     # the best item (0) is the engine's greedy pick at position 0 once the model has seen its clicks
     assert probs[:, 0, 0].mean() == pytest.approx(0.8 + 0.2 / 4)
+
+
+def test_selector_policy_is_the_engine_corrector_learning_what_each_segment_clicks():
+    """The live engine's corrector learns from the logged rows: item 0 for segment "a", item 2 for "b"."""
+    rng = np.random.default_rng(1)
+    rows, n_items = 6000, 4
+    segments = rng.choice(["a", "b"], size=rows)
+    actions = rng.integers(0, n_items, size=rows)
+    best = np.where(segments == "a", 0, 2)
+    clicks = rng.random(rows) < np.where(actions == best, 0.4, 0.02)
+    features = np.stack([segments, segments, segments, segments], axis=1)
+    log = BanditLog(actions, rng.integers(0, 2, size=rows), clicks.astype(float), np.full(rows, 0.25), features,
+                    np.zeros((rows, n_items)), n_items, 2)  # fmt: skip
+    probs = selector_policy(log, epsilon=0.1)(log)
+    assert probs.shape == (rows, n_items, 2)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0)
+    top = 0.9 + 0.1 / n_items
+    assert probs[segments == "a", 0, 0].mean() == pytest.approx(top)
+    assert probs[segments == "b", 2, 0].mean() == pytest.approx(top)
 
 
 def write_open_bandit_dir(root, rows=600, n_items=5, seed=0):
