@@ -37,7 +37,9 @@ class Settings(BaseSettings):
     partitions: int = Field(default=4, ge=1, le=1024)
     replication_factor: int = Field(default=1, ge=1, le=7)
     consumer_group: str = "kairos-worker"
-    batch_max_records: int = Field(default=2000, ge=1, le=100_000)
+    #: Records per consumed batch at most: one batch is one ranker call and one Redis commit per partition, and its
+    #: transient memory (candidate pools, feature matrices) grows with it; 500 keeps the catch-up peak small.
+    batch_max_records: int = Field(default=500, ge=1, le=100_000)
     batch_max_wait_ms: int = Field(default=5, ge=0, le=10_000)
     #: How long the broker may hold a fetch waiting for data. Not lower than ~50 ms on the embedded Tansu broker: its
     #: fetch returns empty when scanning a partition's batches takes longer than this, and with many small batches
