@@ -177,11 +177,14 @@ class IngestWorker:
 
     async def acquire(self, assigned: list[TopicPartition]) -> None:
         assert self.consumer is not None
-        for partition in sorted({tp.partition for tp in assigned} - set(self.partitions)):
+        new = sorted({tp.partition for tp in assigned} - set(self.partitions))
+        for n, partition in enumerate(new):
             snapshot = await self.store.load(partition, with_users=False)  # users are read when they return
             state = PartitionState.restore(partition, self.config, snapshot, lambda: self.make_selector(self.config))
             self.partitions[partition] = state
-            self._last_checkpoint[partition] = time.monotonic()
+            # Staggered: the partitions' global checkpoints (each a serialisation of the partition's model) fall
+            # in different batches instead of all in one.
+            self._last_checkpoint[partition] = time.monotonic() - GLOBAL_CHECKPOINT_INTERVAL_S * n / len(new)
         resume = {p: self.partitions[p].resume_offsets() for p in self.partitions}
         for tp in assigned:
             offset = resume.get(tp.partition, {}).get(tp.topic)
