@@ -68,7 +68,10 @@ class CopyBook:
         self.max_pending = max_pending
         self._texts: OrderedDict[tuple[str, str], str] = OrderedDict()
         self._pending: OrderedDict[tuple[str, str], CopyRequest] = OrderedDict()
-        self._requested: set[tuple[str, str]] = set()
+        #: Keys asked for and not answered yet, oldest first; bounded, the oldest forgotten one at a time (a
+        #: forgotten key is simply asked for again later: a trickle, never a storm of every key at once).
+        self._requested: OrderedDict[tuple[str, str], None] = OrderedDict()
+        self.max_requested = 10 * max_pending
         self.hits = 0
         self.misses = 0
         #: creative id -> generated variant id -> headline text (filled from the copies topic)
@@ -99,15 +102,17 @@ class CopyBook:
         key = (item_id, segment)
         self._texts[key] = text
         self._texts.move_to_end(key)
-        self._requested.discard(key)
+        self._requested.pop(key, None)
         while len(self._texts) > self.capacity:
             self._texts.popitem(last=False)
 
     def take_requests(self) -> list[CopyRequest]:
         requests = list(self._pending.values())
-        self._requested.update(self._pending)
-        if len(self._requested) > 4 * self.max_pending:
-            self._requested.clear()  # forget old requests: a lost one is simply asked for again
+        requested = self._requested
+        for key in self._pending:
+            requested[key] = None
+        while len(requested) > self.max_requested:
+            requested.popitem(last=False)
         self._pending.clear()
         return requests
 

@@ -32,3 +32,22 @@ def test_a_copy_of_the_headline_falls_back_to_the_headline():
     assert (product.text, product.source) == ("SOURDOUGH LOAF", "generated")  # product copy may name the product
     assert writer.generator.calls == 1  # a copy is no safety block: not regenerated (greedy would repeat it)
 
+
+
+def test_unanswered_copy_requests_are_not_re_requested_in_a_storm():
+    """Without a copy agent answering, each (item, segment) is asked for once while the book remembers it; the
+    book forgets the oldest request one at a time, never all of them at once."""
+    from kairos.engine.copywriting import CopyBook, CopyRequest
+
+    book = CopyBook(max_pending=10)  # remembers 100 requested keys
+    asked = 0
+    for _ in range(5):
+        for n in range(60):
+            book.lookup(CopyRequest(f"i{n}", "cat:x", f"item {n}", "x", None, ()))
+            if n % 10 == 9:
+                asked += len(book.take_requests())
+    assert asked == 60  # (the earlier book cleared its whole request set past 40 keys and asked again for all)
+    for n in range(60, 200):
+        book.lookup(CopyRequest(f"i{n}", "cat:x", f"item {n}", "x", None, ()))
+        book.take_requests()
+    assert len(book._requested) == 100 and ("i199", "cat:x") in book._requested and ("i0", "cat:x") not in book._requested
