@@ -8,6 +8,13 @@ Sources (in the order they fill the pool):
 ``trending``   items rising now (short half-life popularity);
 ``popular``    long-run best sellers: the cold-start source for a user with no state.
 Extra sources (e.g. the embedding ANN index) plug in as callables.
+
+With a :class:`~kairos.engine.discovery.PurchaseGraph` two sources come first and every candidate gets a
+discovery score (``CandidatePool.discovery``, blended with the ranker's score by the Recommender):
+``similar_purchases``  item-kNN over the shopper's purchase history (cosine of co-purchases);
+``similar_shoppers``   user-kNN: what shoppers who bought like this one bought;
+``popular_now``        what sells in the last few days (for a shopper with no history, the whole list), or for a
+                       returning shopper what others bought for the first time in the last few days.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+from kairos.engine.discovery import PurchaseGraph
 from kairos.engine.global_model import GlobalModel
 from kairos.engine.state import UserInterest
 
@@ -29,6 +37,9 @@ class CandidatePool:
     items: list[str] = field(default_factory=list)
     reasons: dict[str, list[str]] = field(default_factory=dict)
     co_visit: dict[str, float] = field(default_factory=dict)
+    #: item -> discovery score (kNN vote / best vote + user-kNN and popular-now shares); empty without a
+    #: PurchaseGraph.
+    discovery: dict[str, float] = field(default_factory=dict)
 
     def add(self, item_id: str, reason: str) -> None:
         known = self.reasons.get(item_id)
@@ -49,8 +60,13 @@ def retrieve_candidates(
     limit: int,
     excluded: set[str],
     extra_sources: Iterable[tuple[str, CandidateSource]] = (),
+    discovery: PurchaseGraph | None = None,
 ) -> CandidatePool:
     pool = CandidatePool()
+    if discovery is not None:
+        _add_discovery(pool, user, discovery, now, limit, excluded)
+        if user.event_count == 0 and len(pool) >= limit:
+            return pool  # no history: what sells now, in that order (nothing else has evidence for this shopper)
     trending, popular = model.top_items(now)
     _add_ranked(pool, "recently_engaged", list(reversed(user.recent))[:5], 5, excluded)
     # The long-run best sellers always compete: a strong baseline for everyone, and the ranker decides.
@@ -65,6 +81,31 @@ def retrieve_candidates(
     _add_ranked(pool, "popular", popular, limit, excluded)
     del pool.items[limit:]
     return pool
+
+
+def _add_discovery(
+    pool: CandidatePool, user: UserInterest, discovery: PurchaseGraph, now: float, limit: int, excluded: set[str]
+) -> None:
+    config = discovery.config
+    similar = discovery.scores(user, now, limit // 2, excluded) if user.purchased else []
+    best = similar[0][1] if similar else 1.0
+    for item, score in similar:
+        pool.add(item, "similar_purchases")
+        pool.discovery[item] = score / best
+    shoppers = discovery.similar_shoppers_scores(user, limit // 4, excluded) if user.purchased else []
+    best = shoppers[0][1] if shoppers else 1.0
+    for item, score in shoppers:
+        pool.add(item, "similar_shoppers")
+        pool.discovery[item] = pool.discovery.get(item, 0.0) + config.discovery_shopper_weight * score / best
+    popular = discovery.popular(now, discovered=user.event_count > 0)
+    top = popular[0][1] if popular else 1.0
+    wanted = limit if user.event_count == 0 else len(pool) + limit // 5
+    for item, score in popular:
+        if item in excluded:
+            continue
+        pool.discovery[item] = pool.discovery.get(item, 0.0) + config.discovery_popular_weight * score / top
+        if len(pool) < wanted:
+            pool.add(item, "popular_now")
 
 
 def _add_co_visits(pool: CandidatePool, user: UserInterest, model: GlobalModel, n: int, excluded: set[str]) -> None:

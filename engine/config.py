@@ -20,8 +20,9 @@ class EngineConfig:
     basket_lines: int = 30
     #: ...each to at most this many other lines of the order (bounds the cost of very large orders).
     basket_links: int = 8
-    #: How many recent items anchor the co-visit candidate search.
-    candidate_anchors: int = 20
+    #: How many recent items anchor the co-visit candidate search (20 before the discovery model: with the item-kNN
+    #: over the purchase history, 10 ranked as well on the Online Retail replay and halves this source's cost).
+    candidate_anchors: int = 10
     max_neighbours: int = 100
     #: Distinct items one partition's global model tracks (popularity, catalog, co-occurrence rows); the least
     #: popular are forgotten first. With ``max_neighbours`` this bounds the graph (docs/operations.md, memory).
@@ -45,19 +46,36 @@ class EngineConfig:
             "return": -6.0,
         }
     )
-    #: Discovery (engine/discovery.py, docs/evaluation.md): the half-life of "popular now" (cold-start list and
-    #: every shopper's baseline), measured best of 1 / 3 / 7 / 14 days on the Online Retail replay.
-    discovery_half_life_s: float = 3 * 86_400.0
-    #: Item-kNN over the purchase history: this many latest purchases vote, each for this many neighbours.
+    #: Discovery (engine/discovery.py, docs/evaluation.md): the half-life of "popular now" (the cold-start list) and
+    #: "discovered now" (items bought for the first time by their buyer: a returning shopper's baseline); 7 days
+    #: measured better than 3 on the Online Retail replay.
+    discovery_half_life_s: float = 7 * 86_400.0
+    #: Item-kNN over the purchase history: this many latest purchases vote, each for this many neighbours
+    #: (bounds the read path to anchors x neighbours dict updates).
     discovery_anchors: int = 30
-    discovery_neighbours: int = 30
+    discovery_neighbours: int = 20
+    #: An anchor's vote halves with the age of its purchase (0: every anchor votes 1).
+    discovery_anchor_half_life_s: float = 0.0
     #: Links kept per item in the co-purchase graph, and links made per order line (within the order, and from a
     #: first-time purchase to the shopper's latest earlier purchases, with this weight).
     discovery_max_neighbours: int = 100
-    discovery_basket_links: int = 15
-    discovery_history_links: int = 15
+    discovery_basket_links: int = 10
+    discovery_history_links: int = 10
     discovery_history_weight: float = 0.5
-    #: Final score = ranker score + this x discovery score (kNN vote / best vote + popular-now / best popular-now).
+    #: Final score = z(ranker score) + this x z(discovery score), z-scored over the pool; the discovery score is
+    #: kNN vote / best vote + user-kNN share + popular-now share (engine/candidates.py). 0.5 / 1 / 2 / 3 measured.
     discovery_weight: float = 1.0
-    #: Weight of popular-now inside the discovery score.
-    discovery_popular_weight: float = 0.5
+    #: Weight of popular-now / discovered-now inside the discovery score (0.25 / 0.5 / 1.0 / 1.5 measured).
+    discovery_popular_weight: float = 1.0
+    #: User-kNN (engine/shoppers.py): its weight inside the discovery score (0: off), the most similar shoppers
+    #: that vote, and its bounds: buyers remembered per item, items per shopper, shoppers.
+    discovery_shopper_weight: float = 0.5
+    #: The shopper's latest purchases that find similar shoppers (their buyers are counted).
+    discovery_shopper_anchors: int = 20
+    discovery_similar_shoppers: int = 30
+    discovery_item_buyers: int = 15
+    discovery_shopper_items: int = 30
+    discovery_max_shoppers: int = 100_000
+    #: The online ranker learns to rank items new to the shopper (their remembered purchases are neither positives
+    #: nor candidates when it learns), as discovery slots serve them.
+    learn_discovery: bool = True

@@ -25,9 +25,7 @@ from typing import Protocol
 
 import numpy as np
 
-from kairos.engine.candidates import retrieve_candidates
 from kairos.engine.config import EngineConfig
-from kairos.engine.features import build_ranker_features
 from kairos.engine.recommender import Recommender
 from kairos.engine.state import UserInterest
 from kairos.schemas.events import ClickEvent, ImpressionEvent, PurchaseEvent
@@ -265,7 +263,7 @@ class EngineBackend(Protocol):
 
     def observe(self, user: UserInterest, event: Event) -> None: ...
 
-    def ranked(self, user: UserInterest, now: float, n: int) -> list[str]: ...
+    def ranked(self, user: UserInterest, now: float, n: int, exclude: Collection[str] = ()) -> list[str]: ...
 
 
 class RecommenderBackend:
@@ -277,8 +275,8 @@ class RecommenderBackend:
     def observe(self, user: UserInterest, event: Event) -> None:
         self.recommender.observe(user, event)
 
-    def ranked(self, user: UserInterest, now: float, n: int) -> list[str]:
-        return [scored.item_id for scored in self.recommender.recommend(user, now, n)]
+    def ranked(self, user: UserInterest, now: float, n: int, exclude: Collection[str] = ()) -> list[str]:
+        return [scored.item_id for scored in self.recommender.recommend(user, now, n, exclude)]
 
 
 class SelectorBackend:
@@ -291,8 +289,8 @@ class SelectorBackend:
     def observe(self, user: UserInterest, event: Event) -> None:
         self.selector.observe(user, event)
 
-    def ranked(self, user: UserInterest, now: float, n: int) -> list[str]:
-        return [item.item_id for item in self.selector.select(user, now, n).items]
+    def ranked(self, user: UserInterest, now: float, n: int, exclude: Collection[str] = ()) -> list[str]:
+        return [item.item_id for item in self.selector.select(user, now, n, exclude=exclude).items]
 
 
 class ReplayArms:
@@ -330,18 +328,16 @@ class ReplayArms:
         self.popularity.learn(event)
 
     def engine(self, user_id: str, now: float, k: int, exclude: Collection[str]) -> list[str]:
-        return self.backend.ranked(self._user(user_id), now, max(self.config.max_candidates, k))
+        # The shopper's past purchases are passed on, as to the popularity baseline: a discovery slot's request.
+        return self.backend.ranked(self._user(user_id), now, max(self.config.max_candidates, k), exclude)
 
     def popular(self, user_id: str, now: float, k: int, exclude: Collection[str]) -> list[str]:
         return self.popularity.top(k, exclude)
 
     def river_only(self, user_id: str, now: float, k: int, exclude: Collection[str]) -> list[str]:
-        user, model = self._user(user_id), self.recommender.model
-        pool = retrieve_candidates(user, model, now, self.config.max_candidates, user.excluded_items(now),
-                                   self.recommender.extra_sources)
+        pool, features = self.recommender.candidates_and_features(self._user(user_id), now, exclude)
         if not pool.items:
             return []
-        features = build_ranker_features(user, model, pool.items, now, pool.co_visit)
         scores = self.recommender.online.score(features)
         return [pool.items[i] for i in np.argsort(-scores, kind="stable")]
 

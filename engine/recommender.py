@@ -10,7 +10,7 @@ would be superseded before anyone could read them).
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -18,6 +18,7 @@ import numpy as np
 
 from kairos.engine.candidates import CandidatePool, CandidateSource, retrieve_candidates
 from kairos.engine.config import EngineConfig
+from kairos.engine.discovery import PurchaseGraph
 from kairos.engine.features import TextSimilarity, build_ranker_features
 from kairos.engine.global_model import GlobalModel
 from kairos.engine.interfaces import Ranker
@@ -64,6 +65,9 @@ class Recommender:
     ) -> None:
         self.config = config
         self.model = GlobalModel(config)
+        #: Short-horizon popularity, the co-purchase graph and user-kNN for discovery (engine/discovery.py);
+        #: checkpointed inside the Selector's state (``Selector.to_state``).
+        self.discovery = PurchaseGraph(config)
         self.online = RiverRanker(seed=seed)
         self.fallback = BlendedRanker(HeuristicRanker(), self.online)
         # Fallback order (docs/selection.md): the model ranker while it answers within budget, else the
@@ -87,12 +91,15 @@ class Recommender:
             if learn:
                 self._learn_ranking(user, interactions, event.ts)
             self.model.observe(user, interactions)
+            self.discovery.observe(user, interactions)
         return user.apply(event)
 
     def observe_global_only(self, user: UserInterest, event: Event) -> None:
         """Replay an event into the global model only (recovering it after a restart, see docs/state.md)."""
         if not isinstance(event, ImpressionEvent):
-            self.model.observe(user, _interactions_preview(user, event))
+            interactions = _interactions_preview(user, event)
+            self.model.observe(user, interactions)
+            self.discovery.observe(user, interactions)
 
     def _learn_ranking(self, user: UserInterest, interactions: list[Interaction], now: float) -> None:
         """Learning to rank the candidates the engine would have ranked at that moment: the pool is retrieved as
@@ -102,13 +109,15 @@ class Recommender:
         if user.event_count == 0:
             return  # nothing to learn from a first event: every feature is empty
         excluded = user.excluded_items(now)
+        if self.config.learn_discovery:
+            excluded.update(user.purchased)
         acted = {it.item_id for it in interactions if it.weight > 0 and it.item_id not in excluded}
         if not acted:
             return
         rng = self.online._rng
         if not any(it.action in _ALWAYS_LEARN for it in interactions) and rng.random() >= self.view_learn_rate:
             return
-        pool = retrieve_candidates(user, self.model, now, self.config.max_candidates, excluded, self.extra_sources)
+        pool = self._retrieve(user, now, excluded)
         positives = [item for item in pool.items if item in acted][:5]
         if not positives:
             return
@@ -122,19 +131,24 @@ class Recommender:
 
     # --- read path ---
 
-    def recommend(self, user: UserInterest, now: float, n: int | None = None) -> list[ScoredItem]:
-        """Top ``n`` by ranker score (no exploration, no feedback correction: see ``kairos.engine.selection``)."""
+    def recommend(
+        self, user: UserInterest, now: float, n: int | None = None, exclude: Collection[str] = ()
+    ) -> list[ScoredItem]:
+        """Top ``n`` by final score (no exploration, no feedback correction: see ``kairos.engine.selection``)."""
         n = n or self.config.top_n
-        pool, scores = self.score_candidates(user, now)
+        pool, scores = self.score_candidates(user, now, exclude)
         t0 = time.perf_counter()
+        scores = self.final_scores(user, pool, scores)
         chosen = _top_n(pool, scores, n) if pool.items else []
         if self.last_timings is not None:
             self.last_timings = StepTimings(*self.last_timings[:3], time.perf_counter() - t0)
         return chosen
 
-    def score_candidates(self, user: UserInterest, now: float) -> tuple[CandidatePool, np.ndarray]:
+    def score_candidates(
+        self, user: UserInterest, now: float, exclude: Collection[str] = ()
+    ) -> tuple[CandidatePool, np.ndarray]:
         """Retrieve candidates (purchased items already excluded) and score them with the ranker."""
-        pool, features = self.candidates_and_features(user, now)
+        pool, features = self.candidates_and_features(user, now, exclude)
         if not pool.items:
             return pool, np.zeros(0, dtype=np.float32)
         t0 = time.perf_counter()
@@ -142,15 +156,37 @@ class Recommender:
         self.last_timings = self.last_timings._replace(rank=time.perf_counter() - t0)
         return pool, scores
 
-    def candidates_and_features(self, user: UserInterest, now: float) -> tuple[CandidatePool, dict[str, np.ndarray]]:
-        """The read path up to the ranker: lets a caller score many users' candidates in one ranker call."""
+    def candidates_and_features(
+        self, user: UserInterest, now: float, exclude: Collection[str] = ()
+    ) -> tuple[CandidatePool, dict[str, np.ndarray]]:
+        """The read path up to the ranker: lets a caller score many users' candidates in one ranker call.
+        ``exclude``: items the caller does not want (e.g. everything the shopper owns, for a discovery slot),
+        on top of the purchases within ``purchase_exclusion_s``."""
         t0 = time.perf_counter()
         excluded = user.excluded_items(now)
-        pool = retrieve_candidates(user, self.model, now, self.config.max_candidates, excluded, self.extra_sources)
+        if exclude:
+            excluded.update(exclude)
+        pool = self._retrieve(user, now, excluded)
         t1 = time.perf_counter()
         features = build_ranker_features(user, self.model, pool.items, now, pool.co_visit, None, self.text_similarity)
         self.last_timings = StepTimings(t1 - t0, time.perf_counter() - t1, 0.0, 0.0)
         return pool, features
+
+    def _retrieve(self, user: UserInterest, now: float, excluded: set[str]) -> CandidatePool:
+        return retrieve_candidates(
+            user, self.model, now, self.config.max_candidates, excluded, self.extra_sources, self.discovery
+        )
+
+    def final_scores(self, user: UserInterest, pool: CandidatePool, scores: np.ndarray) -> np.ndarray:
+        """The ranker's scores blended with the pool's discovery scores, both standardised over the pool:
+        ``z(ranker) + discovery_weight x z(discovery)``. A shopper with no history gets the discovery order alone
+        (the ranker has no evidence about them; its per-item features would only reshuffle what sells now)."""
+        if not pool.discovery or not len(scores):
+            return scores
+        prior = np.fromiter((pool.discovery.get(item, 0.0) for item in pool.items), np.float64, len(pool.items))
+        if user.event_count == 0:
+            return prior.astype(np.float32)
+        return (_standardised(scores) + self.config.discovery_weight * _standardised(prior)).astype(np.float32)
 
     def score_many(self, features: list[dict[str, np.ndarray]]) -> list[np.ndarray]:
         """Score several candidate sets with one ranker call (one ONNX inference per consumed batch)."""
@@ -179,6 +215,12 @@ class Recommender:
 
 def _interactions_preview(user: UserInterest, event: ClickEvent | PurchaseEvent) -> list[Interaction]:
     return interactions_of(event, user.config)
+
+
+def _standardised(values: np.ndarray) -> np.ndarray:
+    values = np.asarray(values, dtype=np.float64)
+    spread = values.std()
+    return (values - values.mean()) / spread if spread > 0 else np.zeros_like(values)
 
 
 def _top_n(pool: CandidatePool, scores: np.ndarray, n: int) -> list[ScoredItem]:

@@ -14,6 +14,7 @@ a click on X moves X (and its co-visit neighbours) up within the next events.
 from __future__ import annotations
 
 import time
+from array import array
 from collections import OrderedDict
 from collections.abc import Collection
 from dataclasses import dataclass, replace
@@ -35,8 +36,10 @@ from kairos.schemas.events import ClickEvent, ImpressionEvent, PurchaseEvent
 
 #: Click-like actions that count as a positive label for the item shown.
 _ENGAGED = frozenset({"click", "add_to_cart", "favourite"})
-#: Served slates remembered so an impression can be joined to the logits and exploration flag it was served with.
-_SERVED_MEMORY = 50_000
+#: Served slates remembered so an impression can be joined to the logits and exploration flag it was served with
+#: (~0.3 KB each; at 75 recommendations/s a partition keeps the last ~4 minutes; an impression of an older slate is
+#: still joined, with neutral logits).
+_SERVED_MEMORY = 20_000
 #: Ranker scores are relative (the heuristic's are not probabilities at all); the corrector works on logits, so
 #: each slate's scores are shifted to put its best candidate at this logit (CTR ~7.6%), where a click is
 #: informative. Learned scale and bias then calibrate further.
@@ -68,7 +71,7 @@ class Selection:
 @dataclass(frozen=True, slots=True)
 class _Served:
     items: tuple[str, ...]
-    logits: tuple[float, ...]
+    logits: array  # float32: one machine float per slot instead of a Python float object
     segment: str
     explored: bool
 
@@ -190,17 +193,22 @@ class Selector:
 
     # --- read path ---
 
-    def select(self, user: UserInterest, now: float, n: int | None = None, rec_id: str | None = None) -> Selection:
-        pool, scores = self.recommender.score_candidates(user, now)
+    def select(
+        self, user: UserInterest, now: float, n: int | None = None, rec_id: str | None = None,
+        exclude: Collection[str] = (),
+    ) -> Selection:
+        """``exclude``: items the caller does not want shown (e.g. everything the shopper owns)."""
+        pool, scores = self.recommender.score_candidates(user, now, exclude)
         return self.finish(user, pool, scores, now, n, rec_id)
 
-    def prepare(self, user: UserInterest, now: float):
+    def prepare(self, user: UserInterest, now: float, exclude: Collection[str] = ()):
         """First half of :meth:`select`: candidates and ranker features (scored by the caller, batched)."""
-        return self.recommender.candidates_and_features(user, now)
+        return self.recommender.candidates_and_features(user, now, exclude)
 
     def finish(self, user: UserInterest, pool, scores: np.ndarray, now: float, n: int | None = None, rec_id: str | None = None) -> Selection:
         """Second half: feedback correction, business rules, exploration, copy."""
         n = n or self.config.top_n
+        scores = self.recommender.final_scores(user, pool, scores)  # ranker + discovery blend
         logits = scores - scores.max() + TOP_LOGIT if len(scores) else scores
         timings = self.recommender.last_timings
         t0 = time.perf_counter()
@@ -272,7 +280,7 @@ class Selector:
 
     def _remember(self, selection: Selection) -> None:
         self._served[selection.rec_id] = _Served(
-            tuple(i.item_id for i in selection.items), tuple(i.logit for i in selection.items), selection.segment, selection.explored
+            tuple(i.item_id for i in selection.items), array("f", [i.logit for i in selection.items]), selection.segment, selection.explored
         )
         while len(self._served) > _SERVED_MEMORY:
             self._served.popitem(last=False)
@@ -290,11 +298,16 @@ class Selector:
     # --- persistence of what the feedback loop learned ---
 
     def to_state(self) -> dict:
-        return {"corrector": dict(self.corrector._weights), "examples": self.examples_learned}
+        # The discovery model rides along here (it is the Recommender's, but the checkpoint format is owned by
+        # engine/partition.py, which stores this dict as "selection").
+        return {"corrector": dict(self.corrector._weights), "examples": self.examples_learned,
+                "discovery": self.recommender.discovery.to_state()}
 
     def load_state(self, data: dict) -> None:
         self.corrector._weights.update(data["corrector"])
         self.examples_learned = data["examples"]
+        if "discovery" in data:  # checkpoints written before the discovery model have none: it relearns
+            self.recommender.discovery.load_state(data["discovery"])
 
 
 def _logits_for(served: _Served | None, ids: tuple[str, ...]) -> tuple[float, ...]:

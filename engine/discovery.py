@@ -1,0 +1,208 @@
+"""What orders teach about discovery: which items a shopper who bought X goes on to buy, and what sells right now.
+
+Owned by the :class:`~kairos.engine.recommender.Recommender` (one per partition, beside the ``GlobalModel``):
+
+- ``popular_now``: a short half-life (``discovery_half_life_s``, 7 days) decayed count of the orders containing each
+  item: the cold-start list (a first order is all discovery);
+- ``discovered_now``: the same count over first purchases only (an item the buyer had not bought before): the
+  baseline of a returning shopper's list (re-stocking staples says little about what others will find next);
+- an item-to-item "bought by the same shoppers" graph: the lines of one order are linked to each other, and the
+  items a shopper buys for the first time are linked to the shopper's earlier purchases (so a kNN over the whole
+  purchase history, not just the last few items, finds them). Links are counted per order and read as a cosine,
+  ``c(i, j) / sqrt(n_i n_j)`` with ``n_i`` the orders containing ``i``: raw counts would make the best sellers
+  everybody's neighbours;
+- ``shoppers``: user-kNN, "shoppers who bought like you" (:class:`~kairos.engine.shoppers.SimilarShoppers`).
+
+Write path: :meth:`PurchaseGraph.observe` per purchase, before the user state absorbs it (O(lines x links)).
+Read path: :meth:`PurchaseGraph.scores` per recommendation (O(anchors x neighbours), cached neighbour lists) and
+:meth:`PurchaseGraph.similar_shoppers_scores` (O(anchors x buyers + shoppers x items)).
+Memory is bounded: at most ``max_items`` items (the ones in the fewest orders are forgotten first), each with at
+most ``discovery_max_neighbours`` links; the user-kNN maps have their own caps (``engine/shoppers.py``).
+Checkpointed with the partition's global state (inside the Selector's entry, ``Selector.to_state``); the
+catch-up replay after a restart (``Recommender.observe_global_only``) feeds it as it feeds the global model.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections.abc import Collection
+from operator import itemgetter
+
+from kairos.engine.config import EngineConfig
+from kairos.engine.decay import DecayedScores, decay_factor
+from kairos.engine.shoppers import SimilarShoppers
+from kairos.engine.state import Interaction, UserInterest
+
+#: Cached neighbour lists and the popular-now lists are refreshed after this many observed orders (recomputing an
+#: anchor's list on most requests was most of the read path's cost).
+_REFRESH_EVERY = 1000
+
+
+class PurchaseGraph:
+    """Short-horizon popularity and a cosine-normalised co-purchase graph, learned one order at a time.
+
+    >>> from kairos.engine.config import EngineConfig
+    >>> from kairos.engine.state import Interaction, UserInterest
+    >>> cfg = EngineConfig(); graph = PurchaseGraph(cfg); user = UserInterest.new("u", cfg)
+    >>> graph.observe(user, [Interaction(i, None, "purchase", 8.0, 0.0) for i in ("a", "b")])
+    >>> user.purchased["a"] = 0.0
+    >>> [item for item, _ in graph.scores(user, 1.0, 5, excluded={"a"})]
+    ['b']
+    """
+
+    def __init__(self, config: EngineConfig) -> None:
+        self.config = config
+        self.max_items = config.max_items
+        self.popular_now = DecayedScores(config.discovery_half_life_s, config.max_items)
+        self.discovered_now = DecayedScores(config.discovery_half_life_s, config.max_items)
+        self.orders: dict[str, float] = {}
+        self.links: dict[str, dict[str, float]] = {}
+        #: User-kNN ("shoppers who bought like you"), used when ``discovery_shopper_weight`` > 0.
+        self.shoppers = SimilarShoppers(config) if config.discovery_shopper_weight > 0 else None
+        self.observed = 0
+        self._prune_at = config.discovery_max_neighbours + max(config.discovery_max_neighbours // 2, 1)
+        self._neighbour_cache: dict[str, tuple[int, list[tuple[str, float]]]] = {}
+        self._popular_cache: dict[bool, tuple[int, float, list[tuple[str, float]]]] = {}
+
+    # --- write path ---
+
+    def observe(self, user: UserInterest, interactions: list[Interaction]) -> None:
+        """Learn from one order (other interactions are ignored); call it before ``user`` absorbs the order."""
+        basket = list(dict.fromkeys(it.item_id for it in interactions if it.action == "purchase"))
+        if not basket:
+            return
+        ts = interactions[0].ts
+        for item in basket:
+            self.popular_now.add(item, 1.0, ts)
+            if item not in user.purchased:  # a discovery: re-stocking says little about what others will find
+                self.discovered_now.add(item, 1.0, ts)
+            self.orders[item] = self.orders.get(item, 0.0) + 1.0
+        lines = basket[: self.config.basket_lines]
+        links = self.config.discovery_basket_links
+        for n, item in enumerate(lines):
+            for other in lines[max(0, n - links) : n]:
+                self._link(item, other, 1.0)
+        self._link_to_history(user, lines)
+        if self.shoppers is not None:
+            self.shoppers.observe(user.user_id, lines)
+        self.observed += 1
+        if len(self.orders) > self.max_items:
+            self._forget_rare()
+
+    def _link_to_history(self, user: UserInterest, lines: list[str]) -> None:
+        """Items bought for the first time are linked to what the shopper bought before (across orders)."""
+        previous = _latest(user.purchased, self.config.discovery_history_links)
+        if not previous:
+            return
+        new = [item for item in lines if item not in user.purchased][: self.config.discovery_history_links]
+        share = self.config.discovery_history_weight
+        for item in new:
+            for other in previous:
+                self._link(item, other, share)
+
+    def _link(self, a: str, b: str, weight: float) -> None:
+        for x, y in ((a, b), (b, a)):
+            row = self.links.get(x)
+            if row is None:
+                row = self.links[x] = {}
+            row[y] = row.get(y, 0.0) + weight
+            if len(row) > self._prune_at:
+                self._prune(row)
+
+    def _prune(self, row: dict[str, float]) -> None:
+        """Keep the strongest links by cosine (the row's own count is a constant factor)."""
+        orders = self.orders
+        keep = heapq.nlargest(
+            self.config.discovery_max_neighbours, row.items(), key=lambda kv: kv[1] / math.sqrt(orders.get(kv[0], 1.0))
+        )
+        row.clear()
+        row.update(keep)
+
+    def _forget_rare(self) -> None:
+        """Down to 90% of ``max_items``: the items in the fewest orders go, with their rows."""
+        keep = set(heapq.nlargest(self.max_items - self.max_items // 10, self.orders, key=self.orders.__getitem__))
+        self.orders = {item: n for item, n in self.orders.items() if item in keep}
+        self.links = {item: row for item, row in self.links.items() if item in keep}
+        self._neighbour_cache.clear()
+
+    # --- read path ---
+
+    def popular(self, now: float, discovered: bool = False, n: int = 200) -> list[tuple[str, float]]:
+        """The ``n`` items in the most orders lately (``discovered``: the most first purchases), best first
+        (cached per 1,000 orders or one hour of event time)."""
+        cached = self._popular_cache.get(discovered)
+        epoch = self.observed // _REFRESH_EVERY
+        if cached is None or cached[0] != epoch or abs(now - cached[1]) > 3600.0:
+            counts = self.discovered_now if discovered else self.popular_now
+            cached = self._popular_cache[discovered] = (epoch, now, counts.top(n, now))
+        return cached[2]
+
+    def neighbours(self, item: str) -> list[tuple[str, float]]:
+        """The item's strongest neighbours by cosine, best first (cached, refreshed every 1,000 orders)."""
+        epoch = self.observed // _REFRESH_EVERY
+        cached = self._neighbour_cache.get(item)
+        if cached is not None and cached[0] == epoch:
+            return cached[1]
+        row = self.links.get(item)
+        found: list[tuple[str, float]] = []
+        if row:
+            orders = self.orders
+            n_item = orders.get(item, 1.0)
+            cosine = ((other, c / math.sqrt(n_item * orders.get(other, 1.0))) for other, c in row.items())
+            found = heapq.nlargest(self.config.discovery_neighbours, cosine, key=itemgetter(1))
+        if len(self._neighbour_cache) >= self.max_items:
+            self._neighbour_cache.clear()
+        self._neighbour_cache[item] = (epoch, found)
+        return found
+
+    def scores(self, user: UserInterest, now: float, n: int, excluded: Collection[str]) -> list[tuple[str, float]]:
+        """Item-kNN over the shopper's purchase history: each of their ``discovery_anchors`` latest purchases votes
+        for its neighbours with their cosine. The ``n`` best items not in ``excluded``, best first."""
+        totals: dict[str, float] = {}
+        half_life = self.config.discovery_anchor_half_life_s
+        for anchor in _latest(user.purchased, self.config.discovery_anchors):
+            vote = decay_factor(now - user.purchased[anchor], half_life) if half_life > 0 else 1.0
+            for item, cosine in self.neighbours(anchor):
+                totals[item] = totals.get(item, 0.0) + vote * cosine
+        for item in excluded:
+            totals.pop(item, None)
+        return heapq.nlargest(n, totals.items(), key=itemgetter(1))
+
+    def similar_shoppers_scores(
+        self, user: UserInterest, n: int, excluded: Collection[str]
+    ) -> list[tuple[str, float]]:
+        """What shoppers who bought like this one bought (empty when user-kNN is off)."""
+        if self.shoppers is None:
+            return []
+        anchors = _latest(user.purchased, self.config.discovery_shopper_anchors)
+        return self.shoppers.scores(user.user_id, anchors, n, excluded)
+
+
+    # --- persistence (inside the partition checkpoint's "selection" entry, see Selector.to_state) ---
+
+    def to_state(self) -> dict:
+        state = {
+            "popular": self.popular_now.to_state(), "discovered": self.discovered_now.to_state(),
+            "orders": self.orders, "links": self.links, "observed": self.observed,
+        }  # fmt: skip
+        if self.shoppers is not None:
+            state["shoppers"] = self.shoppers.to_state()
+        return state
+
+    def load_state(self, data: dict) -> None:
+        half_life, cap = self.config.discovery_half_life_s, self.config.max_items
+        self.popular_now = DecayedScores(half_life, cap, data["popular"])
+        self.discovered_now = DecayedScores(half_life, cap, data["discovered"])
+        self.orders, self.links, self.observed = data["orders"], data["links"], data["observed"]
+        if self.shoppers is not None and "shoppers" in data:
+            self.shoppers.load_state(data["shoppers"])
+        self._neighbour_cache.clear()
+        self._popular_cache.clear()
+
+
+def _latest(purchased: dict[str, float], n: int) -> list[str]:
+    """The ``n`` most recently bought items."""
+    if len(purchased) <= n:
+        return list(purchased)
+    return heapq.nlargest(n, purchased, key=purchased.__getitem__)

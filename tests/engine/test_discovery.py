@@ -1,0 +1,118 @@
+"""The discovery model (engine/discovery.py) and how the Recommender uses it: item-kNN over the whole purchase
+history with cosine normalisation, "discovered now" popularity for cold starts, bounded memory, caller exclusions."""
+
+from __future__ import annotations
+
+from factories import T0, purchase
+
+from kairos.engine.config import EngineConfig
+from kairos.engine.discovery import PurchaseGraph
+from kairos.engine.recommender import Recommender
+from kairos.engine.selection import Selector
+from kairos.engine.state import UserInterest
+
+DAY = 86_400.0
+
+
+def _order(recommender, users, user_id, items, ts):
+    user = users.setdefault(user_id, UserInterest.new(user_id, recommender.config))
+    recommender.observe(user, purchase(user=user_id, items=[(i, "c", 1.0) for i in items], ts=ts))
+    return user
+
+
+def test_cold_shopper_gets_what_is_discovered_now_in_that_order():
+    recommender, users = Recommender(EngineConfig()), {}
+    for n in range(30):  # "hit" is bought by 3 new shoppers per round, "steady" by 2, "rare" by 1
+        for k, item in enumerate(["hit"] * 3 + ["steady"] * 2 + ["rare"]):
+            _order(recommender, users, f"s{n}-{k}", [item], T0 + n)
+    recs = recommender.recommend(UserInterest.new("new", recommender.config), now=T0 + 100)
+    assert [r.item_id for r in recs[:3]] == ["hit", "steady", "rare"]
+    assert "popular_now" in recs[0].reasons
+
+
+def test_restocking_does_not_count_as_discovered():
+    cfg = EngineConfig()
+    graph, user = PurchaseGraph(cfg), UserInterest.new("u", cfg)
+    recommender = Recommender(cfg)
+    recommender.discovery = graph
+    for n in range(5):
+        recommender.observe(user, purchase(user="u", items=[("staple", "c", 1.0)], ts=T0 + n))
+    assert graph.discovered_now.get("staple", T0 + 5) < 1.01  # the first purchase only
+    assert graph.popular_now.get("staple", T0 + 5) > 4.9  # every order
+    assert graph.orders["staple"] == 5
+
+
+def test_knn_reaches_past_the_recent_items_and_normalises_best_sellers():
+    """An item bought long ago (beyond the recent items the co-visit source anchors on) still votes, and a best
+    seller bought with everything does not outrank a true companion (cosine, not raw counts)."""
+    recommender, users = Recommender(EngineConfig()), {}
+    ts = T0
+    for n in range(40):  # others: "lamp" goes with "shade"; "bag" is in every order
+        ts += 60
+        _order(recommender, users, f"o{n}", ["lamp", "shade", "bag"] if n % 4 == 0 else [f"x{n}", "bag"], ts)
+    shopper = _order(recommender, users, "me", ["lamp"], ts + 60)
+    for n in range(25):  # then many unrelated purchases (fewer than the kNN's 30 anchors)
+        ts += 60
+        _order(recommender, users, "me", [f"y{n}"], ts + 60)
+    assert "lamp" not in list(shopper.recent)[-2 * recommender.config.candidate_anchors :]
+    scored = dict(recommender.discovery.scores(shopper, ts + 120, 50, excluded=set(shopper.purchased)))
+    assert scored["shade"] > scored.get("bag", 0.0)
+
+
+def test_memory_is_bounded():
+    cfg = EngineConfig(max_items=50, discovery_max_neighbours=5)
+    recommender, users = Recommender(cfg), {}
+    for n in range(400):
+        _order(recommender, users, f"u{n % 37}", [f"i{(n * 7 + k) % 300}" for k in range(6)], T0 + n)
+    graph = recommender.discovery
+    assert len(graph.orders) <= 50 and len(graph.links) <= 50
+    assert len(graph.popular_now) <= 50 and len(graph.discovered_now) <= 50
+    assert max(len(row) for row in graph.links.values()) <= 5 + 2  # pruned back to 5 once past 5 + 5 // 2
+    for anchor in list(graph.links)[:10]:
+        assert len(graph.neighbours(anchor)) <= cfg.discovery_neighbours
+
+
+def test_callers_exclusions_are_never_recommended():
+    selector, users = Selector(EngineConfig(), exploration=False), {}
+    for n in range(20):
+        _order(selector.recommender, users, f"s{n}", ["a", "b", "c", f"z{n}"], T0 + n)
+    user = UserInterest.new("new", selector.config)
+    shown = [item.item_id for item in selector.select(user, T0 + 30, 10, exclude={"a", "b"}).items]
+    assert shown and not {"a", "b"} & set(shown)
+    plain = [item.item_id for item in selector.recommender.recommend(user, T0 + 30, 10, exclude={"c"})]
+    assert plain and "c" not in plain
+
+
+def test_similar_shoppers_vote_and_stay_bounded():
+    from kairos.engine.shoppers import SimilarShoppers
+
+    cfg = EngineConfig(max_items=40, discovery_max_shoppers=10, discovery_item_buyers=4, discovery_shopper_items=5)
+    shoppers = SimilarShoppers(cfg)
+    shoppers.observe("twin", ["a", "b", "c", "gift"])
+    shoppers.observe("stranger", ["x", "y", "other"])
+    scored = [item for item, _ in shoppers.scores("me", ["a", "b"], 5, excluded={"a", "b"})]
+    assert scored[:2] == ["c", "gift"] and "other" not in scored
+    for n in range(300):
+        shoppers.observe(f"s{n}", [f"i{(n + k) % 97}" for k in range(8)])
+    assert len(shoppers.baskets) <= 10 and len(shoppers.buyers) <= 40
+    assert max(len(b) for b in shoppers.baskets.values()) <= 5
+    assert max(len(b) for b in shoppers.buyers.values()) <= 4
+
+
+def test_discovery_model_rides_in_the_selection_checkpoint():
+    import json
+
+    selector, users = Selector(EngineConfig(), exploration=False), {}
+    for n in range(20):
+        _order(selector.recommender, users, f"s{n}", ["a", "b", f"z{n % 3}"], T0 + n)
+    state = json.loads(json.dumps(selector.to_state()))  # what the checkpoint stores
+    restored = Selector(EngineConfig(), exploration=False)
+    restored.load_state(state)
+    shopper = users["s1"]
+    before = selector.recommender.discovery
+    after = restored.recommender.discovery
+    assert after.popular(T0 + 30) == before.popular(T0 + 30)
+    assert after.scores(shopper, T0 + 30, 5, set()) == before.scores(shopper, T0 + 30, 5, set())
+    assert after.similar_shoppers_scores(shopper, 5, set()) == before.similar_shoppers_scores(shopper, 5, set())
+    legacy = {"corrector": {}, "examples": 0}  # a checkpoint from before the discovery model
+    Selector(EngineConfig(), exploration=False).load_state(legacy)
