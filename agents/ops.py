@@ -115,6 +115,26 @@ async def run_worker(settings: Settings, stop: asyncio.Event, announce: Callable
     return dict(worker.stats)
 
 
+def worker_environment(settings: Settings, log_level: str = "INFO") -> dict[str, str]:
+    """The environment of a ``python -m kairos.agents.ops worker`` subprocess (soak, fault tests): this process's
+    without its own ``KAIROS_*`` variables, plus what a worker needs from ``settings``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KAIROS_")}
+    env.update(
+        KAIROS_KAFKA_BOOTSTRAP_SERVERS=settings.kafka_bootstrap_servers or "",
+        KAIROS_REDIS_URL=settings.redis_url or "",
+        KAIROS_TOPIC_PREFIX=settings.topic_prefix,
+        KAIROS_CONSUMER_GROUP=settings.consumer_group,
+        KAIROS_PARTITIONS=str(settings.partitions),
+        KAIROS_SESSION_TIMEOUT_MS=str(settings.session_timeout_ms),
+        KAIROS_HEARTBEAT_INTERVAL_MS=str(settings.heartbeat_interval_ms),
+        KAIROS_MODEL_DIR=str(settings.model_dir),
+        KAIROS_MAX_RESIDENT_USERS_PER_PARTITION=str(settings.max_resident_users_per_partition),
+        KAIROS_MAX_ITEMS_PER_PARTITION=str(settings.max_items_per_partition),
+        KAIROS_LOG_LEVEL=log_level,
+    )
+    return env
+
+
 def worker_command(args) -> int:
     from kairos.agents.privacy import install_log_redaction
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import random
 import signal
 import subprocess
@@ -25,23 +24,6 @@ import orjson
 from prometheus_client.parser import text_string_to_metric_families
 
 from kairos.agents.settings import Settings, load_settings
-
-
-def _worker_env(settings: Settings) -> dict[str, str]:
-    """The worker process's environment: this one's, with the soak's broker, Redis and topics."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KAIROS_") or k.startswith("KAIROS_MAX_")}
-    env.update(
-        KAIROS_KAFKA_BOOTSTRAP_SERVERS=settings.kafka_bootstrap_servers or "",
-        KAIROS_REDIS_URL=settings.redis_url or "",
-        KAIROS_TOPIC_PREFIX=settings.topic_prefix,
-        KAIROS_CONSUMER_GROUP=settings.consumer_group,
-        KAIROS_PARTITIONS=str(settings.partitions),
-        KAIROS_MODEL_DIR=str(settings.model_dir),
-        KAIROS_MAX_RESIDENT_USERS_PER_PARTITION=str(settings.max_resident_users_per_partition),
-        KAIROS_MAX_ITEMS_PER_PARTITION=str(settings.max_items_per_partition),
-        KAIROS_LOG_LEVEL="WARNING",
-    )
-    return env
 
 
 def _scrape(port: int) -> dict:
@@ -73,14 +55,14 @@ async def soak(settings: Settings, bootstrap: str, *, minutes: float, rate: int,
     from aiokafka import AIOKafkaProducer
 
     from kairos.agents.embedded import free_port
-    from kairos.agents.ops import rss_mb
+    from kairos.agents.ops import rss_mb, worker_environment
     from kairos.agents.topics_admin import ensure_topics
 
     await ensure_topics(settings, bootstrap)
     metrics_port = free_port()
     worker = subprocess.Popen(
         [sys.executable, "-m", "kairos.agents.ops", "worker", "--metrics-port", str(metrics_port)],
-        env=_worker_env(settings), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+        env=worker_environment(settings, log_level="WARNING"), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     ready = await asyncio.to_thread(worker.stdout.readline)
     if ready.strip() != b"ready":

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 import select
 import signal
@@ -11,6 +10,7 @@ import subprocess
 import sys
 import time
 
+from kairos.agents.ops import worker_environment
 from kairos.agents.settings import Settings
 
 
@@ -18,18 +18,7 @@ class WorkerProcess:
     """``python -m kairos.agents.ops worker`` as a subprocess: started with KAIROS_* from a Settings object."""
 
     def __init__(self, settings: Settings, log_path, name: str) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("KAIROS_")}
-        env.update(
-            KAIROS_KAFKA_BOOTSTRAP_SERVERS=settings.kafka_bootstrap_servers or "",
-            KAIROS_REDIS_URL=settings.redis_url or "",
-            KAIROS_TOPIC_PREFIX=settings.topic_prefix,
-            KAIROS_CONSUMER_GROUP=settings.consumer_group,
-            KAIROS_PARTITIONS=str(settings.partitions),
-            KAIROS_SESSION_TIMEOUT_MS=str(settings.session_timeout_ms),
-            KAIROS_HEARTBEAT_INTERVAL_MS=str(settings.heartbeat_interval_ms),
-            KAIROS_MAX_RESIDENT_USERS_PER_PARTITION=str(settings.max_resident_users_per_partition),
-            KAIROS_LOG_LEVEL="INFO",
-        )
+        env = worker_environment(settings)
         self.name = name
         self.log_path = log_path
         self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
