@@ -54,9 +54,10 @@ class PartitionState:
         return user
 
     def missing(self, user_ids: Iterable[str]) -> list[str]:
-        """The ids in ``user_ids`` whose state is not in memory (to be read from the store)."""
-        users = self.users
-        return [uid for uid in user_ids if uid not in users]
+        """The ids in ``user_ids`` whose state is not in memory (to be read from the store). A user expired here
+        whose deletion is not committed yet is not read back: they start afresh, as expiry means."""
+        users, deleted = self.users, self.deleted
+        return [uid for uid in user_ids if uid not in users and uid not in deleted]
 
     def adopt(self, blobs: Mapping[str, bytes]) -> None:
         """Take user states read back from the store (only for users not in memory: memory is newer)."""

@@ -139,6 +139,9 @@ def test_resident_users_are_bounded_and_read_back_without_losing_state():
     assert list(user_a.recent) == ["i0"] and user_a.event_count == 1 and user_a.has_applied("c-a") is False
     assert "zz" not in state.users
 
+    state.deleted.add("b")  # expired in memory, deletion not yet committed: not read back
+    assert state.missing(["b"]) == []
+
 
 def test_store_expires_idle_users_it_holds_except_those_in_memory():
     import asyncio
