@@ -57,6 +57,8 @@ class Settings(BaseSettings):
     user_idle_expiry_days: float = Field(default=30.0, gt=0)
     #: Memory bounds per owned partition (docs/operations.md, "Memory").
     max_items_per_partition: int = Field(default=50_000, ge=100, le=10_000_000)
+    #: Candidates retrieved and ranked per recommendation (docs/performance.md measures 100 and 500).
+    max_candidates: int = Field(default=100, ge=10, le=2_000)
     max_resident_users_per_partition: int = Field(default=10_000, ge=10, le=10_000_000)
     serving_ttl_s: int = Field(default=7 * 86_400, ge=60)
 
@@ -140,6 +142,7 @@ class Settings(BaseSettings):
             max_affinities=self.max_affinities_per_user,
             idle_expiry_s=self.user_idle_expiry_days * 86_400.0,
             max_items=self.max_items_per_partition,
+            max_candidates=self.max_candidates,
             max_resident_users=self.max_resident_users_per_partition,
             top_n=self.recommendations_per_user,
         )
