@@ -127,6 +127,8 @@ class IngestWorker:
         self._last_kafka_commit = 0.0
         self._last_store_expiry = 0.0
         self._last_trim = time.monotonic()
+        #: Full garbage collections kept short: survivors frozen every 5 s, one full sweep every 15 min.
+        self.collector = memory.CollectorPolicy()
         self.ready = asyncio.Event()
         #: perf_counter() when the first batch started (throughput is measured from there).
         self.first_batch_at: float | None = None
@@ -135,6 +137,7 @@ class IngestWorker:
 
     async def start(self, n_partitions: int) -> None:
         memory.fix_mmap_threshold()  # RSS must not keep the peak of one large batch (agents/memory.py)
+        memory.watch_collector_pauses()
         self.n_partitions = self.pipeline.n_partitions = n_partitions
         self.producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, **producer_options(self.settings))
         await self.producer.start()
@@ -276,6 +279,7 @@ class IngestWorker:
         if now - self._last_trim >= MEMORY_TRIM_INTERVAL_S:
             self._last_trim = now
             memory.trim()
+        self.collector.tick()
 
     async def _expire_stored_users(self) -> None:
         """Forget users idle past the expiry that are not in memory (those in memory expire in ``_idle_tick``)."""

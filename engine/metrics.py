@@ -27,6 +27,8 @@ BATCH_SIZE = Histogram("kairos_batch_records", "Records per consumed batch", buc
 EVENT_TO_REC = Histogram(
     "kairos_event_to_recommendation_seconds", "From event append time to recommendation produced", buckets=LATENCY_BUCKETS
 )
+#: Pauses of CPython's cyclic garbage collector, per generation (agents/memory.py keeps full collections short).
+GC_PAUSE = Histogram("kairos_gc_pause_seconds", "One garbage collection pause", ["generation"], buckets=LATENCY_BUCKETS)
 REDIS_WRITE = Histogram("kairos_redis_write_seconds", "One atomic state+serving commit", buckets=LATENCY_BUCKETS)
 
 CONSUMER_LAG = Gauge("kairos_consumer_lag", "Records behind the high watermark", ["topic", "partition"])
