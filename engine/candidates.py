@@ -122,9 +122,7 @@ def _add_category_items(
     pool: CandidatePool, user: UserInterest, model: GlobalModel, now: float, n: int, excluded: set[str]
 ) -> None:
     for category, _ in user.categories.top(3, now):
-        items = model.category_items.get(category)
-        if items is not None:
-            _add_ranked(pool, f"category:{category}", [i for i, _ in items.top(n, now)], len(pool) + n, excluded)
+        _add_ranked(pool, f"category:{category}", model.category_top(category, n, now), len(pool) + n, excluded)
 
 
 def _add_ranked(pool: CandidatePool, reason: str, ranked: list[str], limit: int, excluded: set[str]) -> None:

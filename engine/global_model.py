@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from kairos.engine.config import EngineConfig
 from kairos.engine.decay import DecayedScores
 from kairos.engine.state import Interaction, UserInterest
+from kairos.schemas.features import CATEGORY_BUCKETS, ITEM_BUCKETS, stable_bucket
 
 #: Distinct categories tracked per partition.
 MAX_CATEGORIES = 50_000
@@ -40,7 +41,8 @@ class GlobalModel:
         self.category_items: dict[str, DecayedScores] = {}
         self.events = 0
         self._top_cache: tuple[float, int, list[str], list[str]] | None = None
-        self._item_cache: dict[str, tuple[int, tuple]] = {}
+        self._item_cache: dict[str, tuple[tuple[int, int], tuple]] = {}
+        self._category_top_cache: dict[str, tuple[tuple[int, int], list[str]]] = {}
         #: A row grows a quarter past ``max_neighbours`` before it is cut back (amortises the sort; bounds memory).
         self._prune_at = config.max_neighbours + max(config.max_neighbours // 4, 1)
 
@@ -138,11 +140,32 @@ class GlobalModel:
         self._top_cache = (now, self.events, trending, popular)
         return trending, popular
 
+    def category_top(self, category: str, n: int, now: float) -> list[str]:
+        """A category's most popular items, best first; cached for 100 events of this model and at most an hour
+        of event time (one heap selection per category and recommendation was a twentieth of the hot path)."""
+        epoch = (self.events // 100, int(now // 3600))
+        cached = self._category_top_cache.get(category)
+        if cached is not None and cached[0] == epoch and len(cached[1]) >= n:
+            return cached[1][:n]
+        items = self.category_items.get(category)
+        if items is None:
+            return []
+        top = [item for item, _ in items.top(n, now)]
+        if len(self._category_top_cache) > MAX_CATEGORIES:
+            self._category_top_cache.clear()
+        self._category_top_cache[category] = (epoch, top)
+        return top
+
+    def item_epoch(self, now: float) -> tuple[int, int]:
+        """The validity key of :meth:`item_columns`' cache: 500 events of this model, one hour of event time."""
+        return (self.events // 500, int(now // 3600))
+
     def item_columns(self, item_id: str, now: float) -> tuple:
         """Per-item ranker inputs that do not depend on the user, cached for 500 events of this model and at most
         an hour of event time (a slow stream must not serve days-old popularity):
-        (category, price, log popularity, log category popularity, trend ratio)."""
-        epoch = (self.events // 500, int(now // 3600))
+        (category, category bucket, item bucket, price or 0, log popularity, log category popularity, trend ratio).
+        The buckets are the ranker's embedding rows (``kairos.schemas.features``)."""
+        epoch = self.item_epoch(now)
         cached = self._item_cache.get(item_id)
         if cached is not None and cached[0] == epoch:
             return cached[1]
@@ -151,7 +174,15 @@ class GlobalModel:
         long_run = self.popular.get(item_id, now)
         trend_ratio = min(self.trend.get(item_id, now) / long_run, 5.0) if long_run > 0 else 0.0
         category_pop = self.category_popular.get(category, now) if category else 0.0
-        columns = (category, info.price if info else None, math.log1p(long_run), math.log1p(category_pop), trend_ratio)
+        columns = (
+            category,
+            stable_bucket(category, CATEGORY_BUCKETS) if category is not None else 0,
+            stable_bucket(item_id, ITEM_BUCKETS),
+            (info.price or 0.0) if info else 0.0,
+            math.log1p(long_run),
+            math.log1p(category_pop),
+            trend_ratio,
+        )
         if len(self._item_cache) > self.config.max_items:
             self._item_cache.clear()
         self._item_cache[item_id] = (epoch, columns)

@@ -9,6 +9,7 @@ would be superseded before anyone could read them).
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
@@ -219,8 +220,9 @@ def _interactions_preview(user: UserInterest, event: ClickEvent | PurchaseEvent)
 
 def _standardised(values: np.ndarray) -> np.ndarray:
     values = np.asarray(values, dtype=np.float64)
-    spread = values.std()
-    return (values - values.mean()) / spread if spread > 0 else np.zeros_like(values)
+    centred = values - values.mean()
+    spread = math.sqrt(float(centred @ centred) / len(centred)) if len(centred) else 0.0
+    return centred / spread if spread > 0 else np.zeros_like(values)
 
 
 def _top_n(pool: CandidatePool, scores: np.ndarray, n: int) -> list[ScoredItem]:

@@ -275,7 +275,8 @@ class Selector:
                 item.item_id, selection.segment, name, (info.category_id or "") if info else "",
                 info.price if info else None, interests,
             )  # fmt: skip
-            items.append(replace(item, copy=self.copybook.lookup(request)))
+            text = self.copybook.lookup(request)
+            items.append(SelectedItem(item.item_id, item.score, item.reasons, item.propensity, item.logit, text))
         return replace(selection, items=items)
 
     def _remember(self, selection: Selection) -> None:
