@@ -136,12 +136,15 @@ class LatencyPhases:
 
     async def run(self, events: list, rate: float) -> dict:
         mark, before = self.monitor.received, self.worker.stats["events"]
+        batches_before = len(self.worker.batch_timings)
         sent, late_p99 = await self.producer.send(events, rate)
         await wait_for(lambda: self.worker.stats["events"] >= before + sent, 120.0)
         await asyncio.sleep(0.3)  # the last recommendations reach the monitor
         new = self.monitor.received - mark
         latencies = np.asarray(list(self.monitor.latencies_ms)[-new:] if new else [], dtype=np.float64)
-        return {"rate": rate, "events": sent, "latencies": latencies, "producer_late_p99_ms": late_p99}
+        timings = list(self.worker.batch_timings)[batches_before:]  # (consume delay, worker time) per batch
+        return {"rate": rate, "events": sent, "latencies": latencies, "producer_late_p99_ms": late_p99,
+                "batches": np.asarray(timings, dtype=np.float64).reshape(-1, 2)}  # fmt: skip
 
     async def sustained_rate(self, events: list, ceiling: float) -> tuple[float, list[dict]]:
         """Bisection on the paced rate between 0 and ``ceiling``; each probe uses fresh events (a repeated event
@@ -191,6 +194,10 @@ async def pipeline_phases(settings: Settings, svc: Services, expected: int, pool
         out["latency_rate_events_per_s"] = round(rate, 1)
         out["p50_ms"], out["p99_ms"] = _percentiles(at_rate["latencies"])
         out["producer_late_p99_ms"] = round(at_rate["producer_late_p99_ms"], 2)
+        # The split per batch: waiting for the broker to hand the records over, then the worker's own time.
+        out["consume_delay_p50_ms"], out["consume_delay_p99_ms"] = _percentiles(at_rate["batches"][:, 0])
+        out["worker_p50_ms"], out["worker_p99_ms"] = _percentiles(at_rate["batches"][:, 1])
+        out["fetch_max_wait_ms"] = settings.fetch_max_wait_ms
         if "sustained_events_per_s" in out:  # the issue's first reading of "half the maximum": half the backlog rate
             at_half_backlog = await phases.run(pools["backlog_half"], backlog_rate / 2)
             p50, p99 = _percentiles(at_half_backlog["latencies"])

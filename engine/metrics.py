@@ -29,6 +29,9 @@ EVENT_TO_REC = Histogram(
 )
 #: Pauses of CPython's cyclic garbage collector, per generation (agents/memory.py keeps full collections short).
 GC_PAUSE = Histogram("kairos_gc_pause_seconds", "One garbage collection pause", ["generation"], buckets=LATENCY_BUCKETS)
+CONSUME_DELAY = Histogram(
+    "kairos_consume_delay_seconds", "Per batch: its oldest record's wait from broker append to the worker", buckets=LATENCY_BUCKETS
+)
 REDIS_WRITE = Histogram("kairos_redis_write_seconds", "One atomic state+serving commit", buckets=LATENCY_BUCKETS)
 
 CONSUMER_LAG = Gauge("kairos_consumer_lag", "Records behind the high watermark", ["topic", "partition"])
