@@ -26,9 +26,18 @@ class KafkaOutputs:
 
     async def flush(self) -> None:
         """Send everything added so far and wait until the broker acknowledged it."""
-        if not self._pending:
-            return
+        await self.send(self.take())
+
+    def take(self) -> dict[tuple[str, int], list[tuple[bytes, bytes]]]:
+        """Everything added so far, to be sent by :meth:`send` (a batch's outputs, taken while the next batch is
+        already adding its own)."""
         pending, self._pending = self._pending, {}
+        return pending
+
+    async def send(self, pending: dict[tuple[str, int], list[tuple[bytes, bytes]]]) -> None:
+        """Send what :meth:`take` returned and wait until the broker acknowledged it."""
+        if not pending:
+            return
         futures = []
         for (topic, _), records in pending.items():
             n = await self._partition_count(topic)

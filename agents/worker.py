@@ -125,6 +125,8 @@ class IngestWorker:
         self.redis_healthy = True
         self._stopping = asyncio.Event()
         self._last_checkpoint: dict[int, float] = {}
+        #: The last batch's outputs + commit, written while the next batch is processed (``_finalize``).
+        self._finalizing: asyncio.Task | None = None
         self._last_kafka_commit = 0.0
         self._last_store_expiry = 0.0
         self._last_trim = time.monotonic()
@@ -230,21 +232,19 @@ class IngestWorker:
         for tp, batch in batches.items():
             metrics.EVENTS_IN.labels(tp.topic).inc(len(batch))
         metrics.BATCH_SIZE.observe(len(records))
+        # Evicted here, never while a batch waits on Redis: a user dropped between "is this user in memory?" and
+        # the batch's processing would be rebuilt from nothing.
+        self._evict_resident()
         await self._load_returning_users(records)
-        result = self.pipeline.process(records)
-        t0 = time.perf_counter()
+        result = self.pipeline.process(records)  # runs while the previous batch's outputs and commit are in flight
         for out in result.outputs:
             self.outputs.add(out.topic, out.key, out.value)
+        outputs = self.outputs.take()
         self.batch_timings.append((consume_delay_ms, time.time() * 1000.0 - started_ms))
-        await self.outputs.flush()  # outputs acked before the state that produced them is committed
-        now_ms = time.time() * 1000.0
-        for source_ms in result.source_times_ms:
-            metrics.EVENT_TO_REC.observe(max(now_ms - source_ms, 0.0) / 1000.0)
-        metrics.STEP_LATENCY.labels("emit").observe(time.perf_counter() - t0)
-        # One Redis round trip for all touched partitions, not one after another (each commit is its own MULTI).
-        await asyncio.gather(*(self._commit_partition(p) for p in result.touched_partitions))
-        metrics.USERS_IN_MEMORY.set(sum(len(s.users) for s in self.partitions.values()))
-        self._count(len(records), result)
+        # The state to commit is built now, before the next batch changes it (a later change leaves the user dirty).
+        commits = [c for c in (self._prepare_commit(p) for p in result.touched_partitions) if c is not None]
+        await self._settle()  # one batch in flight at most: its outputs, then its commit, in order
+        self._finalizing = asyncio.create_task(self._finalize(outputs, result, len(records), commits))
         await self._maybe_commit_kafka()
         await self._maybe_publish_trending()
         self._maybe_trim()
@@ -318,18 +318,59 @@ class IngestWorker:
         self.stats["ads"] += result.ad_decisions
         metrics.RECOMMENDATIONS.inc(recs)
 
+    async def _finalize(self, outputs: dict, result, n_records: int, commits: list) -> None:
+        """A processed batch's I/O, in the background while the next batch is processed: its outputs are acked
+        before the state that produced them is committed; the commits of all touched partitions go in one Redis
+        round trip (each is its own MULTI)."""
+        t0 = time.perf_counter()
+        await self.outputs.send(outputs)
+        now_ms = time.time() * 1000.0
+        for source_ms in result.source_times_ms:
+            metrics.EVENT_TO_REC.observe(max(now_ms - source_ms, 0.0) / 1000.0)
+        metrics.STEP_LATENCY.labels("emit").observe(time.perf_counter() - t0)
+        await asyncio.gather(*(self._write_commit(*prepared) for prepared in commits))
+        metrics.USERS_IN_MEMORY.set(sum(len(s.users) for s in self.partitions.values()))
+        self._count(n_records, result)  # counted once written, as the tests and the benchmarks read it
+
+    def _evict_resident(self) -> None:
+        for state in self.partitions.values():
+            metrics.USERS_EVICTED.labels("memory_bound").inc(state.evict_resident())
+
+    async def _settle(self) -> None:
+        """Wait for the batch in flight (re-raising its failure: a batch whose outputs were not acked must not be
+        followed by a commit of later state)."""
+        finalizing, self._finalizing = self._finalizing, None
+        if finalizing is not None:
+            await finalizing
+
     async def _commit_partition(self, partition: int, force_checkpoint: bool = False) -> None:
+        await self._settle()
+        prepared = self._prepare_commit(partition, force_checkpoint)
+        if prepared is not None:
+            await self._write_commit(*prepared)
+
+    def _prepare_commit(self, partition: int, force_checkpoint: bool = False):
         state = self.partitions.get(partition)
         if state is None:
-            return
+            return None
         now = time.monotonic()
-        checkpoint = force_checkpoint or now - self._last_checkpoint.get(partition, 0.0) > GLOBAL_CHECKPOINT_INTERVAL_S
-        commit = state.build_commit(with_global_checkpoint=checkpoint)
+        previous = self._last_checkpoint.get(partition, 0.0)
+        checkpoint = force_checkpoint or now - previous > GLOBAL_CHECKPOINT_INTERVAL_S
+        if checkpoint:  # taken now, so the next batch's commit (built before this one is confirmed) has none
+            self._last_checkpoint[partition] = now
+        return partition, state.build_commit(with_global_checkpoint=checkpoint), previous
+
+    async def _write_commit(self, partition: int, commit, previous_checkpoint: float) -> None:
+        state = self.partitions.get(partition)
+        if state is None:
+            return  # revoked meanwhile (release() settles first, so this is a late straggler): nothing to write
         t0 = time.perf_counter()
         try:
             await self.store.commit(commit)
         except (RedisError, OSError, asyncio.TimeoutError) as exc:
             # Keep consuming: the state stays dirty in memory and is written when Redis is back.
+            if commit.global_checkpoint is not None:
+                self._last_checkpoint[partition] = previous_checkpoint  # the checkpoint is due again
             if self.redis_healthy:
                 log.warning("state store unavailable, serving state is stale: %s", exc)
             self.redis_healthy = False
@@ -338,9 +379,6 @@ class IngestWorker:
         metrics.REDIS_WRITE.observe(time.perf_counter() - t0)
         metrics.STEP_LATENCY.labels("commit").observe(time.perf_counter() - t0)
         state.committed(commit)
-        metrics.USERS_EVICTED.labels("memory_bound").inc(state.evict_resident())
-        if checkpoint:
-            self._last_checkpoint[partition] = now
         if not self.redis_healthy:
             log.info("state store reachable again; pending state written")
             self.redis_healthy = True
@@ -355,10 +393,12 @@ class IngestWorker:
                 await asyncio.sleep(0.5)
 
     async def _idle_tick(self) -> None:
+        await self._settle()
         for partition, state in list(self.partitions.items()):
             state.expire_idle(now=state.latest_ts)
             if state.has_pending or not self.redis_healthy:
                 await self._commit_partition(partition)
+        self._evict_resident()
         metrics.USERS_IN_MEMORY.set(sum(len(s.users) for s in self.partitions.values()))
         await self._expire_stored_users()
         self._maybe_trim()

@@ -111,11 +111,17 @@ class PartitionState:
             serving=list(self.pending_serving.values()),
             global_checkpoint=checkpoint,
             activity={user.user_id: user.last_ts for user in written},
+            versions={user.user_id: user.version for user in written},
         )
 
     def committed(self, commit: Commit) -> None:
-        """Forget what ``commit`` persisted (called only after the store confirmed it)."""
-        self.dirty.difference_update(commit.users)
+        """Forget what ``commit`` persisted (called only after the store confirmed it). A user whose state moved
+        on after the commit was built stays dirty: the next commit writes the newer state."""
+        users, versions = self.users, commit.versions
+        for user_id in commit.users:
+            user = users.get(user_id)
+            if user is None or user_id not in versions or user.version == versions[user_id]:
+                self.dirty.discard(user_id)
         self.deleted.difference_update(commit.deleted)
         for rec in commit.serving:
             if self.pending_serving.get(rec.user_id) is rec:

@@ -44,6 +44,9 @@ class Commit:
     global_checkpoint: tuple[bytes, Mapping[str, int]] | None = None
     #: Last event time of each user in ``users`` (the store's idle index).
     activity: Mapping[str, float] = field(default_factory=dict)
+    #: State version of each user in ``users`` when the commit was built: a user changed again since (by a later
+    #: batch, while this commit was in flight) stays dirty after it is confirmed.
+    versions: Mapping[str, int] = field(default_factory=dict)
 
 
 class StateStore(Protocol):

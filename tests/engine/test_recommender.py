@@ -174,3 +174,22 @@ def test_global_model_forgets_beyond_its_item_bound_and_prunes_neighbour_rows():
     assert len(model.catalog) <= 100 and len(model.popular) <= 100
     assert len(model.neighbours) <= 100 and set(model.neighbours) <= set(model.catalog)
     assert max(len(row) for row in model.neighbours.values()) <= 8 + 2
+
+
+def test_a_user_changed_while_its_commit_was_in_flight_stays_dirty():
+    """The worker builds batch N+1's commit while batch N's is still being written: confirming N must not mark
+    clean a user that N+1 changed again (that change would never be written)."""
+    cfg = EngineConfig()
+    state = PartitionState(0, cfg, Selector(cfg))
+    for uid in ("a", "b"):
+        state.selector.observe(state.user(uid), click(user=uid, item="i1", ts=T0))
+        state.mark_dirty(uid)
+    in_flight = state.build_commit(with_global_checkpoint=False)
+    state.selector.observe(state.user("a"), click(user="a", item="i2", ts=T0 + 1))  # the next batch, meanwhile
+    state.mark_dirty("a")
+    state.committed(in_flight)
+    assert state.dirty == {"a"}, "b is written; a's newer state is not yet"
+    follow_up = state.build_commit(with_global_checkpoint=False)
+    assert set(follow_up.users) == {"a"} and follow_up.versions["a"] == state.users["a"].version
+    state.committed(follow_up)
+    assert not state.dirty
