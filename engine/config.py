@@ -86,8 +86,10 @@ class EngineConfig:
     discovery_new_s: float = 14 * 86_400.0
     #: Product lines from item names (engine/catalogue.py): the content-kNN's weight inside the discovery score (0:
     #: off), the latest purchases that vote, the name neighbours each votes for, and the most items a token may
-    #: carry and still be searched (more: it names a kind of product, not a line).
-    catalogue_weight: float = 0.5
+    #: carry and still be searched (more: it names a kind of product, not a line). Off by default: on the replay it
+    #: added +0.0003 NDCG@10 (first 8,000 events; the co-purchase kNN already links product-line mates) for about
+    #: 0.8 ms per recommendation on the loaded VM (docs/evaluation.md).
+    catalogue_weight: float = 0.0
     catalogue_anchors: int = 30
     catalogue_neighbours: int = 20
     catalogue_token_items: int = 200

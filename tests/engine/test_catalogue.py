@@ -56,7 +56,7 @@ def test_colour_variants_and_product_line_mates_are_neighbours_and_common_words_
 
 
 def test_a_new_sibling_is_recommended_before_anyone_bought_them_together():
-    recommender, users = Recommender(EngineConfig()), {}
+    recommender, users = Recommender(EngineConfig(catalogue_weight=0.5)), {}
     ts = T0
     for n in range(30):  # a busy shop: other items sell, none with the teacups
         ts += 60
@@ -93,12 +93,13 @@ def test_catalogue_is_bounded():
 
 
 def test_catalogue_and_first_orders_ride_in_the_checkpoint_and_older_checkpoints_load():
-    selector, users = Selector(EngineConfig(), exploration=False), {}
+    config = EngineConfig(catalogue_weight=0.5)
+    selector, users = Selector(config, exploration=False), {}
     names = {"22697": "GREEN REGENCY TEACUP", "22698": "PINK REGENCY TEACUP", "22423": "REGENCY CAKESTAND"}
     for n, (item, name) in enumerate(names.items()):
         _order(selector.recommender, users, f"s{n}", {item: name, f"z{n}": f"OTHER THING {n}"}, T0 + n)
     state = json.loads(json.dumps(selector.to_state()))  # what the checkpoint stores
-    restored = Selector(EngineConfig(), exploration=False)
+    restored = Selector(config, exploration=False)
     restored.load_state(state)
     before, after = selector.recommender.discovery, restored.recommender.discovery
     shopper = users["s1"]
@@ -107,7 +108,7 @@ def test_catalogue_and_first_orders_ride_in_the_checkpoint_and_older_checkpoints
     assert after.catalogue.first_seen("22423") == T0 + 2
     legacy = json.loads(json.dumps(selector.to_state()))
     del legacy["discovery"]["catalogue"], legacy["discovery"]["first_orders"]  # written before both existed
-    old = Selector(EngineConfig(), exploration=False)
+    old = Selector(config, exploration=False)
     old.load_state(legacy)
     assert old.recommender.discovery.popular(T0 + 30) == before.popular(T0 + 30)
     assert old.recommender.discovery.similar_products_scores(shopper, 5, set()) == []  # relearns from the stream
