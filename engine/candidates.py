@@ -13,8 +13,10 @@ With a :class:`~kairos.engine.discovery.PurchaseGraph` two sources come first an
 discovery score (``CandidatePool.discovery``, blended with the ranker's score by the Recommender):
 ``similar_purchases``  item-kNN over the shopper's purchase history (cosine of co-purchases);
 ``similar_shoppers``   user-kNN: what shoppers who bought like this one bought;
-``popular_now``        what sells in the last few days (for a shopper with no history, the whole list), or for a
-                       returning shopper what others bought for the first time in the last few days.
+``similar_products``   content kNN: items of the product lines (names, stock-code families) the shopper bought;
+``popular_now``        what sells in the last few days (for a shopper with no history, the whole list, blended with
+                       what newcomers' first orders hold), or for a returning shopper what others bought for the
+                       first time in the last few days.
 """
 
 from __future__ import annotations
@@ -97,13 +99,22 @@ def _add_discovery(
     for item, score in shoppers:
         pool.add(item, "similar_shoppers")
         pool.discovery[item] = pool.discovery.get(item, 0.0) + config.discovery_shopper_weight * score / best
-    popular = discovery.popular(now, discovered=user.event_count > 0)
+    content = discovery.similar_products_scores(user, limit // 5, excluded) if user.purchased else []
+    best = content[0][1] if content else 1.0
+    for item, score in content:
+        pool.add(item, "similar_products")
+        pool.discovery[item] = pool.discovery.get(item, 0.0) + config.catalogue_weight * score / best
+    popular = discovery.popular(now, discovered=True) if user.event_count > 0 else discovery.cold_start(now)
     top = popular[0][1] if popular else 1.0
     wanted = limit if user.event_count == 0 else len(pool) + limit // 5
+    arrivals = discovery.new_arrivals(now) if user.event_count > 0 else frozenset()
     for item, score in popular:
         if item in excluded:
             continue
-        pool.discovery[item] = pool.discovery.get(item, 0.0) + config.discovery_popular_weight * score / top
+        share = config.discovery_popular_weight * score / top
+        if item in arrivals:
+            share *= 1.0 + config.discovery_new_weight
+        pool.discovery[item] = pool.discovery.get(item, 0.0) + share
         if len(pool) < wanted:
             pool.add(item, "popular_now")
 

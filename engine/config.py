@@ -76,6 +76,23 @@ class EngineConfig:
     discovery_item_buyers: int = 15
     discovery_shopper_items: int = 30
     discovery_max_shoppers: int = 100_000
+    #: A shopper's first order (no history): the cold-start list is popular-now + this x "first orders now", the items
+    #: in the most first orders lately (what new shoppers start with), both as shares of their best item (0: off).
+    discovery_first_order_weight: float = 1.0
+    discovery_first_order_half_life_s: float = 14 * 86_400.0
+    #: New arrivals: a returning shopper's discovered-now share is multiplied by 1 + this for items first sold within
+    #: ``discovery_new_s`` (first-seen times from the catalogue; 0: off).
+    discovery_new_weight: float = 0.5
+    discovery_new_s: float = 14 * 86_400.0
+    #: Product lines from item names (engine/catalogue.py): the content-kNN's weight inside the discovery score (0:
+    #: off), the latest purchases that vote, the name neighbours each votes for, and the most items a token may
+    #: carry and still be searched (more: it names a kind of product, not a line). Off by default: on the replay it
+    #: added +0.0003 NDCG@10 (first 8,000 events; the co-purchase kNN already links product-line mates) for about
+    #: 0.8 ms per recommendation on the loaded VM (docs/evaluation.md).
+    catalogue_weight: float = 0.0
+    catalogue_anchors: int = 30
+    catalogue_neighbours: int = 20
+    catalogue_token_items: int = 200
     #: The online ranker learns to rank items new to the shopper (their remembered purchases are neither positives
     #: nor candidates when it learns), as discovery slots serve them.
     learn_discovery: bool = True

@@ -29,6 +29,7 @@ import math
 from collections.abc import Collection
 from operator import itemgetter
 
+from kairos.engine.catalogue import ProductCatalogue
 from kairos.engine.config import EngineConfig
 from kairos.engine.decay import DecayedScores, decay_factor
 from kairos.engine.shoppers import SimilarShoppers
@@ -56,6 +57,13 @@ class PurchaseGraph:
         self.max_items = config.max_items
         self.popular_now = DecayedScores(config.discovery_half_life_s, config.max_items)
         self.discovered_now = DecayedScores(config.discovery_half_life_s, config.max_items)
+        #: Items in the most *first* orders lately (a shopper's first order in the stream): what newcomers start
+        #: with, blended into the cold-start list.
+        self.first_orders_now = DecayedScores(config.discovery_first_order_half_life_s, config.max_items)
+        #: Item names and first sales: the content kNN (``catalogue_weight`` > 0) and the new arrivals
+        #: (``discovery_new_weight`` > 0) read it; learning it costs 0.03 ms per order.
+        uses_catalogue = config.catalogue_weight > 0 or config.discovery_new_weight > 0
+        self.catalogue = ProductCatalogue(config) if uses_catalogue else None
         self.orders: dict[str, float] = {}
         self.links: dict[str, dict[str, float]] = {}
         #: User-kNN ("shoppers who bought like you"), used when ``discovery_shopper_weight`` > 0.
@@ -63,7 +71,7 @@ class PurchaseGraph:
         self.observed = 0
         self._prune_at = config.discovery_max_neighbours + max(config.discovery_max_neighbours // 2, 1)
         self._neighbour_cache: dict[str, tuple[int, list[tuple[str, float]]]] = {}
-        self._popular_cache: dict[bool, tuple[int, float, list[tuple[str, float]]]] = {}
+        self._popular_cache: dict[str, tuple[int, float, list[tuple[str, float]]]] = {}
 
     # --- write path ---
 
@@ -73,8 +81,11 @@ class PurchaseGraph:
         if not basket:
             return
         ts = interactions[0].ts
+        first_order = not user.purchased
         for item in basket:
             self.popular_now.add(item, 1.0, ts)
+            if first_order:
+                self.first_orders_now.add(item, 1.0, ts)
             if item not in user.purchased:  # a discovery: re-stocking says little about what others will find
                 self.discovered_now.add(item, 1.0, ts)
             self.orders[item] = self.orders.get(item, 0.0) + 1.0
@@ -86,6 +97,8 @@ class PurchaseGraph:
         self._link_to_history(user, lines)
         if self.shoppers is not None:
             self.shoppers.observe(user.user_id, lines)
+        if self.catalogue is not None:
+            self.catalogue.observe(interactions)
         self.observed += 1
         if len(self.orders) > self.max_items:
             self._forget_rare()
@@ -131,11 +144,32 @@ class PurchaseGraph:
     def popular(self, now: float, discovered: bool = False, n: int = 200) -> list[tuple[str, float]]:
         """The ``n`` items in the most orders lately (``discovered``: the most first purchases), best first
         (cached per 1,000 orders or one hour of event time)."""
-        cached = self._popular_cache.get(discovered)
+        counts = self.discovered_now if discovered else self.popular_now
+        return self._cached_top("discovered" if discovered else "popular", now, lambda: counts.top(n, now))
+
+    def cold_start(self, now: float, n: int = 200) -> list[tuple[str, float]]:
+        """A first order's list: popular-now + ``discovery_first_order_weight`` x first-orders-now, each as a share
+        of its best item, best first (cached as ``popular``). Newcomers start with a few staples that regulars
+        already own, so the items in the most first orders add to what sells now (measured in docs/evaluation.md)."""
+        weight = self.config.discovery_first_order_weight
+        if weight <= 0:
+            return self.popular(now, n=n)
+        return self._cached_top("cold", now, lambda: self._blend_first_orders(now, n, weight))
+
+    def _blend_first_orders(self, now: float, n: int, weight: float) -> list[tuple[str, float]]:
+        blended: dict[str, float] = {}
+        for counts, share in ((self.popular_now, 1.0), (self.first_orders_now, weight)):
+            top = counts.top(n, now)
+            best = top[0][1] if top and top[0][1] > 0 else 1.0
+            for item, score in top:
+                blended[item] = blended.get(item, 0.0) + share * score / best
+        return heapq.nlargest(n, blended.items(), key=itemgetter(1))
+
+    def _cached_top(self, key: str, now: float, compute) -> list[tuple[str, float]]:
+        cached = self._popular_cache.get(key)
         epoch = self.observed // _REFRESH_EVERY
         if cached is None or cached[0] != epoch or abs(now - cached[1]) > 3600.0:
-            counts = self.discovered_now if discovered else self.popular_now
-            cached = self._popular_cache[discovered] = (epoch, now, counts.top(n, now))
+            cached = self._popular_cache[key] = (epoch, now, compute())
         return cached[2]
 
     def neighbours(self, item: str) -> list[tuple[str, float]]:
@@ -178,6 +212,25 @@ class PurchaseGraph:
         anchors = _latest(user.purchased, self.config.discovery_shopper_anchors)
         return self.shoppers.scores(user.user_id, anchors, n, excluded)
 
+    def new_arrivals(self, now: float) -> frozenset[str]:
+        """Items of the discovered-now list first sold within ``discovery_new_s`` (empty when off or without the
+        catalogue, which remembers first sales); cached as ``popular``."""
+        if self.catalogue is None or self.config.discovery_new_weight <= 0:
+            return frozenset()
+        return self._cached_top("new", now, lambda: self._arrivals(now))
+
+    def _arrivals(self, now: float) -> frozenset[str]:
+        since = now - self.config.discovery_new_s
+        first_seen = self.catalogue.first_seen
+        return frozenset(item for item, _ in self.popular(now, discovered=True) if (first_seen(item) or -1e18) >= since)
+
+    def similar_products_scores(
+        self, user: UserInterest, n: int, excluded: Collection[str]
+    ) -> list[tuple[str, float]]:
+        """Items whose names place them in the product lines of the shopper's purchases (empty when off)."""
+        if self.catalogue is None or self.config.catalogue_weight <= 0:
+            return []
+        return self.catalogue.scores(user, n, excluded)
 
     # --- persistence (inside the partition checkpoint's "selection" entry, see Selector.to_state) ---
 
@@ -185,9 +238,12 @@ class PurchaseGraph:
         state = {
             "popular": self.popular_now.to_state(), "discovered": self.discovered_now.to_state(),
             "orders": self.orders, "links": self.links, "observed": self.observed,
+            "first_orders": self.first_orders_now.to_state(),
         }  # fmt: skip
         if self.shoppers is not None:
             state["shoppers"] = self.shoppers.to_state()
+        if self.catalogue is not None:
+            state["catalogue"] = self.catalogue.to_state()
         return state
 
     def load_state(self, data: dict) -> None:
@@ -195,8 +251,13 @@ class PurchaseGraph:
         self.popular_now = DecayedScores(half_life, cap, data["popular"])
         self.discovered_now = DecayedScores(half_life, cap, data["discovered"])
         self.orders, self.links, self.observed = data["orders"], data["links"], data["observed"]
+        # Checkpoints written before the first-order counts and the catalogue have neither: both relearn.
+        first_half_life = self.config.discovery_first_order_half_life_s
+        self.first_orders_now = DecayedScores(first_half_life, cap, data.get("first_orders"))
         if self.shoppers is not None and "shoppers" in data:
             self.shoppers.load_state(data["shoppers"])
+        if self.catalogue is not None and "catalogue" in data:
+            self.catalogue.load_state(data["catalogue"])
         self._neighbour_cache.clear()
         self._popular_cache.clear()
 
