@@ -36,9 +36,14 @@ class KafkaOutputs:
 
     async def send(self, pending: dict[tuple[str, int], list[tuple[bytes, bytes]]]) -> None:
         """Send what :meth:`take` returned and wait until the broker acknowledged it."""
+        await asyncio.gather(*await self.enqueue(pending))
+
+    async def enqueue(self, pending: dict[tuple[str, int], list[tuple[bytes, bytes]]]) -> list[asyncio.Future]:
+        """Hand what :meth:`take` returned to the producer (stamped and ordered now); the futures resolve when the
+        broker acknowledged each batch."""
+        futures: list[asyncio.Future] = []
         if not pending:
-            return
-        futures = []
+            return futures
         for (topic, _), records in pending.items():
             n = await self._partition_count(topic)
             by_partition: dict[int, list[tuple[bytes, bytes]]] = {}
@@ -47,7 +52,7 @@ class KafkaOutputs:
             for partition, items in by_partition.items():
                 futures.extend(await self._send(topic, partition, items))
             metrics.EVENTS_OUT.labels(topic).inc(len(records))
-        await asyncio.gather(*futures)
+        return futures
 
     async def _send(self, topic: str, partition: int, items: list[tuple[bytes, bytes]]) -> list[asyncio.Future]:
         futures = []

@@ -239,12 +239,17 @@ class IngestWorker:
         result = self.pipeline.process(records)  # runs while the previous batch's outputs and commit are in flight
         for out in result.outputs:
             self.outputs.add(out.topic, out.key, out.value)
-        outputs = self.outputs.take()
+        # Handed to the producer now, in batch order (stamped now); acknowledged in the background.
+        sent = await self.outputs.enqueue(self.outputs.take())
+        # Let the producer's sender put them on the wire before anything else holds the loop (a commit with a
+        # global checkpoint, the next batch: getmany returns without suspending when records are buffered).
+        for _ in range(3):
+            await asyncio.sleep(0)
         self.batch_timings.append((consume_delay_ms, time.time() * 1000.0 - started_ms))
         # The state to commit is built now, before the next batch changes it (a later change leaves the user dirty).
         commits = [c for c in (self._prepare_commit(p) for p in result.touched_partitions) if c is not None]
         await self._settle()  # one batch in flight at most: its outputs, then its commit, in order
-        self._finalizing = asyncio.create_task(self._finalize(outputs, result, len(records), commits))
+        self._finalizing = asyncio.create_task(self._finalize(sent, result, len(records), commits))
         await self._maybe_commit_kafka()
         await self._maybe_publish_trending()
         self._maybe_trim()
@@ -318,12 +323,12 @@ class IngestWorker:
         self.stats["ads"] += result.ad_decisions
         metrics.RECOMMENDATIONS.inc(recs)
 
-    async def _finalize(self, outputs: dict, result, n_records: int, commits: list) -> None:
+    async def _finalize(self, sent: list[asyncio.Future], result, n_records: int, commits: list) -> None:
         """A processed batch's I/O, in the background while the next batch is processed: its outputs are acked
         before the state that produced them is committed; the commits of all touched partitions go in one Redis
         round trip (each is its own MULTI)."""
         t0 = time.perf_counter()
-        await self.outputs.send(outputs)
+        await asyncio.gather(*sent)
         now_ms = time.time() * 1000.0
         for source_ms in result.source_times_ms:
             metrics.EVENT_TO_REC.observe(max(now_ms - source_ms, 0.0) / 1000.0)
