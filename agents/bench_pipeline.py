@@ -33,6 +33,7 @@ from kairos.schemas.codec import encode
 from kairos.agents.runtime import RecommendationMonitor, Services, running_app, services, wait_for
 from kairos.agents.settings import Settings
 from kairos.agents.topics_admin import ensure_topics
+from kairos.engine import metrics
 
 #: A probe rate is sustained while the median latency of its last quarter stays under this: a queue that grows
 #: for the probe's few seconds ends well above it (5% over capacity adds ~150 ms in 3 s).
@@ -137,13 +138,16 @@ class LatencyPhases:
     async def run(self, events: list, rate: float) -> dict:
         mark, before = self.monitor.received, self.worker.stats["events"]
         batches_before = len(self.worker.batch_timings)
+        full_collections = _full_collections()
         sent, late_p99 = await self.producer.send(events, rate)
         await wait_for(lambda: self.worker.stats["events"] >= before + sent, 120.0)
         await asyncio.sleep(0.3)  # the last recommendations reach the monitor
         new = self.monitor.received - mark
         latencies = np.asarray(list(self.monitor.latencies_ms)[-new:] if new else [], dtype=np.float64)
         timings = list(self.worker.batch_timings)[batches_before:]  # (consume delay, worker time) per batch
+        count, seconds = (now - then for now, then in zip(_full_collections(), full_collections))
         return {"rate": rate, "events": sent, "latencies": latencies, "producer_late_p99_ms": late_p99,
+                "gc_full_collections": {"count": int(count), "total_ms": round(seconds * 1000.0, 1)},
                 "batches": np.asarray(timings, dtype=np.float64).reshape(-1, 2)}  # fmt: skip
 
     async def sustained_rate(self, events: list, ceiling: float) -> tuple[float, list[dict]]:
@@ -164,6 +168,17 @@ class LatencyPhases:
             probes.append({"rate": round(rate, 1), "tail_median_ms": round(median_tail, 1), "keeps_up": keeps_up})
             low, high = (rate, high) if keeps_up else (low, rate)
         return low, probes
+
+
+def _full_collections() -> tuple[float, float]:
+    """(count, seconds) of full garbage collections so far in this process (kairos_gc_pause_seconds)."""
+    values = {
+        sample.name.rsplit("_", 1)[-1]: sample.value
+        for metric in metrics.GC_PAUSE.collect()
+        for sample in metric.samples
+        if sample.labels.get("generation") == "2" and sample.name.endswith(("_count", "_sum"))
+    }
+    return values.get("count", 0.0), values.get("sum", 0.0)
 
 
 def _percentiles(latencies: np.ndarray) -> tuple[float, float]:
@@ -198,6 +213,7 @@ async def pipeline_phases(settings: Settings, svc: Services, expected: int, pool
         out["consume_delay_p50_ms"], out["consume_delay_p99_ms"] = _percentiles(at_rate["batches"][:, 0])
         out["worker_p50_ms"], out["worker_p99_ms"] = _percentiles(at_rate["batches"][:, 1])
         out["fetch_max_wait_ms"] = settings.fetch_max_wait_ms
+        out["gc_full_collections"] = at_rate["gc_full_collections"]
         if "sustained_events_per_s" in out:  # the issue's first reading of "half the maximum": half the backlog rate
             at_half_backlog = await phases.run(pools["backlog_half"], backlog_rate / 2)
             p50, p99 = _percentiles(at_half_backlog["latencies"])
