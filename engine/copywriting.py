@@ -8,6 +8,7 @@ is fed from that stream, so no event ever waits for text generation.
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -119,7 +120,8 @@ class CopyBook:
 
 class CopyWriter:
     """Writes copy for a batch of requests: one batched generator call, safety filter on every text, one
-    regeneration for blocked rows, the template when still blocked or when there is no generator."""
+    regeneration for blocked rows (sampled: a greedy retry repeats the blocked text), the template when still
+    blocked or when there is no generator."""
 
     def __init__(self, generator: TextGenerator | None, safety: SafetyFilter | None = None, max_new_tokens: int = 48):
         self.generator = generator
@@ -138,8 +140,11 @@ class CopyWriter:
         prompts = [_prompt(r) for r in requests]
         generator = self.generator
 
+        attempts = itertools.count()
+
         def generate(batch: Sequence[str]) -> list[str]:
-            return generator.generate(batch, max_new_tokens=self.max_new_tokens)
+            # The first try decodes as configured (greedy); a retry of blocked rows samples, or it would repeat them.
+            return generator.generate(batch, max_new_tokens=self.max_new_tokens, sample=next(attempts) > 0)
 
         texts = safe_generate(generate, prompts, fallbacks, self.safety, self.stats)
         return [_no_repeated_headline(r, t) for r, t in zip(requests, texts)]

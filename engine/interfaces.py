@@ -43,7 +43,10 @@ class TextGenerator(Protocol):
     name: str
     version: str
 
-    def generate(self, prompts: Sequence[str], *, max_new_tokens: int = 64) -> list[str]: ...
+    def generate(self, prompts: Sequence[str], *, max_new_tokens: int = 64, sample: bool = False) -> list[str]:
+        """``sample``: decode with sampling instead of the implementation's default (a retry of a blocked text
+        must not repeat it word for word)."""
+        ...
 
 
 @runtime_checkable

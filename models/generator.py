@@ -186,6 +186,11 @@ def apply_repetition_penalty(logits: np.ndarray, histories, penalty: float) -> N
         logits[row, idx] = np.where(vals > 0, vals / penalty, vals * penalty)
 
 
+#: Decoding of a retry (a blocked text regenerated): sampling, moderately conservative, so the retry differs from
+#: the greedy first try but stays on topic; ``seed=None`` draws a fresh seed per call.
+RETRY_SAMPLING = {"do_sample": True, "temperature": 0.8, "top_p": 0.9, "seed": None}
+
+
 def sample(logits: np.ndarray, config: GenerationConfig, rng: np.random.Generator) -> np.ndarray:
     """Temperature, then top-k, then top-p (nucleus) filtering, then one draw per row."""
     logits = logits / max(config.temperature, 1e-5)
@@ -254,8 +259,11 @@ class OnnxGenerator(HandleBacked):
         self._loaded = loaded
 
     def generate(self, prompts: Sequence[str], *, max_new_tokens: int = 64, config: GenerationConfig | None = None,
-                 raw: bool = False) -> list[str]:
-        """Generate one text per prompt. Prompts are wrapped in the chat format unless ``raw``."""
+                 raw: bool = False, sample: bool = False) -> list[str]:
+        """Generate one text per prompt. Prompts are wrapped in the chat format unless ``raw``. ``sample`` (without
+        ``config``): the defaults with :data:`RETRY_SAMPLING` decoding, a fresh seed each call."""
+        if sample and config is None:
+            config = replace(self.defaults, **RETRY_SAMPLING)
         return self.generate_detailed(prompts, max_new_tokens=max_new_tokens, config=config, raw=raw).texts
 
     def generate_detailed(self, prompts: Sequence[str], *, max_new_tokens: int = 64,

@@ -12,7 +12,7 @@ class EchoGenerator:
         self.texts = texts
         self.calls = 0
 
-    def generate(self, prompts, *, max_new_tokens: int = 64) -> list[str]:
+    def generate(self, prompts, *, max_new_tokens: int = 64, sample: bool = False) -> list[str]:
         self.calls += 1
         return self.texts[: len(prompts)]
 
@@ -32,6 +32,27 @@ def test_a_copy_of_the_headline_falls_back_to_the_headline():
     assert (product.text, product.source) == ("SOURDOUGH LOAF", "generated")  # product copy may name the product
     assert writer.generator.calls == 1  # a copy is no safety block: not regenerated (greedy would repeat it)
 
+
+
+class BlockedWhenGreedy:
+    """Greedy decoding gives a text the safety filter blocks (an absolute claim); sampling gives a clean one."""
+
+    name, version = "greedy-blocked", "1"
+
+    def __init__(self) -> None:
+        self.samples: list[bool] = []
+
+    def generate(self, prompts, *, max_new_tokens: int = 64, sample: bool = False) -> list[str]:
+        self.samples.append(sample)
+        return ["Fresh sourdough, baked this morning." if sample else "Our loaf: the best in the world."] * len(prompts)
+
+
+def test_a_blocked_text_is_regenerated_by_sampling_not_repeated():
+    writer = CopyWriter(BlockedWhenGreedy())
+    (text,) = writer.write([CopyRequest("i1", "cat:bread", "SOURDOUGH LOAF")])
+    assert writer.generator.samples == [False, True], "first try as configured, the retry sampled"
+    assert (text.text, text.source) == ("Fresh sourdough, baked this morning.", "regenerated")
+    assert writer.stats.regenerated == 1
 
 
 def test_unanswered_copy_requests_are_not_re_requested_in_a_storm():
