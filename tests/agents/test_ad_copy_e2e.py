@@ -72,13 +72,17 @@ def publish_tiny_generator(model_dir: Path, work: Path, vocab: list[str], versio
     """Export a random tiny Llama with the real exporter and publish it as ``generator`` ``version``.
 
     ``banned_only=False``: untied random output rows, zero rows for the special tokens (never emitted, so the text
-    is never empty). ``banned_only=True``: the final norm is zeroed, every logit is 0 and greedy decoding repeats
-    token 0 (``vocab[0]``) forever.
+    is never empty). ``banned_only=True``: the output layer only knows ``vocab[0]`` (zero weights, a bias of +30
+    for it and -30 for every other token): greedy and sampled decoding alike repeat it forever.
     """
     model = tiny_llama(seed=3, vocab_size=len(vocab), layers=1 if banned_only else 2)
     with torch.no_grad():
         if banned_only:
-            model.model.norm.weight.zero_()
+            model.lm_head = torch.nn.Linear(model.config.hidden_size, len(vocab), bias=True)
+            model.lm_head.weight.zero_()
+            model.lm_head.bias.fill_(-30.0)
+            model.lm_head.bias[0] = 30.0
+            model.config.tie_word_embeddings = False
         else:
             model.lm_head.weight = torch.nn.Parameter(torch.randn_like(model.model.embed_tokens.weight))
             model.config.tie_word_embeddings = False
@@ -250,8 +254,9 @@ def banned_model_dir(tmp_path_factory) -> Path:
 def test_blocked_generation_falls_back_to_the_original_headline_and_adds_no_arm(banned_model_dir):
     writer = CopyWriter(load_generator(Settings(model_dir=banned_model_dir)))  # what the copy agent runs
     assert writer.generator.defaults.repetition_penalty == COPY_REPETITION_PENALTY
-    plain = OnnxGenerator.from_dir(banned_model_dir)  # all logits 0: not even the penalty changes the argmax
+    plain = OnnxGenerator.from_dir(banned_model_dir)  # neither the penalty nor sampling changes what it says
     assert plain.generate(["Write a one-sentence ad."], max_new_tokens=3) == ["cures cures cures"]
+    assert plain.generate(["Write a one-sentence ad."], max_new_tokens=3, sample=True) == ["cures cures cures"]
     creative = builtin_inventory().creatives["synthetic-0"]
     request = variant_request(creative)
     [text] = writer.write([request])
