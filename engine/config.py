@@ -86,13 +86,13 @@ class EngineConfig:
     discovery_new_s: float = 14 * 86_400.0
     #: Product lines from item names (engine/catalogue.py): the content-kNN's weight inside the discovery score (0:
     #: off), the latest purchases that vote, the name neighbours each votes for, and the most items a token may
-    #: carry and still be searched (more: it names a kind of product, not a line). Off by default: on the replay it
-    #: added +0.0003 NDCG@10 (first 8,000 events; the co-purchase kNN already links product-line mates) for about
-    #: 0.8 ms per recommendation on the loaded VM (docs/evaluation.md).
-    catalogue_weight: float = 0.0
+    #: carry and still be searched (more: it names a kind of product, not a line; 50 also bounds one search to a
+    #: few hundred dict updates). Neighbour lists are computed when a name is first learned, so the read path is
+    #: dict look-ups (docs/evaluation.md: +0.002 NDCG@10 on the whole replay).
+    catalogue_weight: float = 0.5
     catalogue_anchors: int = 30
-    catalogue_neighbours: int = 20
-    catalogue_token_items: int = 200
+    catalogue_neighbours: int = 10
+    catalogue_token_items: int = 50
     #: The online ranker learns to rank items new to the shopper (their remembered purchases are neither positives
     #: nor candidates when it learns), as discovery slots serve them.
     learn_discovery: bool = True
