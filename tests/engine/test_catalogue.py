@@ -153,8 +153,11 @@ def test_new_arrivals_are_the_discovered_items_first_sold_lately():
     recommender, users = Recommender(EngineConfig()), {}
     for n in range(5):
         _order(recommender, users, f"a{n}", {"old": "OLD FAVOURITE"}, T0 + n)
-    for n in range(5):
-        _order(recommender, users, f"b{n}", {"old": "OLD FAVOURITE", "fresh": "FRESH ARRIVAL"}, T0 + 30 * day + n)
+    for n in range(5):  # returning shoppers discover the new arrival, others (later) the old favourite
+        _order(recommender, users, f"a{n}", {"old": "OLD FAVOURITE", "fresh": "FRESH ARRIVAL"}, T0 + 30 * day + n)
+        _order(recommender, users, f"b{n}", {"warm": "WARM UP"}, T0 + 30 * day + n)
+        _order(recommender, users, f"b{n}", {"old": "OLD FAVOURITE"}, T0 + 30 * day + 10 + n)
+    assert {item for item, _ in recommender.discovery.popular(T0 + 31 * day, discovered=True)} == {"fresh", "old"}
     assert recommender.discovery.new_arrivals(T0 + 31 * day) == frozenset({"fresh"})
     off = Recommender(EngineConfig(discovery_new_weight=0.0))
     assert off.discovery.new_arrivals(T0) == frozenset()
