@@ -68,8 +68,9 @@ class EngineConfig:
     discovery_history_links: int = 10
     discovery_history_weight: float = 2.0
     #: Final score = z(ranker score) + this x z(discovery score), z-scored over the pool; the discovery score is
-    #: kNN vote / best vote + user-kNN share + popular-now share (engine/candidates.py). 0.5 / 1 / 2 / 3 measured.
-    discovery_weight: float = 1.0
+    #: kNN vote / best vote + user-kNN share + popular-now share (engine/candidates.py). 0.5 / 1 / 2 / 3 measured;
+    #: 2 once the discovery score carried the history links at weight 2 (docs/evaluation.md, variants 51-52).
+    discovery_weight: float = 2.0
     #: Weight of popular-now / discovered-now inside the discovery score (0.25 / 0.5 / 1.0 / 1.25 / 1.5 measured).
     discovery_popular_weight: float = 1.25
     #: User-kNN (engine/shoppers.py): its weight inside the discovery score (0: off), the most similar shoppers
