@@ -50,6 +50,10 @@ class EngineConfig:
     #: "discovered now" (items bought for the first time by their buyer: a returning shopper's baseline); 7 days
     #: measured better than 3 on the Online Retail replay.
     discovery_half_life_s: float = 7 * 86_400.0
+    #: "Discovered now" counts returning shoppers' first purchases only: a first order (all of it new to its buyer)
+    #: is what newcomers start with, a different list (``discovery_first_order_weight``); measured in
+    #: docs/evaluation.md (returning shoppers +3 % NDCG@10 on the first 8,000 events).
+    discovery_returning_only: bool = True
     #: Item-kNN over the purchase history: this many latest purchases vote, each for this many neighbours
     #: (bounds the read path to anchors x neighbours dict updates).
     discovery_anchors: int = 30
@@ -57,16 +61,18 @@ class EngineConfig:
     #: An anchor's vote halves with the age of its purchase (0: every anchor votes 1).
     discovery_anchor_half_life_s: float = 0.0
     #: Links kept per item in the co-purchase graph, and links made per order line (within the order, and from a
-    #: first-time purchase to the shopper's latest earlier purchases, with this weight).
+    #: first-time purchase to the shopper's latest earlier purchases, with this weight: "who owned X went on to
+    #: find Y" is the signal a returning shopper's discoveries follow; 0.5 / 1 / 2 / 4 measured, docs/evaluation.md).
     discovery_max_neighbours: int = 100
     discovery_basket_links: int = 10
     discovery_history_links: int = 10
-    discovery_history_weight: float = 0.5
+    discovery_history_weight: float = 2.0
     #: Final score = z(ranker score) + this x z(discovery score), z-scored over the pool; the discovery score is
-    #: kNN vote / best vote + user-kNN share + popular-now share (engine/candidates.py). 0.5 / 1 / 2 / 3 measured.
-    discovery_weight: float = 1.0
-    #: Weight of popular-now / discovered-now inside the discovery score (0.25 / 0.5 / 1.0 / 1.5 measured).
-    discovery_popular_weight: float = 1.0
+    #: kNN vote / best vote + user-kNN share + popular-now share (engine/candidates.py). 0.5 / 1 / 2 / 3 measured;
+    #: 2 once the discovery score carried the history links at weight 2 (docs/evaluation.md, variants 51-52).
+    discovery_weight: float = 2.0
+    #: Weight of popular-now / discovered-now inside the discovery score (0.25 / 0.5 / 1.0 / 1.25 / 1.5 measured).
+    discovery_popular_weight: float = 1.25
     #: User-kNN (engine/shoppers.py): its weight inside the discovery score (0: off), the most similar shoppers
     #: that vote, and its bounds: buyers remembered per item, items per shopper, shoppers.
     discovery_shopper_weight: float = 0.5
@@ -86,13 +92,13 @@ class EngineConfig:
     discovery_new_s: float = 14 * 86_400.0
     #: Product lines from item names (engine/catalogue.py): the content-kNN's weight inside the discovery score (0:
     #: off), the latest purchases that vote, the name neighbours each votes for, and the most items a token may
-    #: carry and still be searched (more: it names a kind of product, not a line). Off by default: on the replay it
-    #: added +0.0003 NDCG@10 (first 8,000 events; the co-purchase kNN already links product-line mates) for about
-    #: 0.8 ms per recommendation on the loaded VM (docs/evaluation.md).
-    catalogue_weight: float = 0.0
+    #: carry and still be searched (more: it names a kind of product, not a line; 50 also bounds one search to a
+    #: few hundred dict updates). Neighbour lists are computed when a name is first learned, so the read path is
+    #: dict look-ups (docs/evaluation.md: +0.002 NDCG@10 on the whole replay).
+    catalogue_weight: float = 0.5
     catalogue_anchors: int = 30
-    catalogue_neighbours: int = 20
-    catalogue_token_items: int = 200
+    catalogue_neighbours: int = 10
+    catalogue_token_items: int = 50
     #: The online ranker learns to rank items new to the shopper (their remembered purchases are neither positives
     #: nor candidates when it learns), as discovery slots serve them.
     learn_discovery: bool = True

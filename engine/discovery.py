@@ -4,8 +4,10 @@ Owned by the :class:`~kairos.engine.recommender.Recommender` (one per partition,
 
 - ``popular_now``: a short half-life (``discovery_half_life_s``, 7 days) decayed count of the orders containing each
   item: the cold-start list (a first order is all discovery);
-- ``discovered_now``: the same count over first purchases only (an item the buyer had not bought before): the
-  baseline of a returning shopper's list (re-stocking staples says little about what others will find next);
+- ``discovered_now``: the same count over first purchases only (an item the buyer had not bought before), by
+  returning shoppers only (``discovery_returning_only``): the baseline of a returning shopper's list (re-stocking
+  staples says little about what others will find next, and a first order, all of it first purchases, is what
+  newcomers start with: ``first_orders_now`` counts those);
 - an item-to-item "bought by the same shoppers" graph: the lines of one order are linked to each other, and the
   items a shopper buys for the first time are linked to the shopper's earlier purchases (so a kNN over the whole
   purchase history, not just the last few items, finds them). Links are counted per order and read as a cosine,
@@ -82,11 +84,12 @@ class PurchaseGraph:
             return
         ts = interactions[0].ts
         first_order = not user.purchased
+        discovers = not (first_order and self.config.discovery_returning_only)
         for item in basket:
             self.popular_now.add(item, 1.0, ts)
             if first_order:
                 self.first_orders_now.add(item, 1.0, ts)
-            if item not in user.purchased:  # a discovery: re-stocking says little about what others will find
+            if discovers and item not in user.purchased:  # re-stocking says little about what others will find
                 self.discovered_now.add(item, 1.0, ts)
             self.orders[item] = self.orders.get(item, 0.0) + 1.0
         lines = basket[: self.config.basket_lines]

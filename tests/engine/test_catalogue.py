@@ -90,6 +90,35 @@ def test_catalogue_is_bounded():
     assert "390A" in catalogue.tokens and "00A" not in catalogue.tokens  # the items sold longest ago went
     for item in list(catalogue.tokens)[:10]:
         assert len(catalogue.neighbours(item)) <= cfg.catalogue_neighbours
+    assert set(catalogue.siblings) <= set(catalogue.tokens)  # no list of a forgotten item...
+    assert all(other in catalogue.tokens for found in catalogue.siblings.values() for other, _ in found)  # ...or to one
+    assert all(len(found) <= cfg.catalogue_neighbours for found in catalogue.siblings.values())
+
+
+def test_siblings_are_found_when_a_name_is_learned_and_reading_them_searches_nothing(monkeypatch):
+    catalogue = ProductCatalogue(EngineConfig())
+    _learn(catalogue, {"22697": "GREEN REGENCY TEACUP AND SAUCER", "90": "PAPER NAPKIN"})
+    _learn(catalogue, {"22698": "PINK REGENCY TEACUP AND SAUCER"})  # a new arrival of the line
+    assert [item for item, _ in catalogue.siblings["22697"]] == ["22698"]  # joined the old item's list at once
+
+    def no_search(item: str) -> list:
+        raise AssertionError("the read path must not search")
+
+    monkeypatch.setattr(catalogue, "_search", no_search)
+    user = UserInterest.new("u", EngineConfig())
+    user.purchased["22697"] = T0
+    assert [item for item, _ in catalogue.scores(user, 5, excluded=set())] == ["22698"]
+
+
+def test_a_word_turning_common_is_unlinked_a_few_lists_per_order():
+    catalogue = ProductCatalogue(EngineConfig(catalogue_token_items=4))
+    _learn(catalogue, {f"{n}": f"ZEBRA THING{n}" for n in range(4)})  # "ZEBRA" still names a line: all linked
+    assert len(catalogue.siblings["0"]) == 3
+    _learn(catalogue, {"4": "ZEBRA THING4"})  # five items: "ZEBRA" is too common to search now
+    linked = [item for item in "0123" if catalogue.siblings[item]]
+    assert len(linked) == 2  # two lists searched again in that order (the write path's budget), two queued
+    _learn(catalogue, {"x": "OTHER"})
+    assert not any(catalogue.siblings[item] for item in "01234")
 
 
 def test_catalogue_and_first_orders_ride_in_the_checkpoint_and_older_checkpoints_load():
@@ -106,6 +135,11 @@ def test_catalogue_and_first_orders_ride_in_the_checkpoint_and_older_checkpoints
     assert after.similar_products_scores(shopper, 5, set()) == before.similar_products_scores(shopper, 5, set())
     assert after.cold_start(T0 + 30) == before.cold_start(T0 + 30)
     assert after.catalogue.first_seen("22423") == T0 + 2
+    no_lists = json.loads(json.dumps(selector.to_state()))
+    del no_lists["discovery"]["catalogue"]["siblings"], no_lists["discovery"]["catalogue"]["stale"]  # older format
+    searched = Selector(config, exploration=False)
+    searched.load_state(no_lists)
+    assert "22697" in {i for i, _ in searched.recommender.discovery.similar_products_scores(shopper, 5, set())}
     legacy = json.loads(json.dumps(selector.to_state()))
     del legacy["discovery"]["catalogue"], legacy["discovery"]["first_orders"]  # written before both existed
     old = Selector(config, exploration=False)
@@ -119,8 +153,11 @@ def test_new_arrivals_are_the_discovered_items_first_sold_lately():
     recommender, users = Recommender(EngineConfig()), {}
     for n in range(5):
         _order(recommender, users, f"a{n}", {"old": "OLD FAVOURITE"}, T0 + n)
-    for n in range(5):
-        _order(recommender, users, f"b{n}", {"old": "OLD FAVOURITE", "fresh": "FRESH ARRIVAL"}, T0 + 30 * day + n)
+    for n in range(5):  # returning shoppers discover the new arrival, others (later) the old favourite
+        _order(recommender, users, f"a{n}", {"old": "OLD FAVOURITE", "fresh": "FRESH ARRIVAL"}, T0 + 30 * day + n)
+        _order(recommender, users, f"b{n}", {"warm": "WARM UP"}, T0 + 30 * day + n)
+        _order(recommender, users, f"b{n}", {"old": "OLD FAVOURITE"}, T0 + 30 * day + 10 + n)
+    assert {item for item, _ in recommender.discovery.popular(T0 + 31 * day, discovered=True)} == {"fresh", "old"}
     assert recommender.discovery.new_arrivals(T0 + 31 * day) == frozenset({"fresh"})
     off = Recommender(EngineConfig(discovery_new_weight=0.0))
     assert off.discovery.new_arrivals(T0) == frozenset()

@@ -42,6 +42,18 @@ def test_restocking_does_not_count_as_discovered():
     assert graph.orders["staple"] == 5
 
 
+def test_discovered_now_counts_returning_shoppers_discoveries_only():
+    recommender, users = Recommender(EngineConfig()), {}
+    _order(recommender, users, "u", ["starter"], T0)  # a first order: what newcomers start with
+    _order(recommender, users, "u", ["found"], T0 + 1)  # a returning shopper's discovery
+    graph = recommender.discovery
+    assert graph.discovered_now.get("starter", T0 + 2) == 0.0 and graph.discovered_now.get("found", T0 + 2) > 0.99
+    assert graph.first_orders_now.get("starter", T0 + 2) > 0.99
+    every, users = Recommender(EngineConfig(discovery_returning_only=False)), {}
+    _order(every, users, "u", ["starter"], T0)
+    assert every.discovery.discovered_now.get("starter", T0 + 2) > 0.99
+
+
 def test_knn_reaches_past_the_recent_items_and_normalises_best_sellers():
     """An item bought long ago (beyond the recent items the co-visit source anchors on) still votes, and a best
     seller bought with everything does not outrank a true companion (cosine, not raw counts)."""
