@@ -37,13 +37,20 @@ COPY_BATCH_WAIT_S = 1.0
 COPY_REPETITION_PENALTY = 1.2
 
 
-def load_generator(settings: Settings):
-    """The ONNX copy generator from the model directory, or None (copy then comes from templates)."""
+def load_generator(settings: Settings, beside_hot_path: bool = False):
+    """The ONNX copy generator from the model directory, or None (copy then comes from templates).
+
+    ``beside_hot_path``: the process also runs the ingest worker (``kairos demo``, a one-process deployment). The
+    generator then gets ``settings.onnx_threads`` threads that do not spin: with onnxruntime's defaults (a thread
+    per core, busy-waiting between runs) a copy batch took every core from the hot path for seconds at a time.
+    """
     try:
         from kairos.models.generator import GenerationConfig, OnnxGenerator
+        from kairos.models.session import SessionOptions
 
         defaults = GenerationConfig(max_new_tokens=64, repetition_penalty=COPY_REPETITION_PENALTY)
-        return OnnxGenerator.from_dir(settings.model_dir, defaults=defaults)
+        options = SessionOptions(intra_op_threads=settings.onnx_threads, allow_spinning=False) if beside_hot_path else None
+        return OnnxGenerator.from_dir(settings.model_dir, options=options, defaults=defaults)
     except Exception as exc:  # noqa: BLE001 - a missing or broken model means templates, not a dead worker
         log.warning("no copy generator in %s (%s): copy comes from templates", settings.model_dir, exc)
         return None
@@ -79,7 +86,7 @@ def create_app(
     copy_requests = app.topic(settings.topics.copy_requests, key_type=bytes, value_type=bytes, value_serializer="raw")
     copies = app.topic(settings.topics.copies, key_type=bytes, value_type=bytes, value_serializer="raw")
     copybook = CopyBook()
-    writer = CopyWriter(load_generator(settings) if "copy" in roles else None)
+    writer = CopyWriter(load_generator(settings, beside_hot_path="ingest" in roles) if "copy" in roles else None)
     keys = RedisKeys(settings.topic_prefix, settings.consumer_group)
 
     class IngestService(Service):
