@@ -92,12 +92,7 @@ def _fill_item_columns(
     n = len(items)
     if not n:
         return
-    # The cache lookup inlined (a method call per candidate cost more than the lookup itself).
-    cache, epoch = model._item_cache, model.item_epoch(now)
-    columns = [
-        hit[1] if (hit := cache.get(item)) is not None and hit[0] == epoch else model.item_columns(item, now)
-        for item in items
-    ]
+    columns = model.item_columns_many(items, now)
     numeric = np.array([c[1:] for c in columns], dtype=np.float64)  # buckets, price, logs, trend
     category_scores = user.categories.as_dict(now)
     category_total = sum(category_scores.values()) or 1.0
