@@ -24,19 +24,11 @@ class KafkaOutputs:
     def add(self, topic: str, key: bytes, value: bytes) -> None:
         self._pending.setdefault((topic, -1), []).append((key, value))
 
-    async def flush(self) -> None:
-        """Send everything added so far and wait until the broker acknowledged it."""
-        await self.send(self.take())
-
     def take(self) -> dict[tuple[str, int], list[tuple[bytes, bytes]]]:
-        """Everything added so far, to be sent by :meth:`send` (a batch's outputs, taken while the next batch is
-        already adding its own)."""
+        """Everything added so far, to be handed to :meth:`enqueue` (a batch's outputs, taken while the next batch
+        is already adding its own)."""
         pending, self._pending = self._pending, {}
         return pending
-
-    async def send(self, pending: dict[tuple[str, int], list[tuple[bytes, bytes]]]) -> None:
-        """Send what :meth:`take` returned and wait until the broker acknowledged it."""
-        await asyncio.gather(*await self.enqueue(pending))
 
     async def enqueue(self, pending: dict[tuple[str, int], list[tuple[bytes, bytes]]]) -> list[asyncio.Future]:
         """Hand what :meth:`take` returned to the producer (stamped and ordered now); the futures resolve when the
