@@ -130,8 +130,11 @@ def worker_environment(settings: Settings, log_level: str = "INFO") -> dict[str,
         KAIROS_MODEL_DIR=str(settings.model_dir),
         KAIROS_MAX_RESIDENT_USERS_PER_PARTITION=str(settings.max_resident_users_per_partition),
         KAIROS_MAX_ITEMS_PER_PARTITION=str(settings.max_items_per_partition),
+        KAIROS_GLOBAL_CHECKPOINT_INTERVAL_S=str(settings.global_checkpoint_interval_s),
         KAIROS_LOG_LEVEL=log_level,
     )
+    if settings.data_dir is not None:  # else the worker finds the default data directory itself
+        env["KAIROS_DATA_DIR"] = str(settings.data_dir)
     return env
 
 

@@ -226,7 +226,8 @@ class BatchPipeline:
         scored = {
             "schema_version": 1, "request_id": decision.request_id, "user_id": request.user_id,
             "creative_id": decision.creative_id, "campaign_id": decision.campaign_id, "variant_id": decision.variant_id,
-            "pctr": round(decision.pctr, 6), "bid": decision.bid, "expected_value": round(decision.expected_value, 6),
+            "headline": decision.headline, "pctr": round(decision.pctr, 6), "bid": decision.bid,
+            "expected_value": round(decision.expected_value, 6),
             "clearing_price": round(min(decision.clearing_price, decision.bid), 6), "reserve": decision.reserve,
             "won": decision.won, "propensity": round(decision.propensity, 6), "reasons": list(decision.reasons),
             "produced_at": self.clock(),

@@ -61,6 +61,10 @@ class Settings(BaseSettings):
     max_candidates: int = Field(default=100, ge=10, le=2_000)
     max_resident_users_per_partition: int = Field(default=10_000, ge=10, le=10_000_000)
     serving_ttl_s: int = Field(default=7 * 86_400, ge=60)
+    #: Seconds between checkpoints of a partition's global and online models (ad state included), written with the
+    #: first commit after the interval; after a crash, the records since the last one are replayed into the global
+    #: model only (docs/state.md). 0 writes one with every commit (tests).
+    global_checkpoint_interval_s: float = Field(default=30.0, ge=0, le=3600)
 
     # --- data, models and serving ---
     data_dir: Path | None = Field(default=None, description="real data sets (creatives, catalogs); default ../shared/data")

@@ -36,7 +36,6 @@ from kairos.engine.store import StateStore
 
 log = logging.getLogger(__name__)
 
-GLOBAL_CHECKPOINT_INTERVAL_S = 30.0
 KAFKA_COMMIT_INTERVAL_S = 2.0
 TRENDING_PUBLISH_INTERVAL_S = 10.0
 STORE_EXPIRY_INTERVAL_S = 60.0
@@ -193,7 +192,8 @@ class IngestWorker:
             self.partitions[partition] = state
             # Staggered: the partitions' global checkpoints (each a serialisation of the partition's model) fall
             # in different batches instead of all in one.
-            self._last_checkpoint[partition] = time.monotonic() - GLOBAL_CHECKPOINT_INTERVAL_S * n / len(new)
+            interval = self.settings.global_checkpoint_interval_s
+            self._last_checkpoint[partition] = time.monotonic() - interval * n / len(new)
         resume = {p: self.partitions[p].resume_offsets() for p in self.partitions}
         for tp in assigned:
             offset = resume.get(tp.partition, {}).get(tp.topic)
@@ -360,7 +360,7 @@ class IngestWorker:
             return None
         now = time.monotonic()
         previous = self._last_checkpoint.get(partition, 0.0)
-        checkpoint = force_checkpoint or now - previous > GLOBAL_CHECKPOINT_INTERVAL_S
+        checkpoint = force_checkpoint or now - previous > self.settings.global_checkpoint_interval_s
         if checkpoint:  # taken now, so the next batch's commit (built before this one is confirmed) has none
             self._last_checkpoint[partition] = now
         return partition, state.build_commit(with_global_checkpoint=checkpoint), previous

@@ -28,6 +28,8 @@ from kairos.engine.rules import ImpressionHistory
 SHORTLIST = 4
 #: Monte Carlo draws for the logged propensity of the chosen variant.
 PROPENSITY_DRAWS = 400
+#: Served requests held open for a click at most (the oldest expire early beyond it): bounds memory and checkpoint.
+MAX_OPEN_REQUESTS = 100_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,19 +176,56 @@ class AdSelector:
             self._sampler(creative).update(variant_id, clicked)
 
     def on_click(self, request_id: str, now: float) -> bool:
-        """A click carrying a served request id: a positive label for that variant and creative."""
+        """A click carrying a served request id: a positive label for that variant and creative.
+
+        A click later than the attribution window is the unclicked impression :meth:`expire` would have booked:
+        each served request gets one label, whatever the order in which decisions and clicks (or, after a
+        restart, a replay of clicks) reach this selector.
+        """
         served = self.served.pop(request_id, None)
         if served is None:
             return False
-        creative_id, variant_id, segment, _ = served
-        self.record_click(creative_id, variant_id, True)
-        return True
+        creative_id, variant_id, _, served_at = served
+        clicked = now - served_at <= self.attribution_window_s
+        self.record_click(creative_id, variant_id, clicked)
+        return clicked
 
     def expire(self, now: float) -> None:
         """Served creatives not clicked within the attribution window count as impressions without a click."""
         while self.served:
             request_id, (creative_id, variant_id, _, served_at) = next(iter(self.served.items()))
-            if now - served_at <= self.attribution_window_s and len(self.served) < 100_000:
+            if now - served_at <= self.attribution_window_s and len(self.served) < MAX_OPEN_REQUESTS:
                 break
             del self.served[request_id]
             self.record_click(creative_id, variant_id, False)
+
+    # --- persistence (inside the partition checkpoint's "selection" entry, see Selector.to_state) ---
+
+    def to_state(self) -> dict:
+        """What the ad path learned and booked, JSON-able: arm posteriors, pacing spend, frequency-cap views, the
+        requests still open for a click, the generated headlines. Inventory, budgets and windows are configuration.
+        Bounded as in memory: samplers by the shortlisted creatives, views by one cap window, served by
+        ``MAX_OPEN_REQUESTS``."""
+        return {
+            "samplers": {creative_id: sampler.to_state() for creative_id, sampler in self.samplers.items()},
+            "pacer": self.pacer.to_state(),
+            "views": self.creative_views.to_state(),
+            "served": [[request_id, *entry] for request_id, entry in self.served.items()],
+            "generated": dict(self.generated_headlines),
+            "no_fill": self.no_fill,
+        }
+
+    def load_state(self, data: dict) -> None:
+        """Restore :meth:`to_state`'s output. Creatives no longer in the inventory are dropped with their arms."""
+        for creative_id, sampler_state in data["samplers"].items():
+            creative = self.inventory.creatives.get(creative_id)
+            if creative is not None:
+                self._sampler(creative).load_state(sampler_state)
+        self.pacer.load_state(data["pacer"])
+        self.creative_views.load_state(data["views"])
+        self.served = OrderedDict(
+            (request_id, (creative_id, variant_id, segment, float(served_at)))
+            for request_id, creative_id, variant_id, segment, served_at in data["served"]
+        )
+        self.generated_headlines = dict(data["generated"])
+        self.no_fill = int(data["no_fill"])

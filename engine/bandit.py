@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from kairos.engine.rng import generator_state, restore_generator
+
 
 @dataclass
 class ArmStats:
@@ -107,6 +109,17 @@ class ThompsonSampler:
         if arm_id not in self._arms:
             self.add_arm(arm_id, *self._default)
         return self._arms[arm_id]
+
+    def to_state(self) -> dict:
+        """Every arm as ``[alpha, beta, impressions, clicks]`` and the draw stream's position (JSON-able)."""
+        arms = {a: [float(s.alpha), float(s.beta), s.impressions, s.clicks] for a, s in self._arms.items()}
+        return {"arms": arms, "rng": generator_state(self._rng)}
+
+    def load_state(self, data: dict) -> None:
+        """Take the saved arms' posteriors and counts (other arms keep theirs) and continue the saved draws."""
+        for arm_id, (alpha, beta, impressions, clicks) in data["arms"].items():
+            self._arms[arm_id] = ArmStats(float(alpha), float(beta), int(impressions), int(clicks))
+        restore_generator(self._rng, data["rng"])
 
 
 class LinUCB:

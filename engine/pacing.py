@@ -28,6 +28,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from kairos.engine.rng import generator_state, restore_generator
+
 SECONDS_PER_DAY = 86_400.0
 
 
@@ -135,6 +137,17 @@ class BudgetPacer:
         if p >= 1.0 or p <= 0.0:
             return p >= 1.0
         return bool(self._rng.random() < p)
+
+    def to_state(self) -> dict:
+        """Spend booked per campaign as ``[day, spent]`` and the draw stream's position (JSON-able); budgets, the
+        curve, the tolerance and the offset are configuration and come from the constructor."""
+        spend = {campaign: [record.day, record.spent] for campaign, record in self._spend.items()}
+        return {"spend": spend, "rng": generator_state(self._rng)}
+
+    def load_state(self, data: dict) -> None:
+        spend = data["spend"].items()
+        self._spend = {campaign: CampaignSpend(int(day), float(spent)) for campaign, (day, spent) in spend}
+        restore_generator(self._rng, data["rng"])
 
     def _today(self, campaign_id: str, now: float) -> CampaignSpend:
         day = self._day(now)

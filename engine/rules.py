@@ -140,6 +140,17 @@ class ImpressionHistory:
         for key in list(self._shown):
             self.count(*key, now)
 
+    def to_state(self) -> dict:
+        """``{user: {key: [ts, ...]}}``, the impressions held (the window is configuration, not state)."""
+        out: dict[str, dict[str, list[float]]] = {}
+        for (user_id, key), shown in self._shown.items():
+            out.setdefault(user_id, {})[key] = list(shown)
+        return out
+
+    def load_state(self, data: dict) -> None:
+        self._shown = {(user_id, key): deque(shown) for user_id, keys in data.items() for key, shown in keys.items()}
+        self._prune_at = max(_FIRST_PRUNE, 2 * len(self._shown))
+
 
 class ExcludePurchased:
     """Drops items the user bought within the purchase history's window."""

@@ -153,6 +153,10 @@ class Selector:
 
     def observe_global_only(self, user: UserInterest, event) -> None:
         self.recommender.observe_global_only(user, event)
+        if self.ads is not None and isinstance(event, ClickEvent) and event.rec_id:
+            # Replayed after a restart (between the checkpoint and the user offsets): the ad state is the
+            # checkpoint's, so a request it still holds open had no label then; crediting it now is its only one.
+            self.ads.on_click(event.rec_id, event.ts)
 
     # --- write path ---
 
@@ -301,14 +305,19 @@ class Selector:
     def to_state(self) -> dict:
         # The discovery model rides along here (it is the Recommender's, but the checkpoint format is owned by
         # engine/partition.py, which stores this dict as "selection").
-        return {"corrector": dict(self.corrector._weights), "examples": self.examples_learned,
-                "discovery": self.recommender.discovery.to_state()}
+        state = {"corrector": dict(self.corrector._weights), "examples": self.examples_learned,
+                 "discovery": self.recommender.discovery.to_state()}
+        if self.ads is not None:
+            state["ads"] = self.ads.to_state()
+        return state
 
     def load_state(self, data: dict) -> None:
         self.corrector._weights.update(data["corrector"])
         self.examples_learned = data["examples"]
         if "discovery" in data:  # checkpoints written before the discovery model have none: it relearns
             self.recommender.discovery.load_state(data["discovery"])
+        if self.ads is not None and "ads" in data:  # nor the ad state before it was kept: the ads start from priors
+            self.ads.load_state(data["ads"])
 
 
 def _logits_for(served: _Served | None, ids: tuple[str, ...]) -> tuple[float, ...]:

@@ -23,7 +23,10 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-#: Bump when a field of :class:`ScoredCreative` changes meaning; consumers check it before decoding.
+#: Bump when a field of :class:`ScoredCreative` changes meaning; consumers check it before decoding. A new optional
+#: field with a default (``headline``) keeps the version: every earlier v1 record still validates. A reader that
+#: validates against an older copy of ``schemas/jsonschema/scored_creative.v1.json`` (``additionalProperties``
+#: false) must take the current file to accept records that carry the new field.
 SCORED_CREATIVE_SCHEMA_VERSION = 1
 
 NonEmptyId = Annotated[str, Field(min_length=1, max_length=256)]
@@ -52,7 +55,9 @@ class ScoredCreative(BaseModel):
 
     ``bid`` and ``clearing_price`` are per click; ``expected_value`` (pCTR x bid) and ``reserve`` are per
     impression. ``propensity`` is the probability with which the serving policy showed this creative, logged
-    for off-policy evaluation. A lost auction (``won`` false) has ``clearing_price`` 0.
+    for off-policy evaluation. A lost auction (``won`` false) has ``clearing_price`` 0. ``headline`` is the
+    text of the variant ``variant_id`` names (one of the creative's own or a generated one); absent in records
+    written before it was added.
 
     >>> sc = ScoredCreative(request_id="r1", user_id="u1", creative_id="c1", campaign_id="k1",
     ...     variant_id="c1:0", pctr=0.05, bid=1.0, expected_value=0.05, clearing_price=0.6,
@@ -69,6 +74,7 @@ class ScoredCreative(BaseModel):
     creative_id: NonEmptyId
     campaign_id: NonEmptyId
     variant_id: NonEmptyId
+    headline: str | None = None
     pctr: Probability
     bid: Money
     expected_value: Money

@@ -233,6 +233,7 @@ def test_generated_headline_is_served_as_an_arm_and_learns_from_its_own_click(ka
     assert set(copies) <= decided_creatives  # only creatives that won were sent for copy
     assert target["variant_id"] == copies[target["creative_id"]]["variant_id"]
     assert all(d["variant_id"] == copies[d["creative_id"]]["variant_id"] for d in served)
+    assert all(d["headline"] == copies[d["creative_id"]]["text"] for d in served)  # the exchange gets the text too
     assert 0 < target["propensity"] < 1  # logged as one arm among the creative's others
 
     # (3) the click moved that arm's clicks and posterior in the partition that served it, and nothing else
