@@ -117,6 +117,10 @@ def _add_discovery(
         pool.discovery[item] = pool.discovery.get(item, 0.0) + share
         if len(pool) < wanted:
             pool.add(item, "popular_now")
+    if user.event_count > 0:
+        factor = config.discovery_stale_factor
+        for item in discovery.stale_items(pool.discovery, now):
+            pool.discovery[item] *= factor
 
 
 def _add_co_visits(pool: CandidatePool, user: UserInterest, model: GlobalModel, n: int, excluded: set[str]) -> None:

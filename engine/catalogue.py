@@ -217,6 +217,10 @@ class ProductCatalogue:
         seen = self.seen.get(item)
         return seen[0] if seen is not None else None
 
+    def last_sold(self, item: str) -> float | None:
+        seen = self.seen.get(item)
+        return seen[1] if seen is not None else None
+
     def neighbours(self, item: str) -> list[tuple[str, float]]:
         """The items whose names are closest to this one's (IDF cosine), best first: the list kept since the write
         path searched it (searched here only for an item loaded from a checkpoint that did not keep its list)."""

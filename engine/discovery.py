@@ -64,7 +64,7 @@ class PurchaseGraph:
         self.first_orders_now = DecayedScores(config.discovery_first_order_half_life_s, config.max_items)
         #: Item names and first sales: the content kNN (``catalogue_weight`` > 0) and the new arrivals
         #: (``discovery_new_weight`` > 0) read it; learning it costs 0.03 ms per order.
-        uses_catalogue = config.catalogue_weight > 0 or config.discovery_new_weight > 0
+        uses_catalogue = config.catalogue_weight > 0 or config.discovery_new_weight > 0 or config.discovery_stale_factor < 1
         self.catalogue = ProductCatalogue(config) if uses_catalogue else None
         self.orders: dict[str, float] = {}
         self.links: dict[str, dict[str, float]] = {}
@@ -226,6 +226,15 @@ class PurchaseGraph:
         since = now - self.config.discovery_new_s
         first_seen = self.catalogue.first_seen
         return frozenset(item for item, _ in self.popular(now, discovered=True) if (first_seen(item) or -1e18) >= since)
+
+    def stale_items(self, items: Collection[str], now: float) -> list[str]:
+        """The ``items`` whose last sale is older than ``discovery_stale_s`` (items never seen by the catalogue, e.g.
+        unnamed ones, are not judged; empty when off or without the catalogue)."""
+        if self.catalogue is None or self.config.discovery_stale_factor >= 1:
+            return []
+        since = now - self.config.discovery_stale_s
+        last_sold = self.catalogue.last_sold
+        return [item for item in items if (last_sold(item) or since) < since]
 
     def similar_products_scores(
         self, user: UserInterest, n: int, excluded: Collection[str]

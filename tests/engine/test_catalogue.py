@@ -161,3 +161,27 @@ def test_new_arrivals_are_the_discovered_items_first_sold_lately():
     assert recommender.discovery.new_arrivals(T0 + 31 * day) == frozenset({"fresh"})
     off = Recommender(EngineConfig(discovery_new_weight=0.0))
     assert off.discovery.new_arrivals(T0) == frozenset()
+
+
+def test_a_line_that_stopped_selling_keeps_a_share_of_its_discovery_score():
+    day = 86_400.0
+    recommender, users = Recommender(EngineConfig()), {}
+    # Two lines bought with "base" by the same shoppers; "gone" is never sold again after the first week.
+    for n in range(4):
+        _order(recommender, users, f"s{n}", {"base": "BASE", "gone": "GONE LINE", "live": "LIVE LINE"}, T0 + n)
+    for n in range(4):
+        _order(recommender, users, f"t{n}", {"live": "LIVE LINE"}, T0 + 20 * day + n)
+    shopper = _order(recommender, users, "me", {"base": "BASE"}, T0 + 20 * day + 10)
+    now = T0 + 21 * day
+    assert recommender.discovery.stale_items(["gone", "live", "unknown"], now) == ["gone"]  # unknown: not judged
+    from kairos.engine.candidates import retrieve_candidates
+
+    def discovery_scores(config: EngineConfig) -> dict[str, float]:
+        recommender.discovery.config = config
+        pool = retrieve_candidates(shopper, recommender.model, now, 100, {"base"}, (), recommender.discovery)
+        return pool.discovery
+
+    on = discovery_scores(EngineConfig())
+    off = discovery_scores(EngineConfig(discovery_stale_factor=1.0))
+    assert on["gone"] == 0.5 * off["gone"] and on["live"] == off["live"]
+    assert off["gone"] > 0 and on["gone"] < on["live"]
