@@ -21,7 +21,8 @@ discovery score (``CandidatePool.discovery``, blended with the ranker's score by
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import math
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from kairos.engine.discovery import PurchaseGraph
@@ -51,6 +52,32 @@ class CandidatePool:
         elif reason not in known and len(known) < 4:
             known.append(reason)
 
+    def extend(
+        self, ranked: Sequence[str], reason: str, limit: float = math.inf, excluded: Collection[str] = ()
+    ) -> int:
+        """:meth:`add` for each of ``ranked`` in order, skipping ``excluded``, until the pool holds ``limit``
+        candidates. Returns how many of ``ranked`` it walked: those are now excluded or in the pool with ``reason``
+        (or with four other reasons), so a later walk with the same reason can start after them.
+
+        One loop with the pool's list and dict at hand: the popular, trending and category lists are walked item
+        by item, and a ``len`` and an ``add`` call per item made them the largest part of retrieval with 500
+        candidates."""
+        items, reasons = self.items, self.reasons
+        size = len(items)
+        for walked, item in enumerate(ranked):
+            if size >= limit:
+                return walked
+            if item in excluded:
+                continue
+            known = reasons.get(item)
+            if known is None:
+                items.append(item)
+                reasons[item] = [reason]
+                size += 1
+            elif reason not in known and len(known) < 4:
+                known.append(reason)
+        return len(ranked)
+
     def __len__(self) -> int:
         return len(self.items)
 
@@ -70,17 +97,17 @@ def retrieve_candidates(
         if user.event_count == 0 and len(pool) >= limit:
             return pool  # no history: what sells now, in that order (nothing else has evidence for this shopper)
     trending, popular = model.top_items(now)
-    _add_ranked(pool, "recently_engaged", list(reversed(user.recent))[:5], 5, excluded)
+    pool.extend(list(reversed(user.recent))[:5], "recently_engaged", 5, excluded)
     # The long-run best sellers always compete: a strong baseline for everyone, and the ranker decides.
-    _add_ranked(pool, "popular", popular, len(pool) + limit // 5, excluded)
+    walked = pool.extend(popular, "popular", len(pool) + limit // 5, excluded)
     _add_co_visits(pool, user, model, limit // 2, excluded)
     _add_category_items(pool, user, model, now, limit // 4, excluded)
     for name, source in extra_sources:
         for item, _ in source(user, now, limit // 4):
             if item not in excluded:
                 pool.add(item, name)
-    _add_ranked(pool, "trending", trending, limit, excluded)
-    _add_ranked(pool, "popular", popular, limit, excluded)
+    pool.extend(trending, "trending", limit, excluded)
+    pool.extend(popular[walked:], "popular", limit, excluded)  # the first walk's items have their reason already
     del pool.items[limit:]
     return pool
 
@@ -108,15 +135,13 @@ def _add_discovery(
     top = popular[0][1] if popular else 1.0
     wanted = limit if user.event_count == 0 else len(pool) + limit // 5
     arrivals = discovery.new_arrivals(now) if user.event_count > 0 else frozenset()
+    # Every item of the list gets its share; only the first ones join the pool.
+    scores, weight, new_boost = pool.discovery, config.discovery_popular_weight, 1.0 + config.discovery_new_weight
     for item, score in popular:
-        if item in excluded:
-            continue
-        share = config.discovery_popular_weight * score / top
-        if item in arrivals:
-            share *= 1.0 + config.discovery_new_weight
-        pool.discovery[item] = pool.discovery.get(item, 0.0) + share
-        if len(pool) < wanted:
-            pool.add(item, "popular_now")
+        if item not in excluded:
+            share = weight * score / top
+            scores[item] = scores.get(item, 0.0) + (share * new_boost if item in arrivals else share)
+    pool.extend([item for item, _ in popular], "popular_now", wanted, excluded)
     if user.event_count > 0:
         factor = config.discovery_stale_factor
         for item in discovery.stale_items(pool.discovery, now):
@@ -125,24 +150,18 @@ def _add_discovery(
 
 def _add_co_visits(pool: CandidatePool, user: UserInterest, model: GlobalModel, n: int, excluded: set[str]) -> None:
     recent = list(user.recent)[-model.config.candidate_anchors :]
+    co_visit, add = pool.co_visit, pool.add
     for anchor in reversed(recent):  # the latest item's neighbours first
+        reason = f"co_visit:{anchor}"
         for item, weight in model.neighbours_of(anchor, n):
             if item in excluded or item == anchor:
                 continue
-            pool.co_visit[item] = pool.co_visit.get(item, 0.0) + weight
-            pool.add(item, f"co_visit:{anchor}")
+            co_visit[item] = co_visit.get(item, 0.0) + weight
+            add(item, reason)
 
 
 def _add_category_items(
     pool: CandidatePool, user: UserInterest, model: GlobalModel, now: float, n: int, excluded: set[str]
 ) -> None:
     for category, _ in user.categories.top(3, now):
-        _add_ranked(pool, f"category:{category}", model.category_top(category, n, now), len(pool) + n, excluded)
-
-
-def _add_ranked(pool: CandidatePool, reason: str, ranked: list[str], limit: int, excluded: set[str]) -> None:
-    for item in ranked:
-        if len(pool) >= limit:
-            return
-        if item not in excluded:
-            pool.add(item, reason)
+        pool.extend(model.category_top(category, n, now), f"category:{category}", len(pool) + n, excluded)

@@ -12,31 +12,10 @@ import numpy as np
 
 from kairos.engine.global_model import GlobalModel
 from kairos.engine.state import UserInterest
-from kairos.schemas.features import (
-    CATEGORY_BUCKETS,
-    ITEM_BUCKETS,
-    MAX_POSITION,
-    RANKER_DENSE_DIM,
-    stable_bucket,
-)
+from kairos.schemas.features import MAX_POSITION, RANKER_DENSE_DIM
 
 #: Optional hook: (user, item ids) -> cosine similarity of each item to the user's interest embedding.
 TextSimilarity = Callable[[UserInterest, Sequence[str]], np.ndarray]
-
-_bucket_cache: dict[tuple[str, int], int] = {}
-
-
-def cached_bucket(value: str | None, buckets: int) -> int:
-    """``stable_bucket`` memoised: hashing in pure Python costs ~1 us per id, and ids repeat constantly."""
-    if value is None:
-        return 0
-    key = (value, buckets)
-    bucket = _bucket_cache.get(key)
-    if bucket is None:
-        if len(_bucket_cache) > 1_000_000:
-            _bucket_cache.clear()
-        bucket = _bucket_cache[key] = stable_bucket(value, buckets)
-    return bucket
 
 
 def build_ranker_features(
@@ -88,31 +67,34 @@ def _fill_item_columns(
     co_visit: Mapping[str, float],
 ) -> None:
     """Column by column: one dict lookup per candidate and column, the arithmetic in numpy (a per-row loop was a
-    quarter of a recommendation's time, and the pool may hold 500 candidates)."""
-    n = len(items)
-    if not n:
+    quarter of a recommendation's time, and the pool may hold 500 candidates). The item columns are transposed
+    with ``zip`` and the lookups are list comprehensions: a 2-D array of per-candidate slices and ``np.fromiter``
+    over generators cost 1.2-1.5x as much (the same values, bit for bit)."""
+    if not len(items):
         return
     columns = model.item_columns_many(items, now)
-    numeric = np.array([c[1:] for c in columns], dtype=np.float64)  # buckets, price, logs, trend
+    categories, category_buckets, item_buckets, prices, log_popularity, log_category_popularity, trend = zip(*columns)
     category_scores = user.categories.as_dict(now)
     category_total = sum(category_scores.values()) or 1.0
-    category_score = np.fromiter((category_scores.get(c[0], 0.0) for c in columns), np.float64, n)
+    category_score = np.array([category_scores.get(c, 0.0) for c in categories], np.float64)
     dense[:, 0] = category_score / category_total
     dense[:, 1] = np.log1p(category_score)
     item_scores = user.items.as_dict(now)
-    dense[:, 2] = np.log1p(np.fromiter((item_scores.get(item, 0.0) for item in items), np.float64, n))
+    dense[:, 2] = np.log1p(np.array([item_scores.get(item, 0.0) for item in items], np.float64))
     recent = set(user.recent)
-    dense[:, 3] = np.fromiter((item in recent for item in items), np.float64, n)
+    dense[:, 3] = np.array([item in recent for item in items], np.float64)
     if co_visit:
         co_visit_max = max(co_visit.values()) or 1.0
-        dense[:, 4] = np.fromiter((co_visit.get(item, 0.0) for item in items), np.float64, n) / co_visit_max
-    dense[:, 5:8] = numeric[:, 3:6]
-    price = numeric[:, 2]
+        dense[:, 4] = np.array([co_visit.get(item, 0.0) for item in items], np.float64) / co_visit_max
+    dense[:, 5] = np.array(log_popularity, np.float64)
+    dense[:, 6] = np.array(log_category_popularity, np.float64)
+    dense[:, 7] = np.array(trend, np.float64)
+    price = np.array(prices, np.float64)
     priced = price > 0
     dense[:, 8] = np.where(priced, np.log1p(price) / 10.0, 0.0)
     user_price = user.price_mean.get() if user.price_mean.n else 0.0
     if user_price > 0:
         ratio = np.log(np.where(priced, price, user_price) / user_price)
         dense[:, 9] = np.where(priced, np.clip(ratio, -3.0, 3.0), 0.0)
-    category_ids[:] = numeric[:, 0]
-    item_ids[:] = numeric[:, 1]
+    category_ids[:] = category_buckets
+    item_ids[:] = item_buckets

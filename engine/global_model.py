@@ -13,11 +13,12 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from operator import itemgetter
 
 from kairos.engine.config import EngineConfig
 from kairos.engine.decay import DecayedScores
 from kairos.engine.state import Interaction, UserInterest
-from kairos.schemas.features import CATEGORY_BUCKETS, ITEM_BUCKETS, stable_bucket
+from kairos.schemas.features import CATEGORY_BUCKETS, ITEM_BUCKETS, cached_bucket
 
 #: Distinct categories tracked per partition.
 MAX_CATEGORIES = 50_000
@@ -127,7 +128,7 @@ class GlobalModel:
         row = self.neighbours.get(item_id)
         if not row:
             return []
-        return sorted(row.items(), key=lambda kv: kv[1], reverse=True)[:n]
+        return sorted(row.items(), key=itemgetter(1), reverse=True)[:n]
 
     def top_items(self, now: float, n: int = 100) -> tuple[list[str], list[str]]:
         """(trending, popular) item ids, best first; recomputed every 1000 events or one day of event time,
@@ -186,8 +187,8 @@ class GlobalModel:
         category_pop = self.category_popular.get(category, now) if category else 0.0
         columns = (
             category,
-            stable_bucket(category, CATEGORY_BUCKETS) if category is not None else 0,
-            stable_bucket(item_id, ITEM_BUCKETS),
+            cached_bucket(category, CATEGORY_BUCKETS),  # memoised: the columns of a pool expire together
+            cached_bucket(item_id, ITEM_BUCKETS),
             (info.price or 0.0) if info else 0.0,
             math.log1p(long_run),
             math.log1p(category_pop),

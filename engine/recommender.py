@@ -184,7 +184,8 @@ class Recommender:
         (the ranker has no evidence about them; its per-item features would only reshuffle what sells now)."""
         if not pool.discovery or not len(scores):
             return scores
-        prior = np.fromiter((pool.discovery.get(item, 0.0) for item in pool.items), np.float64, len(pool.items))
+        discovery = pool.discovery
+        prior = np.array([discovery.get(item, 0.0) for item in pool.items], np.float64)
         if user.event_count == 0:
             return prior.astype(np.float32)
         return (_standardised(scores) + self.config.discovery_weight * _standardised(prior)).astype(np.float32)

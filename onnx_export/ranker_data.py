@@ -27,10 +27,16 @@ import pandas as pd
 from kairos.engine.candidates import retrieve_candidates
 from kairos.engine.config import EngineConfig
 from kairos.engine.datasets import load_events
-from kairos.engine.features import build_ranker_features, cached_bucket
+from kairos.engine.features import build_ranker_features
 from kairos.engine.recommender import Recommender
 from kairos.engine.state import UserInterest, interactions_of
-from kairos.schemas.features import CATEGORY_BUCKETS, ITEM_BUCKETS, RANKER_DENSE_DIM, RANKER_DENSE_FEATURES
+from kairos.schemas.features import (
+    CATEGORY_BUCKETS,
+    ITEM_BUCKETS,
+    RANKER_DENSE_DIM,
+    RANKER_DENSE_FEATURES,
+    cached_bucket,
+)
 
 log = logging.getLogger(__name__)
 
