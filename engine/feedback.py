@@ -125,6 +125,14 @@ class PositionBias:
         clicks = self._clicks.get(position, 0) + prior_clicks
         return clicks / (self._impressions.get(position, 0) + self.prior_strength)
 
+    def to_state(self) -> list[list[int]]:
+        """The randomized counts as ``[[position, impressions, clicks], ...]`` (the prior is configuration)."""
+        return [[position, n, self._clicks.get(position, 0)] for position, n in sorted(self._impressions.items())]
+
+    def load_state(self, data: list[list[int]]) -> None:
+        self._impressions = {int(position): int(n) for position, n, _ in data}
+        self._clicks = {int(position): int(clicks) for position, _, clicks in data}
+
 
 @dataclass
 class _OpenImpression:
@@ -263,6 +271,49 @@ class FeedbackJoin:
         horizon = self._watermark - 2 * self.window
         while self._seen and next(iter(self._seen.values())) < horizon:
             self._seen.popitem(last=False)
+
+    # --- persistence (inside the partition checkpoint, with the corrector it feeds: see Selector.to_state) ---
+
+    def to_state(self) -> dict:
+        """What a restarted join needs to label every impression once, JSON-able: the open impressions, oldest
+        first, column by column (``randomized``: their rec ids; ``clicked`` / ``purchased``: rec id -> items, only
+        for those with any), the event ids remembered for idempotence (``seen``, ``seen_ts``), the event clock, the
+        position-bias counts and ``unattributed``. Bounded as in memory (``max_pending`` impressions, ``4 x
+        max_pending`` ids); columns of shared tuples, so the partition's checkpoint stays quick at the bound."""
+        opens = [o.impression for o in self._open.values()]
+        clicked, purchased = {}, {}
+        for rec_id, o in self._open.items():  # one pass: most impressions have neither
+            if o.clicked:
+                clicked[rec_id] = sorted(o.clicked)
+            if o.purchased:
+                purchased[rec_id] = sorted(o.purchased)
+        return {
+            "rec": [i.rec_id for i in opens], "user": [i.user_id for i in opens],
+            "event": [i.event_id for i in opens], "ts": [i.ts for i in opens], "segment": [i.segment for i in opens],
+            "items": [i.item_ids for i in opens], "logits": [i.logits for i in opens],
+            "randomized": [i.rec_id for i in opens if i.randomized],
+            "clicked": clicked, "purchased": purchased,
+            "seen": list(self._seen), "seen_ts": list(self._seen.values()),
+            "watermark": self._watermark if self._watermark != float("-inf") else None,
+            "position_bias": self.position_bias.to_state(), "unattributed": self.unattributed,
+        }  # fmt: skip
+
+    def load_state(self, data: dict) -> None:
+        """Restore :meth:`to_state`'s output (the window and ``max_pending`` are configuration)."""
+        randomized, clicked, purchased = set(data["randomized"]), data["clicked"], data["purchased"]
+        self._open, self._by_user = OrderedDict(), {}
+        columns = zip(data["rec"], data["user"], data["event"], data["ts"], data["segment"], data["items"],
+                      data["logits"])  # fmt: skip
+        for rec_id, user_id, event_id, ts, segment, items, logits in columns:
+            impression = Impression(event_id, rec_id, user_id, tuple(items), ts, segment,
+                                    tuple(logits) if logits is not None else None, rec_id in randomized)  # fmt: skip
+            opened = _OpenImpression(impression, set(clicked.get(rec_id, ())), set(purchased.get(rec_id, ())))
+            self._open[rec_id] = opened
+            self._by_user.setdefault(user_id, deque()).append(rec_id)
+        self._seen = OrderedDict(zip(data["seen"], data["seen_ts"]))
+        self._watermark = float("-inf") if data["watermark"] is None else data["watermark"]
+        self.position_bias.load_state(data["position_bias"])
+        self.unattributed = data["unattributed"]
 
 
 def _example(imp: Impression, position: int, label: int, kind: str, delay: float | None,

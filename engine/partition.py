@@ -6,7 +6,9 @@ commit; idle users expire (least recently active first) and are deleted from the
 
 Memory is bounded: at most ``max_resident_users`` user states stay in memory. Once committed, the least recently
 active beyond that are dropped from memory only (the store keeps them); the worker reads a returning user back
-(``missing`` / ``adopt``) before it applies the user's events, so eviction never loses or forks a state.
+(``missing`` / ``adopt``) before it applies the user's events, so eviction never loses or forks a state. A user's
+stored state also carries what the selector keeps per user (the frequency-cap history, ``Selector.user_state``):
+written with the user, given back with them, dropped from memory with them.
 """
 
 from __future__ import annotations
@@ -63,7 +65,18 @@ class PartitionState:
         """Take user states read back from the store (only for users not in memory: memory is newer)."""
         for user_id, blob in blobs.items():
             if user_id not in self.users:
-                self.users[user_id] = UserInterest.from_state(user_id, orjson.loads(blob), self.config)
+                self.users[user_id] = self._load_user(user_id, orjson.loads(blob))
+
+    def _load_user(self, user_id: str, data: dict) -> UserInterest:
+        """A stored user: their interest state, and their entries of the selector's per-user state (frequency
+        caps) given back to the selector."""
+        self.selector.load_user_state(user_id, data)
+        return UserInterest.from_state(user_id, data, self.config)
+
+    def _stored(self, user: UserInterest) -> bytes:
+        state = user.to_state()
+        state.update(self.selector.user_state(user.user_id, self.latest_ts))
+        return orjson.dumps(state)
 
     def evict_resident(self) -> int:
         """Drop the least recently active *committed* users beyond ``max_resident_users`` from memory; dirty
@@ -79,6 +92,7 @@ class PartitionState:
                     break
         for user_id in victims:
             del self.users[user_id]
+            self.selector.forget_user(user_id)
         return len(victims)
 
     def mark_dirty(self, user_id: str) -> None:
@@ -93,6 +107,7 @@ class PartitionState:
             if not user.is_idle(now):
                 break
             del self.users[user_id]
+            self.selector.forget_user(user_id)
             self.dirty.discard(user_id)
             self.deleted.add(user_id)
             dropped += 1
@@ -101,7 +116,7 @@ class PartitionState:
     def build_commit(self, with_global_checkpoint: bool) -> Commit:
         """Everything changed since the last successful commit, as one atomic unit."""
         written = [self.users[uid] for uid in self.dirty if uid in self.users]
-        users = {user.user_id: orjson.dumps(user.to_state()) for user in written}
+        users = {user.user_id: self._stored(user) for user in written}
         checkpoint = (self.global_blob(), dict(self.offsets)) if with_global_checkpoint else None
         return Commit(
             partition=self.partition,
@@ -155,7 +170,7 @@ class PartitionState:
             state.selector.recommender.model = GlobalModel.from_state(data["model"], config)
             state.selector.online.load_state(data["ranker"])
             state.selector.load_state(data["selection"])
-        loaded = [UserInterest.from_state(uid, orjson.loads(blob), config) for uid, blob in snapshot.users.items()]
+        loaded = [state._load_user(uid, orjson.loads(blob)) for uid, blob in snapshot.users.items()]
         for user in sorted(loaded, key=lambda u: u.last_ts):  # LRU order = activity order
             state.users[user.user_id] = user
         state.latest_ts = max([data.get("clock", 0.0), *(user.last_ts for user in loaded)])

@@ -25,6 +25,8 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import chain, islice
+from operator import itemgetter
 from typing import Protocol
 
 import numpy as np
@@ -102,54 +104,141 @@ class PurchaseHistory:
 
 
 _FIRST_PRUNE = 4096
+_FIRST = itemgetter(0)  # the oldest impression of a key
 
 
 class ImpressionHistory:
-    """Impression timestamps per user x key (item id or creative id) within a sliding window."""
+    """Impression timestamps per user x key (item id or creative id) within a sliding window.
 
-    def __init__(self, window_s: float) -> None:
+    Held per user (``user -> key -> timestamps``), so that one shopper's history can be stored with their state and
+    read back with it (:meth:`user_state`, :meth:`load_user`) and leave memory with them (:meth:`forget`).
+    ``max_per_key`` keeps only the newest impressions of a user x key (a cap of that many needs no more).
+    """
+
+    def __init__(self, window_s: float, max_per_key: int | None = None) -> None:
         self.window_s = window_s
-        self._shown: dict[tuple[str, str], deque[float]] = {}
+        self.max_per_key = max_per_key
+        self._shown: dict[str, dict[str, deque[float]]] = {}
+        self._pairs = 0  # user x key pairs held
         self._prune_at = _FIRST_PRUNE
 
     def record(self, user_id: str, key: str, ts: float) -> None:
-        self._shown.setdefault((user_id, key), deque()).append(ts)
-        if len(self._shown) >= self._prune_at:
+        keys = self._shown.get(user_id)
+        if keys is None:
+            keys = self._shown[user_id] = {}
+        shown = keys.get(key)
+        if shown is None:
+            shown = keys[key] = deque(maxlen=self.max_per_key)
+            self._pairs += 1
+        shown.append(ts)
+        if self._pairs >= self._prune_at:
             # Pairs nobody asks about again (a shopper who left) would stay forever: prune whenever the map has
             # doubled since the last prune, so memory follows the traffic of one window at O(1) amortised cost.
             self.prune(ts)
-            self._prune_at = max(_FIRST_PRUNE, 2 * len(self._shown))
+            self._prune_at = max(_FIRST_PRUNE, 2 * self._pairs)
 
     def __len__(self) -> int:
-        return len(self._shown)
+        """User x key pairs held."""
+        return self._pairs
 
     def count(self, user_id: str, key: str, now: float) -> int:
         """Impressions of ``key`` to ``user_id`` in ``(now - window_s, now]``."""
-        shown = self._shown.get((user_id, key))
+        keys = self._shown.get(user_id)
+        if keys is None:
+            return 0
+        shown = keys.get(key)
         if shown is None:
             return 0
         while shown and now - shown[0] >= self.window_s:
             shown.popleft()
         if not shown:
-            del self._shown[(user_id, key)]
+            self._drop(user_id, keys, key)
             return 0
         return sum(1 for ts in shown if ts <= now)
 
+    def _drop(self, user_id: str, keys: dict[str, deque[float]], key: str) -> None:
+        del keys[key]
+        self._pairs -= 1
+        if not keys:
+            del self._shown[user_id]
+
     def prune(self, now: float) -> None:
         """Forget every impression outside the window (call periodically to bound memory of idle users)."""
-        for key in list(self._shown):
-            self.count(*key, now)
+        for user_id, keys in list(self._shown.items()):
+            for key in list(keys):
+                self.count(user_id, key, now)
+
+    def forget(self, user_id: str) -> None:
+        """Drop one user's impressions from memory (their stored state holds them: :meth:`user_state`)."""
+        self._pairs -= len(self._shown.pop(user_id, ()))
 
     def to_state(self) -> dict:
         """``{user: {key: [ts, ...]}}``, the impressions held (the window is configuration, not state)."""
-        out: dict[str, dict[str, list[float]]] = {}
-        for (user_id, key), shown in self._shown.items():
-            out.setdefault(user_id, {})[key] = list(shown)
-        return out
+        return {user_id: {key: list(shown) for key, shown in keys.items()} for user_id, keys in self._shown.items()}
 
     def load_state(self, data: dict) -> None:
-        self._shown = {(user_id, key): deque(shown) for user_id, keys in data.items() for key, shown in keys.items()}
-        self._prune_at = max(_FIRST_PRUNE, 2 * len(self._shown))
+        self._shown = {}
+        self._pairs = 0
+        for user_id, keys in data.items():
+            self._load_keys(user_id, keys.items())
+        self._prune_at = max(_FIRST_PRUNE, 2 * self._pairs)
+
+    def _load_keys(self, user_id: str, keys) -> None:
+        loaded = {key: deque(times, maxlen=self.max_per_key) for key, times in keys}
+        if loaded:
+            self._shown[user_id] = loaded
+            self._pairs += len(loaded)
+
+    # --- one user's history, compact, for their stored state ---
+
+    def user_state(self, user_id: str, now: float, max_keys: int) -> dict | None:
+        """The user's impressions inside the window at ``now`` (those outside are forgotten here, as
+        :meth:`count` would), for their stored state: ``{"t": newest, "a": [age, ...], "k": [key, ...], "n": [count
+        per key, ...], "i": [index into a, ...]}``, ages in milliseconds before ``newest``, ascending, so the time
+        of a slate, shared by its items, is stored once, and ``i`` lists the impressions of ``k[0]``, then of
+        ``k[1]`` ... At most the ``max_keys`` keys shown last; ``None`` without any. Times come back to the
+        millisecond. Flat lists, built without a Python loop per key: this runs for every shopper shown something.
+
+        >>> history = ImpressionHistory(window_s=86_400)
+        >>> for ts in (100.0, 160.5):
+        ...     for item in ("a", "b"):
+        ...         history.record("u1", item, ts)
+        >>> saved = history.user_state("u1", now=200.0, max_keys=500)
+        >>> saved
+        {'t': 160.5, 'a': [0, 60500], 'k': ['a', 'b'], 'n': [2, 2], 'i': [1, 0, 1, 0]}
+        >>> twin = ImpressionHistory(window_s=86_400); twin.load_user("u1", saved)
+        >>> twin.count("u1", "a", now=200.0), list(twin._shown["u1"]["b"])
+        (2, [100.0, 160.5])
+        """
+        keys = self._shown.get(user_id)
+        if keys is None:
+            return None
+        if now - min(map(_FIRST, keys.values())) >= self.window_s:  # some left the window: forget them first
+            for key in list(keys):
+                self.count(user_id, key, now)
+            keys = self._shown.get(user_id)
+            if keys is None:
+                return None
+        if len(keys) > max_keys:
+            keys = dict(sorted(keys.items(), key=lambda kv: kv[1][-1])[-max_keys:])
+        distinct = sorted(set().union(*keys.values()), reverse=True)
+        newest = distinct[0]
+        position = dict(zip(distinct, range(len(distinct))))
+        return {
+            "t": newest, "a": [round((newest - ts) * 1000.0) for ts in distinct], "k": list(keys),
+            "n": list(map(len, keys.values())),
+            "i": list(map(position.__getitem__, chain.from_iterable(keys.values()))),
+        }  # fmt: skip
+
+    def load_user(self, user_id: str, data: dict | None) -> None:
+        """Replace the user's impressions with :meth:`user_state`'s output (``None``: they have none)."""
+        self.forget(user_id)
+        if not data:
+            return
+        newest = data["t"]
+        times = [newest - age / 1000.0 for age in data["a"]]
+        flat = iter(data["i"])
+        self._load_keys(user_id, ((key, [times[i] for i in islice(flat, n)]) for key, n in zip(data["k"], data["n"])))
 
 
 class ExcludePurchased:

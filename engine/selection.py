@@ -40,6 +40,9 @@ _ENGAGED = frozenset({"click", "add_to_cart", "favourite"})
 #: (~0.3 KB each; at 75 recommendations/s a partition keeps the last ~4 minutes; an impression of an older slate is
 #: still joined, with neutral logits).
 _SERVED_MEMORY = 20_000
+#: Most items whose frequency-cap history a shopper's stored state keeps (the ones shown last): a day's browsing
+#: shows a shopper tens to a few hundred distinct items; more than this is a crawler, not worth a larger state.
+MAX_CAPPED_ITEMS_PER_USER = 500
 #: Ranker scores are relative (the heuristic's are not probabilities at all); the corrector works on logits, so
 #: each slate's scores are shifted to put its best candidate at this logit (CTR ~7.6%), where a click is
 #: informative. Learned scale and bias then calibrate further.
@@ -119,7 +122,8 @@ class Selector:
             item_level=item_level_feedback, learn_scale=False,
         )
         self.policy = EpsilonGreedySlatePolicy(epsilon=epsilon if exploration else 0.0, seed=seed)
-        self.impressions = ImpressionHistory(frequency_window_s)
+        #: Per user, kept with the user's stored state (``user_state``), not in the partition checkpoint.
+        self.impressions = ImpressionHistory(frequency_window_s, max_per_key=frequency_cap)
         self.hidden: set[str] = set(hidden)
         self.rules = RulePipeline(
             [ExcludeHidden(lambda: self.hidden), FrequencyCap(self.impressions, frequency_cap), CategoryCap(max_per_category)]
@@ -152,11 +156,29 @@ class Selector:
         return self.recommender.ranker_failures
 
     def observe_global_only(self, user: UserInterest, event) -> None:
+        """Replay an event the user's state already holds (after a restart, between the partition checkpoint and
+        the user offsets) into what the checkpoint holds: the global model, the ads, the feedback join. The
+        frequency-cap history is the user's own (restored with their state) and is not touched."""
         self.recommender.observe_global_only(user, event)
         if self.ads is not None and isinstance(event, ClickEvent) and event.rec_id:
-            # Replayed after a restart (between the checkpoint and the user offsets): the ad state is the
-            # checkpoint's, so a request it still holds open had no label then; crediting it now is its only one.
+            # The ad state is the checkpoint's, so a request it still holds open had no label then; crediting it
+            # now is its only one.
             self.ads.on_click(event.rec_id, event.ts)
+        if self.feedback:
+            self._replay_feedback(event)
+
+    def _replay_feedback(self, event) -> None:
+        """The join and the corrector are the checkpoint's: a click or purchase joining an impression the join
+        holds open had no label in them, so this is its only one. The window's own impressions are not opened
+        (their slates' logits and segment died with the process, and the replay reads each topic's window as a
+        block, so a click could come before its impression and leave a skip for the clicked item): they and their
+        clicks are missing whole, as in the ads. They still move the event clock, so impressions close when they
+        did."""
+        if isinstance(event, ImpressionEvent):
+            self._learn(self.join.advance(event.ts))
+            return
+        for interaction in _interactions(event):
+            self._learn(self.join.add_interaction(interaction))
 
     # --- write path ---
 
@@ -300,13 +322,14 @@ class Selector:
         segment = segment_of(user, now) if user is not None else "cold"
         return self.ads.decide(request_id, user.user_id if user else "", segment, now)
 
-    # --- persistence of what the feedback loop learned ---
+    # --- persistence of what the feedback loop learned (partition checkpoint) ---
 
     def to_state(self) -> dict:
         # The discovery model rides along here (it is the Recommender's, but the checkpoint format is owned by
-        # engine/partition.py, which stores this dict as "selection").
+        # engine/partition.py, which stores this dict as "selection"). The feedback join rides with the corrector
+        # it feeds: both must stand at the same offsets, or a label is learned twice or never (docs/state.md).
         state = {"corrector": dict(self.corrector._weights), "examples": self.examples_learned,
-                 "discovery": self.recommender.discovery.to_state()}
+                 "discovery": self.recommender.discovery.to_state(), "join": self.join.to_state()}
         if self.ads is not None:
             state["ads"] = self.ads.to_state()
         return state
@@ -318,6 +341,24 @@ class Selector:
             self.recommender.discovery.load_state(data["discovery"])
         if self.ads is not None and "ads" in data:  # nor the ad state before it was kept: the ads start from priors
             self.ads.load_state(data["ads"])
+        if "join" in data:  # nor the join before it was kept: impressions shown before the restart join nothing
+            self.join.load_state(data["join"])
+
+    # --- persistence of what belongs to one shopper (their stored state, written with every commit) ---
+
+    def user_state(self, user_id: str, now: float) -> dict:
+        """Entries for the user's stored state beside ``UserInterest.to_state``: ``"f"``, the frequency-cap history
+        inside its window at ``now`` (engine/rules.py ``ImpressionHistory.user_state``), none without one."""
+        caps = self.impressions.user_state(user_id, now, MAX_CAPPED_ITEMS_PER_USER)
+        return {"f": caps} if caps is not None else {}
+
+    def load_user_state(self, user_id: str, data: dict) -> None:
+        """Take a stored user's entries back (a state written before ``"f"`` existed: no history)."""
+        self.impressions.load_user(user_id, data.get("f"))
+
+    def forget_user(self, user_id: str) -> None:
+        """The user left memory (evicted or expired): what :meth:`user_state` wrote comes back with them."""
+        self.impressions.forget(user_id)
 
 
 def _logits_for(served: _Served | None, ids: tuple[str, ...]) -> tuple[float, ...]:

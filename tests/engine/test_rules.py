@@ -1,6 +1,7 @@
 """Business rules on hand-computed cases."""
 
 import numpy as np
+import orjson
 import pytest
 
 from kairos.engine.rules import (
@@ -130,3 +131,44 @@ def test_impression_history_forgets_pairs_nobody_asks_about_again():
     assert len(history) < 10_000  # ~100 pairs are inside the window; the rest are pruned as the map doubles
     assert history.count("user49999", "item", now=49_999.0) == 1
     assert history.count("user0", "item", now=49_999.0) == 0
+
+
+def test_one_users_history_round_trips_compactly_and_keeps_the_caps():
+    """A shopper's history as stored with their state: the same cap decisions after the round trip, only what
+    the window and the cap need, and loading it replaces what memory held for them."""
+    history = ImpressionHistory(window_s=DAY, max_per_key=3)
+    for n in range(5):  # "a" shown 5 times: the 3 newest are enough for a cap of 3
+        history.record("u1", "a", 1000.0 + n * 60.0 + 0.1234)
+    history.record("u1", "b", 1000.1234)  # shown with "a"'s first slate, a day ago at the save below
+    history.record("u1", "c", 1180.1234)
+    history.record("u2", "a", 1000.0)
+    now = 1000.1234 + DAY
+    saved = orjson.loads(orjson.dumps(history.user_state("u1", now, max_keys=500)))
+    assert saved["k"] == ["a", "c"] and saved["n"] == [3, 1]  # "b" left the window (and memory: forgotten here)
+    assert history.count("u1", "b", now) == 0 and len(history) == 3
+    assert len(saved["a"]) == 3  # "c" was shown with "a"'s 4th slate: one time stored for both
+
+    restored = ImpressionHistory(window_s=DAY, max_per_key=3)
+    restored.record("u1", "stale", 5.0)  # replaced by the stored history
+    restored.load_user("u1", saved)
+    cap = FrequencyCap(restored, max_impressions=3)
+    assert ids(cap.apply(ranked(), RuleContext("u1", now))) == ["b", "c", "d", "e"]
+    for item, expected in (("a", 3), ("c", 1), ("stale", 0)):
+        assert restored.count("u1", item, now) == history.count("u1", item, now) == expected
+    assert [round(ts, 3) for ts in restored._shown["u1"]["a"]] == [1120.123, 1180.123, 1240.123]  # to the ms
+    # "a" leaves the cap when its oldest kept impression leaves the window, as it does in the original
+    later = 1120.1234 + DAY + 0.01
+    assert restored.count("u1", "a", later) == history.count("u1", "a", later) == 2
+    assert restored.user_state("u1", later, max_keys=500)["n"] == [2, 1]
+
+
+def test_stored_history_keeps_the_items_shown_last_and_none_for_no_history():
+    history = ImpressionHistory(window_s=DAY)
+    for n in range(10):
+        history.record("u1", f"i{n}", float(n))
+    saved = history.user_state("u1", now=100.0, max_keys=4)
+    assert saved["k"] == ["i6", "i7", "i8", "i9"]
+    assert history.user_state("u2", now=100.0, max_keys=4) is None
+    assert history.user_state("u1", now=10 * DAY, max_keys=4) is None  # all outside the window
+    history.load_user("u1", None)  # a stored state written before the history was kept
+    assert history.count("u1", "i9", now=100.0) == 0
