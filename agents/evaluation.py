@@ -204,5 +204,6 @@ def register(groups: dict) -> None:
     p.add_argument("--users", type=int, default=1_000)
     p.add_argument("--items", type=int, default=2_000)
     p.add_argument("--window", type=int, default=500, help="rolling CTR window, in steps")
-    p.add_argument("--plot", type=Path, default=None, help="write the CTR-over-time PNG here")
+    p.add_argument("--plot", type=Path, default=Path("var/eval/sim_ctr.png"),
+                   help="write the CTR-over-time PNG here (default var/eval/sim_ctr.png)")
     p.set_defaults(func=simulate_command)

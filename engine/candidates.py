@@ -97,7 +97,7 @@ def retrieve_candidates(
         if user.event_count == 0 and len(pool) >= limit:
             return pool  # no history: what sells now, in that order (nothing else has evidence for this shopper)
     trending, popular = model.top_items(now)
-    pool.extend(list(reversed(user.recent))[:5], "recently_engaged", 5, excluded)
+    pool.extend(list(reversed(user.recent))[:5], "recently_engaged", len(pool) + 5, excluded)
     # The long-run best sellers always compete: a strong baseline for everyone, and the ranker decides.
     walked = pool.extend(popular, "popular", len(pool) + limit // 5, excluded)
     _add_co_visits(pool, user, model, limit // 2, excluded)

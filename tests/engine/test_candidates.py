@@ -51,3 +51,27 @@ def test_a_second_walk_may_start_where_the_first_stopped():
         pool.extend(ranked[walked:], "popular", limit + 5, excluded)
         again.extend(ranked, "popular", limit + 5, excluded)
         assert _state(pool) == _state(again)
+
+
+def test_recently_engaged_items_join_a_pool_the_discovery_sources_filled_first():
+    from factories import T0, click, purchase
+
+    from kairos.engine.config import EngineConfig
+    from kairos.engine.recommender import Recommender
+    from kairos.engine.state import UserInterest
+
+    config = EngineConfig()
+    recommender, users = Recommender(config), {}
+
+    def observe(event):
+        user = users.setdefault(event.user_id, UserInterest.new(event.user_id, config))
+        recommender.observe(user, event)
+        return user
+
+    for n in range(60):  # returning shoppers' discoveries: a discovered-now list of 30 items
+        observe(purchase(user=f"b{n}", items=((f"warm{n}", "c", 1.0),), ts=T0 + n))
+        observe(purchase(user=f"b{n}", items=((f"hit{n % 30}", "c", 1.0),), ts=T0 + 100 + n))
+    shopper = observe(click(user="me", item="niche", category="rare", action="add_to_cart", ts=T0 + 7_200))
+    pool = recommender._retrieve(shopper, T0 + 7_201, set())  # popular lists are cached for an hour
+    assert len([item for item in pool.items if "popular_now" in pool.reasons[item]]) >= 5  # filled past 5 first
+    assert "recently_engaged" in pool.reasons["niche"]

@@ -229,3 +229,16 @@ def test_ope_command_prints_the_keys_on_a_tiny_log(tmp_path, capsys):
     assert 0.0 <= result["logged_ctr"] <= 1.0
     lo, hi = result["ci95"]["snips"]
     assert lo <= result["engine_snips"] <= hi
+
+
+def test_simulate_command_writes_a_png_plot_and_prints_both_ctrs(tmp_path, capsys):
+    from kairos.agents.cli import build_parser
+
+    plot = tmp_path / "ctr.png"
+    args = build_parser().parse_args(["eval", "simulate", "--steps", "200", "--users", "40", "--items", "150",
+                                      "--window", "50", "--plot", str(plot)])
+    assert args.func(args) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert 0.0 <= out["ctr_with_feedback"] <= 1.0 and 0.0 <= out["ctr_without"] <= 1.0
+    assert out["plot"] == str(plot)
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and plot.stat().st_size > 5_000
