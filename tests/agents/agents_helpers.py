@@ -11,7 +11,9 @@ import sys
 import time
 
 from kairos.agents.ops import worker_environment
+from kairos.agents.redis_store import RedisStateStore
 from kairos.agents.settings import Settings
+from kairos.schemas.keys import RedisKeys
 
 
 class WorkerProcess:
@@ -76,3 +78,18 @@ async def apoll_until(predicate, timeout_s: float, what: str, interval_s: float 
             return value
         await asyncio.sleep(interval_s)
     raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+
+
+def restart_settings(make_settings, redis_url: str, tmp_path) -> Settings:
+    """Settings for a kill-and-restart test: 2 partitions, a global checkpoint with every commit (so the kill finds
+    one), the built-in creative inventory (no data directory) and no models."""
+    (tmp_path / "no-data").mkdir(exist_ok=True)
+    (tmp_path / "no-models").mkdir(exist_ok=True)
+    return make_settings(redis_url=redis_url, partitions=2, global_checkpoint_interval_s=0.0,
+                         data_dir=tmp_path / "no-data", model_dir=tmp_path / "no-models")  # fmt: skip
+
+
+def state_store(settings: Settings) -> RedisStateStore:
+    """The state store a worker with ``settings`` commits to (to read its checkpoints back)."""
+    return RedisStateStore.from_url(settings.redis_url, RedisKeys(settings.topic_prefix, settings.consumer_group),
+                                    settings.serving_ttl_s)  # fmt: skip

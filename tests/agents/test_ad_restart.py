@@ -21,7 +21,6 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from factories import T0, click
 
 from kairos.agents.pipeline import BatchPipeline, InputRecord, partition_for
-from kairos.agents.redis_store import RedisStateStore
 from kairos.agents.topics_admin import ensure_topics
 from kairos.engine.ads import AdSelector
 from kairos.engine.config import EngineConfig
@@ -31,10 +30,9 @@ from kairos.engine.selection import Selector
 from kairos.engine.store import InMemoryStateStore
 from kairos.schemas.ads import ScoredCreative
 from kairos.schemas.codec import encode
-from kairos.schemas.keys import RedisKeys
 from kairos.schemas.topics import Topics
 
-from agents_helpers import apoll_until
+from agents_helpers import apoll_until, restart_settings, state_store
 
 TOPICS = Topics()
 CONFIG = EngineConfig()
@@ -145,10 +143,6 @@ def test_ad_feedback_in_the_replay_window_is_applied_once_and_requests_are_not_a
 # --- end to end: a real broker and Redis, a worker SIGKILLed and restarted ---
 
 
-def _store(settings) -> RedisStateStore:
-    return RedisStateStore.from_url(settings.redis_url, RedisKeys(settings.topic_prefix, settings.consumer_group),
-                                    settings.serving_ttl_s)  # fmt: skip
-
 
 async def _read(broker: str, topic: str, partitions: int, count: int, timeout_s: float = 20.0) -> list[dict]:
     """The first ``count`` records of ``topic`` (every partition), decoded."""
@@ -170,13 +164,10 @@ async def _read(broker: str, topic: str, partitions: int, count: int, timeout_s:
 @pytest.mark.integration
 @pytest.mark.timeout(120)
 async def test_variant_posteriors_survive_a_worker_killed_and_restarted(make_settings, redis_url, spawn_worker, broker, tmp_path):
-    (tmp_path / "no-data").mkdir()  # the built-in inventory: 6 creatives, 3 campaigns, fixed priors
-    (tmp_path / "no-models").mkdir()
-    settings = make_settings(redis_url=redis_url, partitions=2, global_checkpoint_interval_s=0.0,
-                             data_dir=tmp_path / "no-data", model_dir=tmp_path / "no-models")  # fmt: skip
+    settings = restart_settings(make_settings, redis_url, tmp_path)  # the built-in inventory: 6 creatives, 3 campaigns
     topics = settings.topics
     counts = await ensure_topics(settings, broker)
-    store = _store(settings)
+    store = state_store(settings)
     producer = AIOKafkaProducer(bootstrap_servers=broker, acks="all")
     await producer.start()
     ends: dict[tuple[str, int], int] = {}

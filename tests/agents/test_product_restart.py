@@ -20,7 +20,6 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from factories import T0, click, impression
 
 from kairos.agents.pipeline import BatchPipeline, InputRecord, partition_for
-from kairos.agents.redis_store import RedisStateStore
 from kairos.agents.topics_admin import ensure_topics
 from kairos.engine.config import EngineConfig
 from kairos.engine.partition import PartitionState
@@ -28,10 +27,9 @@ from kairos.engine.selection import Selector
 from kairos.engine.store import InMemoryStateStore
 from kairos.schemas.codec import encode
 from kairos.schemas.events import ImpressionEvent
-from kairos.schemas.keys import RedisKeys
 from kairos.schemas.topics import Topics
 
-from agents_helpers import apoll_until
+from agents_helpers import apoll_until, restart_settings, state_store
 
 TOPICS = Topics()
 CONFIG = EngineConfig(top_n=5)
@@ -135,10 +133,6 @@ def test_product_state_in_the_replay_window_is_counted_once_and_a_later_click_st
 FREQUENCY_CAP = 6  # the worker's Selector default: 6 impressions of an item per shopper per day
 
 
-def _store(settings) -> RedisStateStore:
-    return RedisStateStore.from_url(settings.redis_url, RedisKeys(settings.topic_prefix, settings.consumer_group),
-                                    settings.serving_ttl_s)  # fmt: skip
-
 
 class Recommendations:
     """Reads the recommendations topic (every partition) and finds the one an event led to."""
@@ -172,13 +166,10 @@ class Recommendations:
 async def test_frequency_caps_and_open_impressions_survive_a_worker_killed_and_restarted(
     make_settings, redis_url, spawn_worker, broker, tmp_path
 ):
-    (tmp_path / "no-data").mkdir()
-    (tmp_path / "no-models").mkdir()
-    settings = make_settings(redis_url=redis_url, partitions=2, global_checkpoint_interval_s=0.0,
-                             data_dir=tmp_path / "no-data", model_dir=tmp_path / "no-models")  # fmt: skip
+    settings = restart_settings(make_settings, redis_url, tmp_path)
     topics = settings.topics
     counts = await ensure_topics(settings, broker)
-    store = _store(settings)
+    store = state_store(settings)
     producer = AIOKafkaProducer(bootstrap_servers=broker, acks="all")
     await producer.start()
     recommendations = Recommendations(broker, topics.recommendations, counts[topics.recommendations])
