@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+from pathlib import Path
 
 import faust
 import orjson
@@ -67,9 +69,15 @@ def create_app(
     web_port: int | None = None,
     web_host: str = "127.0.0.1",
     roles: frozenset[str] = ROLES,
+    beside_hot_path: bool | None = None,
 ) -> faust.App:
     """A worker process's app. ``roles``: ``ingest`` (the hot path) and/or ``copy`` (the generation agent); in
-    production run them as separate processes so generation never competes with the hot path for CPU."""
+    production run them as separate processes so generation never competes with the hot path for CPU.
+
+    ``beside_hot_path``: the generator shares the machine's cores with a hot path (see :func:`load_generator`);
+    default: when this process has the ingest role too. ``kairos demo`` sets it for its separate copy process.
+    ``app.copy_partitions``: the copy-requests partitions this app's ``write_copy`` agent was last assigned (None
+    before its first assignment, or without the copy role)."""
     app = faust.App(
         f"{settings.consumer_group}-agents",
         broker=f"kafka://{bootstrap}",
@@ -86,7 +94,9 @@ def create_app(
     copy_requests = app.topic(settings.topics.copy_requests, key_type=bytes, value_type=bytes, value_serializer="raw")
     copies = app.topic(settings.topics.copies, key_type=bytes, value_type=bytes, value_serializer="raw")
     copybook = CopyBook()
-    writer = CopyWriter(load_generator(settings, beside_hot_path="ingest" in roles) if "copy" in roles else None)
+    if beside_hot_path is None:
+        beside_hot_path = "ingest" in roles
+    writer = CopyWriter(load_generator(settings, beside_hot_path=beside_hot_path) if "copy" in roles else None)
     keys = RedisKeys(settings.topic_prefix, settings.consumer_group)
 
     class IngestService(Service):
@@ -134,8 +144,14 @@ def create_app(
             await store.save_copies([(r.item_id, r.segment, t.text) for r, t in zip(requests, texts) if r.kind == "product"])
             metrics.GENERATION_QUEUE_DEPTH.set(0)
 
+    app.copy_partitions = None
     if "copy" in roles:
         app.agent(copy_requests, name="write_copy")(write_copy)
+
+        @app.on_partitions_assigned.connect
+        async def note_copy_partitions(sender, assigned, **kwargs) -> None:
+            app.copy_partitions = sorted(tp.partition for tp in assigned if tp.topic == settings.topics.copy_requests)
+            log.info("write_copy owns copy-requests partitions %s", app.copy_partitions)
 
     @app.page("/healthz")
     async def healthz(web, request):
@@ -148,6 +164,31 @@ def create_app(
     app.copybook = copybook
     app.copy_writer = writer
     return app
+
+
+def roles_ready(app: faust.App, roles: frozenset[str]) -> bool:
+    """Every role of this app is at work: ingest when its worker owns partitions, copy when the ``write_copy``
+    agent has had its first assignment (empty when another copy process holds every partition)."""
+    ingest = getattr(app, "ingest_worker", None)
+    return ("ingest" not in roles or (ingest is not None and ingest.ready.is_set())) and (
+        "copy" not in roles or app.copy_partitions is not None
+    )
+
+
+def announce_ready(app: faust.App, roles: frozenset[str], path: Path) -> None:
+    """Write a JSON line to ``path`` once :func:`roles_ready` (pid, roles, copy writer, copy partitions): how a
+    parent process (``kairos demo``) learns that a worker it started is at work. Written to a temporary name and
+    renamed, so a reader never sees half of it."""
+
+    @app.task
+    async def _announce_ready() -> None:
+        while not roles_ready(app, roles):
+            await asyncio.sleep(0.1)
+        ready = {"pid": os.getpid(), "roles": sorted(roles), "copy_writer": app.copy_writer.version,
+                 "copy_partitions": app.copy_partitions}  # fmt: skip
+        partial = path.with_name(path.name + ".partial")
+        partial.write_bytes(orjson.dumps(ready) + b"\n")
+        partial.replace(path)
 
 
 def _decode_requests(values) -> list[CopyRequest]:

@@ -34,7 +34,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from kairos.agents.demo import demo_main
 
     settings = load_settings()
-    demo_main(settings, args.data_dir, args.source, args.events, args.rate or None, args.examples, args.build_models)
+    demo_main(settings, args.data_dir, args.source, args.events, args.rate or None, args.examples, args.build_models,
+              single_process=args.single_process)  # fmt: skip
     return 0
 
 
@@ -42,7 +43,7 @@ def _cmd_worker(args: argparse.Namespace) -> int:
     """One Kairos worker process: the Faust app (ingest service, copy agent, web views) until SIGTERM/SIGINT."""
     import faust
 
-    from kairos.agents.app import create_app
+    from kairos.agents.app import announce_ready, create_app
     from kairos.agents.runtime import services
 
     settings = load_settings()
@@ -50,7 +51,10 @@ def _cmd_worker(args: argparse.Namespace) -> int:
         if svc.embedded_kafka or svc.embedded_redis:
             log.warning("embedded services at %s / %s (they stop with this worker)", svc.bootstrap, svc.redis_url)
         roles = frozenset(args.roles.split(","))
-        app = create_app(settings, svc.bootstrap, svc.redis_url, web_port=args.web_port, web_host=args.web_host, roles=roles)
+        app = create_app(settings, svc.bootstrap, svc.redis_url, web_port=args.web_port, web_host=args.web_host,
+                         roles=roles, beside_hot_path=args.beside_hot_path or None)  # fmt: skip
+        if args.ready_file is not None:
+            announce_ready(app, roles, args.ready_file)
         worker = faust.Worker(app, loglevel=settings.log_level, override_logging=False)
         try:
             worker.execute_from_commandline()
@@ -86,6 +90,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--rate", type=float, default=200.0, help="events per second (0: as fast as possible)")
     demo.add_argument("--examples", type=int, default=3)
     demo.add_argument("--build-models", action="store_true", help="build the ONNX models first if none exist (train extra)")
+    demo.add_argument(
+        "--single-process", action="store_true",
+        help="run the copy agent in the demo's process too (default: its own process, `kairos worker --roles copy`)",
+    )  # fmt: skip
     demo.set_defaults(func=_cmd_demo)
 
     worker = top.add_parser("worker", help="run one worker: Faust app with the ingest service and the copy agent")
@@ -95,6 +103,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--roles", default="ingest,copy", choices=["ingest,copy", "ingest", "copy"],
         help="ingest (hot path), copy (generation agent), or both; run them as separate processes in production",
     )  # fmt: skip
+    worker.add_argument(
+        "--beside-hot-path", action="store_true",
+        help="a hot path shares this machine's cores (kairos demo): the generator gets KAIROS_ONNX_THREADS "
+        "non-spinning threads instead of a spinning thread per core",
+    )  # fmt: skip
+    worker.add_argument("--ready-file", type=Path, default=None,
+                        help="write a JSON line here once every role is at work (for a parent process)")  # fmt: skip
     worker.set_defaults(func=_cmd_worker)
 
     groups = {name: top.add_parser(name, help=f"{name} commands").add_subparsers(dest=f"{name}_command", required=True)

@@ -116,8 +116,9 @@ async def run_worker(settings: Settings, stop: asyncio.Event, announce: Callable
 
 
 def worker_environment(settings: Settings, log_level: str = "INFO") -> dict[str, str]:
-    """The environment of a ``python -m kairos.agents.ops worker`` subprocess (soak, fault tests): this process's
-    without its own ``KAIROS_*`` variables, plus what a worker needs from ``settings``."""
+    """The environment of a worker subprocess (``python -m kairos.agents.ops worker`` in the soak and the fault
+    tests, ``python -m kairos worker --roles copy`` in ``kairos demo``): this process's without its own
+    ``KAIROS_*`` variables, plus what a worker needs from ``settings``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("KAIROS_")}
     env.update(
         KAIROS_KAFKA_BOOTSTRAP_SERVERS=settings.kafka_bootstrap_servers or "",
@@ -131,10 +132,18 @@ def worker_environment(settings: Settings, log_level: str = "INFO") -> dict[str,
         KAIROS_MAX_RESIDENT_USERS_PER_PARTITION=str(settings.max_resident_users_per_partition),
         KAIROS_MAX_ITEMS_PER_PARTITION=str(settings.max_items_per_partition),
         KAIROS_GLOBAL_CHECKPOINT_INTERVAL_S=str(settings.global_checkpoint_interval_s),
+        KAIROS_ONNX_THREADS=str(settings.onnx_threads),
+        KAIROS_KAFKA_SECURITY_PROTOCOL=settings.kafka_security_protocol,
         KAIROS_LOG_LEVEL=log_level,
     )
-    if settings.data_dir is not None:  # else the worker finds the default data directory itself
-        env["KAIROS_DATA_DIR"] = str(settings.data_dir)
+    optional = {
+        "KAIROS_DATA_DIR": settings.data_dir,  # unset: the worker finds the default data directory itself
+        "KAIROS_KAFKA_SASL_MECHANISM": settings.kafka_sasl_mechanism,
+        "KAIROS_KAFKA_SASL_USERNAME": settings.kafka_sasl_username,
+        "KAIROS_KAFKA_SASL_PASSWORD": settings.kafka_sasl_password,
+        "KAIROS_KAFKA_SSL_CAFILE": settings.kafka_ssl_cafile,
+    }
+    env.update({name: str(value) for name, value in optional.items() if value is not None})
     return env
 
 
