@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from kairos.engine.interfaces import TextGenerator
+from kairos.engine.product_words import PRODUCT_MODIFIERS
 from kairos.engine.prompts import ProductFacts, ad_copy_prompt, fallback_product_copy, product_copy_prompt
 from kairos.engine.safety import SafeText, SafetyFilter, SafetyStats, safe_generate
 
@@ -146,8 +147,54 @@ class CopyWriter:
             # The first try decodes as configured (greedy); a retry of blocked rows samples, or it would repeat them.
             return generator.generate(batch, max_new_tokens=self.max_new_tokens, sample=next(attempts) > 0)
 
-        texts = safe_generate(generate, prompts, fallbacks, self.safety, self.stats)
+        def grounded(row: int, text: str) -> str | None:
+            request = requests[row]
+            return None if request.kind == "ad" or names_product(request.name, text) else "off_product"
+
+        texts = safe_generate(generate, prompts, fallbacks, self.safety, self.stats, grounded=grounded)
         return [_no_repeated_headline(r, t) for r, t in zip(requests, texts)]
+
+
+#: Words of a product name that say nothing about which product it is: colours, sizes, patterns, materials, packs.
+_NAME_STOP_WORDS = frozenset(word.casefold() for word in PRODUCT_MODIFIERS) | {"set", "box", "sets", "boxes"}
+_CJK = re.compile(r"[\u3400-\u9fff]")
+
+
+def names_product(name: str, text: str) -> bool:
+    """Whether copy ``text`` names the product ``name`` describes: it shares a content word with the name (three
+    letters or more, plural ``s`` / ``es`` ignored; colours, sizes, patterns, materials and pack words do not count) or, for a Chinese name, two adjacent
+    characters. A small generator that drifts to another product ("pliers and screws" for stacking tins) fails it,
+    and its copy is regenerated once, then replaced by the template. A name with nothing to match passes.
+
+    >>> names_product("SET/3 RUSSIAN DOLL STACKING TINS", "Stack these tins in a row for a playful kitchen shelf.")
+    True
+    >>> names_product("SET/3 RUSSIAN DOLL STACKING TINS", "Set of three pliers and two screws with an adjustable head.")
+    False
+    >>> names_product("纯棉宽松连衣裙", "这款连衣裙柔软透气。"), names_product("86B", "Anything at all.")
+    (True, True)
+    >>> names_product("RED SPOTTY COIR DOORMAT", "Red spotcoat, has long sleeves and high collar.")
+    False
+    >>> names_product("PEACE WOODEN BLOCK LETTERS", "Spell out a name with these letter blocks.")
+    True
+    """
+    cjk = "".join(_CJK.findall(name))
+    if cjk:
+        return any(cjk[i : i + 2] in text for i in range(len(cjk) - 1)) if len(cjk) > 1 else cjk in text
+    wanted = {w for w in re.findall(r"[a-z]{3,}", name.casefold()) if w not in _NAME_STOP_WORDS}
+    if not wanted:
+        return True
+    said = {form for w in re.findall(r"[a-z]{3,}", text.casefold()) for form in _forms(w)}
+    return any(not said.isdisjoint(_forms(w)) for w in wanted)
+
+
+def _forms(word: str) -> tuple[str, ...]:
+    """The word and its singulars ("glasses" -> "glasse", "glass"), so "glass" in a name matches "glasses"."""
+    forms = [word]
+    if word.endswith("s") and len(word) > 3:
+        forms.append(word[:-1])
+        if word.endswith("es") and len(word) > 4:
+            forms.append(word[:-2])
+    return tuple(forms)
 
 
 def _no_repeated_headline(request: CopyRequest, text: SafeText) -> SafeText:

@@ -33,6 +33,7 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
+from kairos.engine.product_words import PRODUCT_MODIFIERS
 from kairos.schemas.events import MAX_ORDER_LINES, ClickEvent, PurchaseEvent
 
 Source = Literal["online_retail", "taobao", "all"]
@@ -101,24 +102,7 @@ def default_data_dir() -> Path | None:
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# Derived categories (Online Retail has none; Myntra names use the same rule)
-
-#: Words that qualify a product rather than name it: colours, sizes, patterns and themes, materials, packaging.
-#: The category is the last word of the description that is not one of these (see docs/data.md).
-_MODIFIERS = frozenset(
-    """
-    RED PINK BLUE WHITE GREEN CREAM IVORY BLACK YELLOW ORANGE PURPLE GOLD SILVER BROWN GREY GRAY TURQUOISE LILAC
-    NATURAL PASTEL COLOUR COLOURS COLOURED MULTICOLOUR ASSORTED CLEAR AQUA TEAL BEIGE NAVY CHOCOLATE COPPER
-    SMALL LARGE MEDIUM MINI JUMBO GIANT BIG TINY SIZE TALL SINGLE DOUBLE
-    DESIGN DESIGNS PIECE PIECES TIER PACK FINISH STYLE VINTAGE RETRO ANTIQUE NEW
-    RETROSPOT PAISLEY POLKADOT SPOTTY SPOT SPOTS DOTS DOTTY STRIPE STRIPES STRIPED FLORAL WOODLAND SKULL SKULLS
-    SPACEBOY SUKI CHRISTMAS XMAS LONDON PANTRY PARIS HEART HEARTS LOVE ROSE ROSES GINGHAM CHERRY PARADE FRIENDS
-    BAKELIKE DOLLY CIRCUS
-    METAL WOOD WOODEN GLASS ZINC ENAMEL CERAMIC FELT WICKER HANGING HOME GARDEN GIRL BOY APPLES BIRD BIRDS
-    OF THE AND WITH IN FOR ON TO
-    MEN WOMEN UNISEX BOYS GIRLS KIDS
-    """.split()
-)
+# Derived categories (Online Retail has none; Myntra names use the same rule; the modifiers: engine/product_words.py)
 
 
 def derive_category(description: str | None, prefix: str = "or") -> str:
@@ -136,7 +120,7 @@ def derive_category(description: str | None, prefix: str = "or") -> str:
     words = [w for w in re.findall(r"[A-Z]+", (description or "").upper()) if len(w) >= 3]
     if not words:
         return f"{prefix}-unknown"
-    nouns = [w for w in words if w not in _MODIFIERS]
+    nouns = [w for w in words if w not in PRODUCT_MODIFIERS]
     return f"{prefix}-{_singular(nouns[-1] if nouns else words[-1]).lower()}"
 
 

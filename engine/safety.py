@@ -127,9 +127,12 @@ def safe_generate(
     safety: SafetyFilter,
     stats: SafetyStats | None = None,
     retries: int = 1,
+    grounded: Callable[[int, str], str | None] | None = None,
 ) -> list[SafeText]:
     """Generate for every prompt; blocked rows are regenerated (only those rows) up to ``retries`` times, then
     replaced by their template fallback. ``generate`` should sample (not greedy) for a retry to differ.
+    ``grounded(row, text)``, when given, returns why an allowed text does not fit its row (e.g. it is about another
+    product), or None: such a text is treated as blocked with that reason.
 
     >>> out = safe_generate(lambda ps: ["最好的裙子" for _ in ps], ["p"], ["优雅连衣裙，欢迎选购。"], SafetyFilter())
     >>> out[0].text, out[0].source
@@ -148,6 +151,8 @@ def safe_generate(
         still = []
         for i, text in zip(pending, texts):
             verdict = safety.check(text)
+            if verdict.allowed and grounded is not None and (why := grounded(i, text)) is not None:
+                verdict = Verdict(False, (why,))
             stats.record(verdict)
             if verdict.allowed and text.strip():
                 results[i] = SafeText(text, "regenerated" if attempt else "generated", reasons[i])

@@ -72,3 +72,38 @@ def test_unanswered_copy_requests_are_not_re_requested_in_a_storm():
         book.lookup(CopyRequest(f"i{n}", "cat:x", f"item {n}", "x", None, ()))
         book.take_requests()
     assert len(book._requested) == 100 and ("i199", "cat:x") in book._requested and ("i0", "cat:x") not in book._requested
+
+
+class DriftsWhenGreedy:
+    """Greedy decoding describes another product (a small generator drifting to its training data); sampling, on
+    the second call, names the one asked for, or drifts again with ``always_drift``."""
+
+    name, version = "drifts", "1"
+
+    def __init__(self, always_drift: bool = False) -> None:
+        self.always_drift = always_drift
+        self.calls = 0
+
+    def generate(self, prompts, *, max_new_tokens: int = 64, sample: bool = False) -> list[str]:
+        self.calls += 1
+        on_topic = sample and not self.always_drift
+        return ["Stack these tins on a kitchen shelf." if on_topic else "A pair of jeans with two pockets."] * len(prompts)
+
+
+def test_copy_about_another_product_is_regenerated_then_replaced_by_the_template():
+    tins = CopyRequest("i1", "cat:tin", "SET/3 RUSSIAN DOLL STACKING TINS", interests=("tin",))
+    writer = CopyWriter(DriftsWhenGreedy())
+    (text,) = writer.write([tins])
+    assert (text.text, text.source, text.reasons) == ("Stack these tins on a kitchen shelf.", "regenerated", ("off_product",))
+    assert (writer.stats.blocked, writer.stats.regenerated, writer.stats.reasons) == (1, 1, {"off_product": 1})
+
+    stubborn = CopyWriter(DriftsWhenGreedy(always_drift=True))
+    (text,) = stubborn.write([tins])
+    assert text.source == "template" and "Russian Doll Stacking Tins" in text.text
+    assert text.reasons == ("off_product", "off_product") and stubborn.stats.fallbacks == 1
+
+
+def test_ad_headline_variants_are_not_held_to_the_product_rule():
+    writer = CopyWriter(EchoGenerator(["Nobody saw this coming."]))
+    (variant,) = writer.write([CopyRequest("c1", "ad", "A Quiet Story About Bread", kind="ad")])
+    assert (variant.text, variant.source) == ("Nobody saw this coming.", "generated")
