@@ -20,6 +20,7 @@ from mode import Service
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from kairos.agents.copy_feed import CopyFeed
+from kairos.agents.kafka_config import faust_credentials
 from kairos.agents.redis_store import RedisStateStore
 from kairos.agents.settings import Settings
 from kairos.agents.topics_admin import ensure_topics
@@ -81,6 +82,7 @@ def create_app(
     app = faust.App(
         f"{settings.consumer_group}-agents",
         broker=f"kafka://{bootstrap}",
+        broker_credentials=faust_credentials(settings),
         store="memory://",
         broker_session_timeout=settings.session_timeout_ms / 1000.0,
         broker_heartbeat_interval=settings.heartbeat_interval_ms / 1000.0,

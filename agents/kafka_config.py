@@ -27,6 +27,23 @@ def kafka_client_options(settings: Settings) -> dict:
     return options
 
 
+def faust_credentials(settings: Settings):
+    """The same security for the Faust app (the copy agent's consumer and producer, the web views' app): Faust takes
+    it as one credentials object, not as aiokafka options. None for PLAINTEXT."""
+    import faust
+
+    protocol = settings.kafka_security_protocol
+    if protocol == "PLAINTEXT":
+        return None
+    context = kafka_client_options(settings).get("ssl_context")
+    if protocol == "SSL":
+        return faust.SSLCredentials(context)
+    return faust.SASLCredentials(
+        username=settings.kafka_sasl_username, password=settings.kafka_sasl_password,
+        ssl_context=context, mechanism=settings.kafka_sasl_mechanism,
+    )  # fmt: skip
+
+
 def consumer_options(settings: Settings) -> dict:
     """Manual offsets (the source of truth is the state store), short session timeouts: Tansu holds JoinGroup
     for half the session timeout (docs/operations.md), and fast failover matters on real Kafka too."""

@@ -316,3 +316,38 @@ async def test_kafka_options_are_accepted_by_aiokafka(pki):
     assert producer.client._security_protocol == "SASL_SSL"
     assert producer.client._sasl_mechanism == "SCRAM-SHA-512"
     assert producer.client._ssl_context.verify_mode == ssl.CERT_REQUIRED
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        {"kafka_security_protocol": "PLAINTEXT"},
+        {"kafka_security_protocol": "SSL"},
+        {"kafka_security_protocol": "SASL_SSL", "kafka_sasl_mechanism": "SCRAM-SHA-512"},
+        {"kafka_security_protocol": "SASL_PLAINTEXT", "kafka_sasl_mechanism": "PLAIN"},
+    ],
+)
+def test_the_faust_app_connects_with_the_same_security_as_the_aiokafka_clients(pki, values, tmp_path):
+    """The copy agent and the Faust app's own clients get their security from ``broker_credentials``; Faust turns
+    it into aiokafka options, which must equal the ones the worker's own clients use."""
+    from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
+
+    from kairos.agents.app import create_app
+
+    if values["kafka_security_protocol"].startswith("SASL"):
+        values = {**values, "kafka_sasl_username": "kairos", "kafka_sasl_password": "pw-123"}
+    if values["kafka_security_protocol"] in ("SSL", "SASL_SSL"):
+        values = {**values, "kafka_ssl_cafile": pki["ca"]}
+    settings = _kafka_settings(**values, model_dir=tmp_path)  # no generator to load: templates
+    app = create_app(settings, settings.kafka_bootstrap_servers, "redis://127.0.0.1:1/0", roles=frozenset({"copy"}))
+    faust_side = credentials_to_aiokafka_auth(app.conf.broker_credentials)
+    ours = kafka_client_options(settings)
+    assert faust_side["security_protocol"] == ours["security_protocol"] == values["kafka_security_protocol"]
+    for key in ("sasl_mechanism", "sasl_plain_username", "sasl_plain_password"):
+        assert faust_side.get(key) == ours.get(key)
+    if "ssl_context" in ours:
+        trusted = [dict(field[0] for field in ca["subject"]) for ca in faust_side["ssl_context"].get_ca_certs()]
+        assert trusted == [{"commonName": "kairos-test-ca"}]
+        assert faust_side["ssl_context"].verify_mode == ssl.CERT_REQUIRED
+    else:
+        assert faust_side.get("ssl_context") is None
