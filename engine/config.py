@@ -93,7 +93,7 @@ class EngineConfig:
     #: Lines that stopped selling: a returning shopper's candidate whose last sale is older than
     #: ``discovery_stale_s`` keeps this share of its discovery score (1: off). A kNN neighbour or a similar shopper's
     #: purchase that nobody bought for a week is often a line the shop no longer sells (Online Retail's catalogue
-    #: turns over); last sales come from the catalogue (docs/evaluation.md, variants 56-62).
+    #: turns over); last sales come from the catalogue (docs/evaluation.md, variants 56-71).
     discovery_stale_factor: float = 0.5
     discovery_stale_s: float = 7 * 86_400.0
     #: Product lines from item names (engine/catalogue.py): the content-kNN's weight inside the discovery score (0:

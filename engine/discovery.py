@@ -62,9 +62,12 @@ class PurchaseGraph:
         #: Items in the most *first* orders lately (a shopper's first order in the stream): what newcomers start
         #: with, blended into the cold-start list.
         self.first_orders_now = DecayedScores(config.discovery_first_order_half_life_s, config.max_items)
-        #: Item names and first sales: the content kNN (``catalogue_weight`` > 0) and the new arrivals
-        #: (``discovery_new_weight`` > 0) read it; learning it costs 0.03 ms per order.
-        uses_catalogue = config.catalogue_weight > 0 or config.discovery_new_weight > 0 or config.discovery_stale_factor < 1
+        #: Item names, first and last sales: the content kNN (``catalogue_weight`` > 0), the new arrivals
+        #: (``discovery_new_weight`` > 0) and the stale lines (``discovery_stale_factor`` < 1) read it; learning it
+        #: costs 0.03 ms per order.
+        uses_catalogue = (
+            config.catalogue_weight > 0 or config.discovery_new_weight > 0 or config.discovery_stale_factor < 1
+        )
         self.catalogue = ProductCatalogue(config) if uses_catalogue else None
         self.orders: dict[str, float] = {}
         self.links: dict[str, dict[str, float]] = {}
