@@ -213,6 +213,9 @@ async def pipeline_phases(settings: Settings, svc: Services, expected: int, pool
         out["consume_delay_p50_ms"], out["consume_delay_p99_ms"] = _percentiles(at_rate["batches"][:, 0])
         out["worker_p50_ms"], out["worker_p99_ms"] = _percentiles(at_rate["batches"][:, 1])
         out["fetch_max_wait_ms"] = settings.fetch_max_wait_ms
+        if worker.fetch_wait is not None:  # where the adaptive wait ended, and how often it had to be raised
+            out["fetch_wait_ms"] = worker.fetch_wait.wait_ms
+            out["fetch_stalls"] = worker.fetch_wait.control.stalls
         out["gc_full_collections"] = at_rate["gc_full_collections"]
         if "sustained_events_per_s" in out:  # the first reading of "half the maximum": half the backlog rate
             at_half_backlog = await phases.run(pools["backlog_half"], backlog_rate / 2)

@@ -15,6 +15,10 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from kairos.engine.config import EngineConfig
 from kairos.schemas.topics import Topics
 
+#: The hot path's shortest fetch wait on the embedded broker (docs/performance.md: 10 ms had the lowest tail of
+#: 2, 5 and 10 ms at 250 events/s; shorter waits spend the broker's CPU on scans of the log).
+EMBEDDED_FETCH_MIN_WAIT_MS = 10
+
 
 class SettingsError(SystemExit):
     """Raised (and shown without a traceback) when the environment holds an invalid setting."""
@@ -41,10 +45,15 @@ class Settings(BaseSettings):
     #: transient memory (candidate pools, feature matrices) grows with it; 500 keeps the catch-up peak small.
     batch_max_records: int = Field(default=500, ge=1, le=100_000)
     batch_max_wait_ms: int = Field(default=5, ge=0, le=10_000)
-    #: How long the broker may hold a fetch waiting for data. Not lower than ~50 ms on the embedded Tansu broker: its
-    #: fetch returns empty when scanning a partition's batches takes longer than this, and with many small batches
-    #: (~10k+) a 5 ms wait made the consumer stop receiving records altogether (docs/operations.md, soak).
+    #: How long the broker may hold a fetch waiting for data: the hot path's longest wait. A fixed wait shorter than
+    #: ~50 ms is unsafe on the embedded Tansu broker: its fetch returns empty when scanning a partition's batches
+    #: takes longer than the wait, and with many small batches (~10k+) a 5 ms wait made the consumer stop receiving
+    #: records altogether (docs/operations.md, soak). The hot path adapts between the two (agents/fetch_wait.py).
     fetch_max_wait_ms: int = Field(default=50, ge=1, le=10_000)
+    #: The hot path's shortest fetch wait: it starts there and doubles whenever a fetch comes back empty with records
+    #: waiting. Unset: 10 ms on the embedded broker (which answers a fetch only when its wait is over), otherwise
+    #: ``fetch_max_wait_ms`` (Apache Kafka answers as soon as data is there; the wait only paces idle fetches).
+    fetch_min_wait_ms: int | None = Field(default=None, ge=1, le=10_000)
     session_timeout_ms: int = Field(default=10_000, ge=3_000, le=300_000)
     heartbeat_interval_ms: int = Field(default=1_000, ge=100, le=60_000)
 
@@ -129,6 +138,13 @@ class Settings(BaseSettings):
         from kairos.engine.datasets import default_data_dir
 
         return default_data_dir()
+
+    def fetch_wait_bounds(self) -> tuple[int, int]:
+        """(floor, ceiling) of the hot path's fetch wait, ms (see ``fetch_min_wait_ms``)."""
+        ceiling = self.fetch_max_wait_ms
+        if self.fetch_min_wait_ms is not None:
+            return min(self.fetch_min_wait_ms, ceiling), ceiling
+        return (min(EMBEDDED_FETCH_MIN_WAIT_MS, ceiling) if self.wants_embedded_kafka else ceiling), ceiling
 
     @property
     def wants_embedded_kafka(self) -> bool:

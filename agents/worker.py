@@ -20,6 +20,7 @@ from aiokafka.abc import ConsumerRebalanceListener
 from redis.exceptions import RedisError
 
 from kairos.agents import memory
+from kairos.agents.fetch_wait import FetchWait, FetchWaitTuner
 from kairos.agents.kafka_config import consumer_options, producer_options
 from kairos.agents.outputs import KafkaOutputs
 from kairos.agents.pipeline import BatchPipeline, InputRecord
@@ -117,6 +118,7 @@ class IngestWorker:
         self.n_partitions = settings.partitions
         self.pipeline = BatchPipeline(settings.topics, self.partitions, self.n_partitions, self.config.top_n)
         self.consumer: AIOKafkaConsumer | None = None
+        self.fetch_wait: FetchWaitTuner | None = None
         self.producer: AIOKafkaProducer | None = None
         self.outputs: KafkaOutputs | None = None
         self.stats = {"events": 0, "recommendations": 0, "dead_letters": 0, "rekeyed": 0, "duplicates": 0, "ads": 0}
@@ -147,8 +149,11 @@ class IngestWorker:
         self.producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, **producer_options(self.settings))
         await self.producer.start()
         self.outputs = KafkaOutputs(self.producer)
-        self.consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, **consumer_options(self.settings))
+        floor, ceiling = self.settings.fetch_wait_bounds()
+        options = {**consumer_options(self.settings), "fetch_max_wait_ms": floor}
+        self.consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, **options)
         await self.consumer.start()
+        self.fetch_wait = FetchWaitTuner(self.consumer, FetchWait(floor, ceiling))
         self.consumer.subscribe(list(self.settings.topics.inputs()), listener=_Rebalance(self))
 
     async def run(self) -> None:
@@ -165,6 +170,8 @@ class IngestWorker:
             batches = await self.consumer.getmany(
                 timeout_ms=max(self.settings.batch_max_wait_ms, 1), max_records=self.settings.batch_max_records
             )
+            if self.fetch_wait is not None:
+                await self.fetch_wait.after_poll(bool(batches))
             if batches:
                 await self._handle(batches)
             else:

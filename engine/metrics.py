@@ -32,6 +32,10 @@ GC_PAUSE = Histogram("kairos_gc_pause_seconds", "One garbage collection pause", 
 CONSUME_DELAY = Histogram(
     "kairos_consume_delay_seconds", "Per batch: its oldest record's wait from broker append to the worker", buckets=LATENCY_BUCKETS
 )
+FETCH_WAIT = Gauge("kairos_fetch_wait_seconds", "How long the hot path's consumer lets the broker hold a fetch now")
+FETCH_STALLS = Counter(
+    "kairos_fetch_stalls_total", "Polls that came back empty while records were waiting in the broker (wait raised)"
+)
 REDIS_WRITE = Histogram("kairos_redis_write_seconds", "One atomic state+serving commit", buckets=LATENCY_BUCKETS)
 
 CONSUMER_LAG = Gauge("kairos_consumer_lag", "Records behind the high watermark", ["topic", "partition"])
