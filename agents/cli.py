@@ -22,6 +22,7 @@ _PLUGINS = (
     ("kairos.agents.ops", "register"),
     ("kairos.agents.evaluation", "register"),
     ("kairos.agents.bench_copy", "register"),
+    ("kairos.agents.bench_broker", "register"),
 )
 
 

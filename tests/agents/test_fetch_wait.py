@@ -106,3 +106,15 @@ def test_the_tuner_keeps_reading_a_log_too_long_for_the_short_wait(kafka_broker:
     got, control = asyncio.run(_drain(kafka_broker, topic, floor_ms=1, ceiling_ms=500, seconds=60.0))
     assert got == BATCHES
     assert control.stalls >= 1 and control.wait_ms > 1
+
+
+def test_bench_broker_reports_a_working_wait_per_log_shape() -> None:
+    """``kairos bench broker`` on its own embedded broker, two small sizes: every size gets a wait that returned
+    the partition's last record (small logs are served by short waits)."""
+    from kairos.agents.bench_broker import WAITS_MS, bench_broker
+
+    result = bench_broker(sizes=(50, 200), batch=10)
+    assert set(result) == {"one_record_batches", "10_record_batches", "unit"}
+    for shape in ("one_record_batches", "10_record_batches"):
+        assert set(result[shape]) == {"50", "200"}
+        assert all(wait in WAITS_MS for wait in result[shape].values())
