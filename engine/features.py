@@ -66,14 +66,13 @@ def _fill_item_columns(
     now: float,
     co_visit: Mapping[str, float],
 ) -> None:
-    """Column by column: one dict lookup per candidate and column, the arithmetic in numpy (a per-row loop was a
-    quarter of a recommendation's time, and the pool may hold 500 candidates). The item columns are transposed
-    with ``zip`` and the lookups are list comprehensions: a 2-D array of per-candidate slices and ``np.fromiter``
-    over generators cost 1.2-1.5x as much (the same values, bit for bit)."""
+    """Column by column: the item columns gathered from the model's per-epoch arrays, one dict lookup per candidate
+    and user column, the arithmetic in numpy (a per-row loop was a quarter of a recommendation's time, and the pool
+    may hold 500 candidates). The lookups are list comprehensions: ``np.fromiter`` over generators cost 1.2-1.5x as
+    much (the same values, bit for bit)."""
     if not len(items):
         return
-    columns = model.item_columns_many(items, now)
-    categories, category_buckets, item_buckets, prices, log_popularity, log_category_popularity, trend = zip(*columns)
+    categories, buckets, numeric = model.item_column_arrays(items, now)
     category_scores = user.categories.as_dict(now)
     category_total = sum(category_scores.values()) or 1.0
     category_score = np.array([category_scores.get(c, 0.0) for c in categories], np.float64)
@@ -86,15 +85,13 @@ def _fill_item_columns(
     if co_visit:
         co_visit_max = max(co_visit.values()) or 1.0
         dense[:, 4] = np.array([co_visit.get(item, 0.0) for item in items], np.float64) / co_visit_max
-    dense[:, 5] = np.array(log_popularity, np.float64)
-    dense[:, 6] = np.array(log_category_popularity, np.float64)
-    dense[:, 7] = np.array(trend, np.float64)
-    price = np.array(prices, np.float64)
+    dense[:, 5:8] = numeric[:, 1:4]
+    price = numeric[:, 0]
     priced = price > 0
     dense[:, 8] = np.where(priced, np.log1p(price) / 10.0, 0.0)
     user_price = user.price_mean.get() if user.price_mean.n else 0.0
     if user_price > 0:
         ratio = np.log(np.where(priced, price, user_price) / user_price)
         dense[:, 9] = np.where(priced, np.clip(ratio, -3.0, 3.0), 0.0)
-    category_ids[:] = category_buckets
-    item_ids[:] = item_buckets
+    category_ids[:] = buckets[:, 0]
+    item_ids[:] = buckets[:, 1]
