@@ -50,18 +50,28 @@ async def shortest_wait(bootstrap: str, tp: TopicPartition, end: int, tries: int
     return None
 
 
-async def _grow_and_measure(bootstrap: str, records_per_batch: int, sizes: tuple[int, ...]) -> dict[str, int | None]:
-    topic = f"bench-broker-{uuid.uuid4().hex[:8]}"
+async def create_topic(bootstrap: str, topic: str) -> None:
+    """A topic of one partition."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
         await admin.create_topics([NewTopic(topic, 1, 1)])
     finally:
         await admin.close()
+
+
+def log_producer(bootstrap: str, records_per_batch: int) -> AIOKafkaProducer:
+    """A producer whose batches hold ``records_per_batch`` records of :data:`RECORD` size. One record per batch: a
+    batch too small for two, sent at once (paced events from many storefronts); otherwise a long linger fills them."""
     one = records_per_batch == 1
-    # One record per batch: a batch too small for two records. Otherwise a long linger fills batches.
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=0 if one else 20,
-                                max_batch_size=300 if one else (len(RECORD) + 64) * records_per_batch)  # fmt: skip
+    return AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=0 if one else 20,
+                            max_batch_size=300 if one else (len(RECORD) + 64) * records_per_batch)  # fmt: skip
+
+
+async def _grow_and_measure(bootstrap: str, records_per_batch: int, sizes: tuple[int, ...]) -> dict[str, int | None]:
+    topic = f"bench-broker-{uuid.uuid4().hex[:8]}"
+    await create_topic(bootstrap, topic)
+    producer = log_producer(bootstrap, records_per_batch)
     await producer.start()
     tp, written, out = TopicPartition(topic, 0), 0, {}
     try:

@@ -8,9 +8,9 @@ import time
 import uuid
 
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from kairos.agents.bench_broker import RECORD, WAITS_MS, bench_broker, create_topic, log_producer
 from kairos.agents.fetch_wait import FetchWait, FetchWaitTuner
 from kairos.agents.settings import EMBEDDED_FETCH_MIN_WAIT_MS, Settings
 
@@ -64,17 +64,11 @@ BATCHES = 6_000
 
 
 async def _fill(bootstrap: str, topic: str) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(topic, 1, 1)])
-    finally:
-        await admin.close()
-    # A batch can hold one record only: every send is its own batch, as with paced events from many storefronts.
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=0, max_batch_size=300)
+    await create_topic(bootstrap, topic)
+    producer = log_producer(bootstrap, records_per_batch=1)  # every send its own batch
     await producer.start()
     try:
-        sent = [await producer.send(topic, b"x" * 200) for _ in range(BATCHES)]
+        sent = [await producer.send(topic, RECORD) for _ in range(BATCHES)]
         await asyncio.gather(*sent)
     finally:
         await producer.stop()
@@ -111,8 +105,6 @@ def test_the_tuner_keeps_reading_a_log_too_long_for_the_short_wait(kafka_broker:
 def test_bench_broker_reports_a_working_wait_per_log_shape() -> None:
     """``kairos bench broker`` on its own embedded broker, two small sizes: every size gets a wait that returned
     the partition's last record (small logs are served by short waits)."""
-    from kairos.agents.bench_broker import WAITS_MS, bench_broker
-
     result = bench_broker(sizes=(50, 200), batch=10)
     assert set(result) == {"one_record_batches", "10_record_batches", "unit"}
     for shape in ("one_record_batches", "10_record_batches"):
