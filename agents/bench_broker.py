@@ -15,15 +15,13 @@ import argparse
 import asyncio
 import json
 import sys
-import tempfile
 import time
 import uuid
-from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from kairos.agents.embedded import start_kafka
+from kairos.agents.embedded import embedded_services
 
 #: Waits tried, shortest first (ms); a size none of them serves is reported as None.
 WAITS_MS = (1, 2, 3, 5, 8, 12, 20, 30, 50, 80, 120, 200)
@@ -88,19 +86,14 @@ async def _grow_and_measure(bootstrap: str, records_per_batch: int, sizes: tuple
 
 
 def bench_broker(sizes: tuple[int, ...] = SIZES, batch: int = 100) -> dict:
-    with tempfile.TemporaryDirectory(prefix="kairos-bench-broker-") as workdir:
-        broker = start_kafka(Path(workdir))
-        try:
+    async def run(bootstrap: str) -> dict:
+        return {
+            "one_record_batches": await _grow_and_measure(bootstrap, 1, sizes),
+            f"{batch}_record_batches": await _grow_and_measure(bootstrap, batch, sizes),
+        }
 
-            async def run() -> dict:
-                return {
-                    "one_record_batches": await _grow_and_measure(broker.address, 1, sizes),
-                    f"{batch}_record_batches": await _grow_and_measure(broker.address, batch, sizes),
-                }
-
-            result = asyncio.run(run())
-        finally:
-            broker.stop()
+    with embedded_services(kafka=True, redis=False) as (bootstrap, _):
+        result = asyncio.run(run(bootstrap))
     result["unit"] = "shortest fetch_max_wait_ms that returns the partition's last record, by records in the partition"
     return result
 

@@ -40,10 +40,15 @@ class EmbeddedProcess:
                 self.process.wait(timeout)
 
     def log_tail(self, lines: int = 20) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
+        return log_tail(self.log_path, lines)
+
+
+def log_tail(path: Path, lines: int) -> str:
+    """The last ``lines`` lines of a child process's log ("" when it cannot be read)."""
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
 
 
 def _wait_for_port(proc: EmbeddedProcess, port: int, timeout: float) -> None:

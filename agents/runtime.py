@@ -24,7 +24,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer
 
 from kairos.agents.copy_feed import CopyFeed
-from kairos.agents.embedded import embedded_services
+from kairos.agents.embedded import embedded_services, log_tail
 from kairos.agents.kafka_config import kafka_client_options, stop_reader
 from kairos.agents.redis_store import RedisStateStore
 from kairos.agents.settings import Settings
@@ -167,10 +167,7 @@ class CopyAgentProcess:
         return self.process.returncode
 
     def log_tail(self, lines: int = 15) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
+        return log_tail(self.log_path, lines)
 
 
 def copy_agent_environment(settings: Settings, svc: Services) -> dict[str, str]:

@@ -12,8 +12,8 @@ import time
 
 from kairos.agents.ops import worker_environment
 from kairos.agents.redis_store import RedisStateStore
+from kairos.agents.runtime import make_store
 from kairos.agents.settings import Settings
-from kairos.schemas.keys import RedisKeys
 
 
 class WorkerProcess:
@@ -91,5 +91,4 @@ def restart_settings(make_settings, redis_url: str, tmp_path) -> Settings:
 
 def state_store(settings: Settings) -> RedisStateStore:
     """The state store a worker with ``settings`` commits to (to read its checkpoints back)."""
-    return RedisStateStore.from_url(settings.redis_url, RedisKeys(settings.topic_prefix, settings.consumer_group),
-                                    settings.serving_ttl_s)  # fmt: skip
+    return make_store(settings, settings.redis_url)
