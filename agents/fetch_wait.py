@@ -8,10 +8,11 @@ batches needs a 20 ms wait before a fetch returns anything). A fetch whose scan 
 receiving records although they are in the broker. A fixed short wait is fast on a small log and dead on a large
 one; a fixed long wait is safe and slow.
 
-:class:`FetchWait` starts at ``floor``; a poll that returns nothing while a partition's high watermark is ahead of
-its position for two full waits (a *stall*) doubles the wait, up to ``ceiling``; after ``probe_s`` without a stall it tries half the
-wait again (a log only grows, so a probe that stalls goes straight back). On Apache Kafka a fetch returns as soon
-as data is there, so the wait only paces idle fetches and the worker keeps a fixed one (floor = ceiling).
+:class:`FetchWait` starts at ``floor``; polls that return nothing while a partition's high watermark is ahead of
+its position for two full waits (a *stall*) double the wait, up to ``ceiling``; after ``probe_s`` without a stall
+it tries half the wait again (a log only grows, so a probe that stalls goes straight back). On Apache Kafka a fetch
+returns as soon as data is there, so the wait only paces idle fetches and the worker keeps a fixed one (floor =
+ceiling).
 
 :class:`FetchWaitTuner` applies it to an aiokafka consumer. aiokafka reads the fetcher's wait each time it builds a
 fetch request, but exposes no setter: the tuner writes the private attribute when it exists and otherwise stays
@@ -97,24 +98,30 @@ class FetchWaitTuner:
         if got_records:
             self._behind_since = None
             changed = self.control.on_records(now)
-        elif not await self._behind():
-            self._behind_since = None
-            return
-        elif self._behind_since is None:
-            # A response may report a high watermark that counts a record appended after its batches were read:
-            # behind for a moment is normal. A stall is still being behind two full waits later.
-            self._behind_since = now
-            return
-        elif now - self._behind_since < 2 * self.control.wait_ms / 1000.0 + STALL_MARGIN_S:
-            return
-        else:
-            self._behind_since = now
+        elif await self._stalled(now):
             metrics.FETCH_STALLS.inc()
             changed = self.control.on_stall(now)
             if changed:
                 log.info("fetches came back empty with records waiting: fetch wait now %d ms", self.control.wait_ms)
+        else:
+            return
         if changed:
             self._apply()
+
+    async def _stalled(self, now: float) -> bool:
+        """After an empty poll: has the consumer been behind a high watermark for two full waits? A response may
+        report a high watermark that counts a record appended after its batches were read, so being behind for a
+        moment is normal; a stall starts the count again."""
+        if not await self._behind():
+            self._behind_since = None
+            return False
+        if self._behind_since is None:
+            self._behind_since = now
+            return False
+        if now - self._behind_since < 2 * self.control.wait_ms / 1000.0 + STALL_MARGIN_S:
+            return False
+        self._behind_since = now
+        return True
 
     async def _behind(self) -> bool:
         """Is a partition's high watermark (from the last fetch response) ahead of the consumer's position?"""

@@ -163,8 +163,9 @@ _CJK = re.compile(r"[\u3400-\u9fff]")
 def names_product(name: str, text: str) -> bool:
     """Whether copy ``text`` names the product ``name`` describes: it shares a content word with the name (three
     letters or more, plural ``s`` / ``es`` ignored; colours, sizes, patterns, materials and pack words do not
-    count) or, for a Chinese name, two adjacent characters. A small generator that drifts to another product ("pliers and screws" for stacking tins) fails it,
-    and its copy is regenerated once, then replaced by the template. A name with nothing to match passes.
+    count) or, for a Chinese name, two adjacent characters. A small generator that drifts to another product
+    ("pliers and screws" for stacking tins) fails it, and its copy is regenerated once, then replaced by the
+    template. A name with nothing to match passes.
 
     >>> names_product("SET/3 RUSSIAN DOLL STACKING TINS", "Stack these tins in a row for a playful kitchen shelf.")
     True

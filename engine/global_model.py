@@ -165,9 +165,10 @@ class GlobalModel:
         self._category_top_cache[category] = (epoch, top)
         return top
 
-    def item_epoch(self, now: float) -> tuple[int, int]:
-        """The validity key of :meth:`item_column_arrays`' cache: 500 events of this model, one hour of event time."""
-        return (self.events // 500, int(now // 3600))
+    def item_epoch(self, now: float) -> int:
+        """The validity key of :meth:`item_column_arrays`' cache: 500 events of this model, one hour of event time
+        (the two counts in one integer, so a pool's rows are checked with one array comparison)."""
+        return ((self.events // 500) << 32) | (int(now // 3600) & 0xFFFFFFFF)
 
     def item_column_arrays(self, item_ids: Sequence[str], now: float) -> tuple[list, np.ndarray, np.ndarray]:
         """Per-item ranker inputs that do not depend on the user, for a pool of candidates: (categories, int64
@@ -179,23 +180,22 @@ class GlobalModel:
         of two arrays, with the epoch beside it; a pool of 500 is then one dict lookup per candidate, one
         comparison of epochs and two gathers (tuples per candidate, transposed and turned into arrays column by
         column, were more than half of the ranker features' time)."""
-        events_epoch, hour = self.item_epoch(now)
-        code = (events_epoch << 32) | (hour & 0xFFFFFFFF)
+        epoch = self.item_epoch(now)
         rows_of = self._column_rows
         if len(self._column_categories) + len(item_ids) > max(self.config.max_items, len(item_ids)):
             rows_of.clear()  # bounded like the catalog; never during a pool (its rows must stay valid)
             del self._column_categories[:]
         rows = [rows_of.get(item, -1) for item in item_ids]
         index = np.array(rows, dtype=np.intp)
-        for k in np.flatnonzero((index < 0) | (self._column_epochs[index] != code)).tolist():
-            index[k] = rows[k] = self._column_row(item_ids[k], now, code)
+        for k in np.flatnonzero((index < 0) | (self._column_epochs[index] != epoch)).tolist():
+            index[k] = rows[k] = self._column_row(item_ids[k], now, epoch)
         categories = self._column_categories
         return [categories[row] for row in rows], self._column_ints[index], self._column_floats[index]
 
-    def _column_row(self, item_id: str, now: float, code: int) -> int:
+    def _column_row(self, item_id: str, now: float, epoch: int) -> int:
         """``item_id``'s cache row, its columns computed now unless the pool named it before in this epoch."""
         row = self._column_rows.get(item_id)
-        if row is not None and self._column_epochs[row] == code:
+        if row is not None and self._column_epochs[row] == epoch:
             return row
         info = self.catalog.get(item_id)
         category = info.category_id if info is not None else None
@@ -217,7 +217,7 @@ class GlobalModel:
         self._column_ints[row] = (cached_bucket(category, CATEGORY_BUCKETS), cached_bucket(item_id, ITEM_BUCKETS))
         price = (info.price or 0.0) if info else 0.0
         self._column_floats[row] = (price, math.log1p(long_run), math.log1p(category_pop), trend_ratio)
-        self._column_epochs[row] = code
+        self._column_epochs[row] = epoch
         return row
 
     # --- persistence ---

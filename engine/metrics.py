@@ -34,7 +34,8 @@ CONSUME_DELAY = Histogram(
 )
 FETCH_WAIT = Gauge("kairos_fetch_wait_seconds", "How long the hot path's consumer lets the broker hold a fetch now")
 FETCH_STALLS = Counter(
-    "kairos_fetch_stalls_total", "Polls that came back empty while records were waiting in the broker (wait raised)"
+    "kairos_fetch_stalls_total",
+    "Empty polls for two fetch waits while records waited in the broker (the wait doubles, up to its maximum)",
 )
 REDIS_WRITE = Histogram("kairos_redis_write_seconds", "One atomic state+serving commit", buckets=LATENCY_BUCKETS)
 
