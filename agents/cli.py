@@ -23,6 +23,7 @@ _PLUGINS = (
     ("kairos.agents.evaluation", "register"),
     ("kairos.agents.bench_copy", "register"),
     ("kairos.agents.bench_broker", "register"),
+    ("kairos.agents.bench_hotpath", "register"),
 )
 
 

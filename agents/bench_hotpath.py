@@ -1,0 +1,84 @@
+"""``kairos bench hotpath``: the worker's own cost per event, without a broker or Redis.
+
+The worker's ``BatchPipeline`` over 4 partition states with the worker's selector (the ONNX ranker when the model
+directory has one, feedback correction, rules, exploration, copy lookup) is warmed with ``--warm`` real events in
+batches of 500, then ``--events`` more are processed in batches of ``--batch`` and each batch is timed. What the
+pipeline benchmark calls the worker's share, minus Kafka and Redis. The last line printed is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from kairos.agents.demo import pick_source
+from kairos.agents.pipeline import BatchPipeline, InputRecord, partition_for
+from kairos.agents.settings import Settings, load_settings
+from kairos.agents.worker import default_selector_factory
+from kairos.engine.partition import PartitionState
+from kairos.schemas.codec import encode
+
+PARTITIONS = 4
+
+
+def _records(settings: Settings, events: list, first_offset: int) -> list[InputRecord]:
+    topics, now_ms = settings.topics, int(time.time() * 1000)
+    return [
+        InputRecord(topics.purchases if e.kind == "purchase" else topics.clicks, partition_for(e.user_id, PARTITIONS),
+                    first_offset + k, e.user_id.encode(), encode(e), now_ms)  # fmt: skip
+        for k, e in enumerate(events)
+    ]
+
+
+def bench_hotpath(settings: Settings, data_dir: Path | None, source: str, warm: int, events: int, batch: int) -> dict:
+    config = settings.engine_config()
+    make = default_selector_factory(settings)
+    states = {p: PartitionState(p, config, make(config)) for p in range(PARTITIONS)}
+    pipeline = BatchPipeline(settings.topics, states, PARTITIONS, config.top_n)
+    picked = pick_source(data_dir, source, warm + events)
+    warm_records = _records(settings, picked.events[:warm], 0)
+    for start in range(0, len(warm_records), 500):
+        pipeline.process(warm_records[start : start + 500])
+    timed = _records(settings, picked.events[warm : warm + events], warm)
+    batch_ms = []
+    for start in range(0, len(timed), batch):
+        t0 = time.perf_counter()
+        pipeline.process(timed[start : start + batch])
+        batch_ms.append((time.perf_counter() - t0) * 1000.0)
+    times = np.asarray(batch_ms)
+    p50, p99 = (np.percentile(times, [50, 99]) if len(times) else (float("nan"), float("nan")))
+    return {
+        "ms_per_event": round(float(times.sum()) / max(len(timed), 1), 3),
+        "batch_p50_ms": round(float(p50), 2),
+        "batch_p99_ms": round(float(p99), 2),
+        "batch": batch,
+        "warm_events": len(warm_records),
+        "events": len(timed),
+        "candidates": config.max_candidates,
+        "ranker": states[0].selector.model_version,
+        "source": picked.label,
+    }
+
+
+def _cmd_bench_hotpath(args: argparse.Namespace) -> int:
+    settings = load_settings()
+    print(f"bench hotpath: warming with {args.warm} events, then {args.events} in batches of {args.batch}",
+          file=sys.stderr)  # fmt: skip
+    print(json.dumps(bench_hotpath(settings, args.data_dir, args.source, args.warm, args.events, args.batch)))
+    return 0
+
+
+def register(groups: dict) -> None:
+    """Add ``bench hotpath`` to the CLI."""
+    p = groups["bench"].add_parser("hotpath", help="the worker's cost per event without broker or Redis")
+    p.add_argument("--data-dir", type=Path, default=None, help="default ../shared/data (else the simulator)")
+    p.add_argument("--source", default="taobao", choices=["all", "online_retail", "taobao", "simulated"])
+    p.add_argument("--warm", type=int, default=15_000, help="events applied first, in batches of 500")
+    p.add_argument("--events", type=int, default=2_000, help="events timed")
+    p.add_argument("--batch", type=int, default=1, help="events per timed batch (1: each event alone)")
+    p.set_defaults(func=_cmd_bench_hotpath)
