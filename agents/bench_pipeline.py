@@ -7,6 +7,8 @@
 (c) sustained rate: events arrive one at a time at a steady pace; a bisection between 0 and (b) finds the highest
     rate whose queue stays short (median latency of the last quarter of a probe <= ``SATURATION_MS``);
 (d) latency: event -> recommendation at half of (c) (or ``--rate``), and at half of (b) for comparison;
+Each phase reports ``recs_per_event``: recommendations computed per event consumed (below 1 where events of one
+shopper met in a batch and only the last was ranked; the share of the work coalescing saved);
 (e) peak RSS of this process (worker and consumers; broker, Redis and the producer are separate processes).
 
 Paced events come from a producer in its own process and carry their *due* time as the Kafka timestamp, so the
@@ -137,6 +139,7 @@ class LatencyPhases:
 
     async def run(self, events: list, rate: float) -> dict:
         mark, before = self.monitor.received, self.worker.stats["events"]
+        recs_before = self.worker.stats["recommendations"]
         batches_before = len(self.worker.batch_timings)
         full_collections = _full_collections()
         sent, late_p99 = await self.producer.send(events, rate)
@@ -146,7 +149,10 @@ class LatencyPhases:
         latencies = np.asarray(list(self.monitor.latencies_ms)[-new:] if new else [], dtype=np.float64)
         timings = list(self.worker.batch_timings)[batches_before:]  # (consume delay, worker time) per batch
         count, seconds = (now - then for now, then in zip(_full_collections(), full_collections))
+        # Below 1 when events of one shopper met in a batch and were ranked once, after the last of them.
+        recs_per_event = (self.worker.stats["recommendations"] - recs_before) / sent if sent else float("nan")
         return {"rate": rate, "events": sent, "latencies": latencies, "producer_late_p99_ms": late_p99,
+                "recs_per_event": round(recs_per_event, 3),
                 "gc_full_collections": {"count": int(count), "total_ms": round(seconds * 1000.0, 1)},
                 "batches": np.asarray(timings, dtype=np.float64).reshape(-1, 2)}  # fmt: skip
 
@@ -165,7 +171,8 @@ class LatencyPhases:
             tail = latencies[-max(len(latencies) // 4, 1) :] if len(latencies) else latencies
             median_tail = float(np.median(tail)) if len(tail) else float("inf")
             keeps_up = median_tail <= SATURATION_MS
-            probes.append({"rate": round(rate, 1), "tail_median_ms": round(median_tail, 1), "keeps_up": keeps_up})
+            probes.append({"rate": round(rate, 1), "tail_median_ms": round(median_tail, 1), "keeps_up": keeps_up,
+                           "recs_per_event": phase["recs_per_event"]})  # fmt: skip
             low, high = (rate, high) if keeps_up else (low, rate)
         return low, probes
 
@@ -200,7 +207,8 @@ async def pipeline_phases(settings: Settings, svc: Services, expected: int, pool
         monitor = RecommendationMonitor(settings, svc.bootstrap)
         await monitor.start()
         phases = LatencyPhases(worker, monitor, producer)
-        out: dict = {"pipeline_events_per_s": round(backlog_rate, 1)}
+        out: dict = {"pipeline_events_per_s": round(backlog_rate, 1),
+                     "backlog_recs_per_event": round(worker.stats["recommendations"] / expected, 3)}  # fmt: skip
         if rate is None:
             sustained, probes = await phases.sustained_rate(pools["probe"], backlog_rate)
             out.update(sustained_events_per_s=round(sustained, 1), probes=probes)
@@ -208,6 +216,7 @@ async def pipeline_phases(settings: Settings, svc: Services, expected: int, pool
         at_rate = await phases.run(pools["latency"], rate)
         out["latency_rate_events_per_s"] = round(rate, 1)
         out["p50_ms"], out["p99_ms"] = _percentiles(at_rate["latencies"])
+        out["recs_per_event"] = at_rate["recs_per_event"]
         out["producer_late_p99_ms"] = round(at_rate["producer_late_p99_ms"], 2)
         # The split per batch: waiting for the broker to hand the records over, then the worker's own time.
         out["consume_delay_p50_ms"], out["consume_delay_p99_ms"] = _percentiles(at_rate["batches"][:, 0])
@@ -220,7 +229,8 @@ async def pipeline_phases(settings: Settings, svc: Services, expected: int, pool
         if "sustained_events_per_s" in out:  # the first reading of "half the maximum": half the backlog rate
             at_half_backlog = await phases.run(pools["backlog_half"], backlog_rate / 2)
             p50, p99 = _percentiles(at_half_backlog["latencies"])
-            out["half_backlog_rate"] = {"rate": round(backlog_rate / 2, 1), "p50_ms": p50, "p99_ms": p99}
+            out["half_backlog_rate"] = {"rate": round(backlog_rate / 2, 1), "p50_ms": p50, "p99_ms": p99,
+                                        "recs_per_event": at_half_backlog["recs_per_event"]}  # fmt: skip
         out["recommendations"] = worker.stats["recommendations"]
         out["dead_letters"] = worker.stats["dead_letters"]
         out["ranker"] = next(iter(worker.partitions.values())).selector.model_version if worker.partitions else ""

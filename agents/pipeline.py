@@ -159,14 +159,14 @@ class BatchPipeline:
         if record.offset < user_checkpoint:
             # Replaying after a restart: the user states already contain this event, the global model may not.
             if record.offset >= state.global_offsets.get(record.topic, 0):
-                selector.observe_global_only(state.user(event.user_id), event)
+                self._replay_global(state, record, event, result)
             return
         user = state.user(event.user_id)
         if user.has_applied(event.event_id):
             result.duplicates += 1
             metrics.EVENTS_DUPLICATE.inc()
             return
-        selector.observe(user, event)
+        selector.observe(user, event, record.offset)
         state.mark_dirty(user.user_id)
         result.applied += 1
         metrics.EVENTS_APPLIED.labels(event.kind).inc()
@@ -176,6 +176,20 @@ class BatchPipeline:
         origin = touched.get(key)
         first_ms = origin.first_timestamp_ms if origin else record.timestamp_ms
         touched[key] = _Touched(record.topic, record.partition, record.offset, event.event_id, event.ts, first_ms)
+
+    @staticmethod
+    def _replay_global(state: PartitionState, record: InputRecord, event, result: BatchResult) -> None:
+        """Into the global state only, if this record is the copy of the event that was applied live: a copy
+        skipped live as a duplicate (a producer retry, inside the window or after a copy the checkpoint holds) is
+        skipped again. An id the shopper's state no longer lists (more than 64 events ago) or stored without its
+        offset is replayed, as before offsets were kept."""
+        user = state.user(event.user_id)
+        applied_from = user.applied_offset(event.event_id)
+        if applied_from is not None and applied_from >= 0 and applied_from != record.offset:
+            result.duplicates += 1
+            metrics.EVENTS_DUPLICATE.inc()
+            return
+        state.selector.observe_global_only(user, event)
 
     def _recommend(self, state: PartitionState, user_id: str, origin: _Touched, result: BatchResult, pool, scores) -> None:
         user = state.users[user_id]

@@ -182,10 +182,11 @@ class Selector:
 
     # --- write path ---
 
-    def observe(self, user: UserInterest, event) -> None:
+    def observe(self, user: UserInterest, event, offset: int = -1) -> None:
+        """``offset``: the record the event came from, kept with its id in the user's state (replays use it)."""
         if user.has_applied(event.event_id):
             return
-        self.recommender.observe(user, event)
+        self.recommender.observe(user, event, offset=offset)
         if self.item_vectors is not None and isinstance(event, PurchaseEvent):
             for line in event.lines:
                 self.item_vectors.queue(line.item_id, line.name)
