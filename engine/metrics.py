@@ -22,7 +22,8 @@ RANKER_FALLBACKS = Counter("kairos_ranker_fallbacks_total", "Rankings that fell 
 
 STEP_LATENCY = Histogram(
     "kairos_step_seconds", "Latency of one pipeline step", ["step"], buckets=LATENCY_BUCKETS
-)  # steps: decode, state, retrieval, features, rank, rules, emit, commit
+)  # steps: decode, state, retrieval, features, rank, rules, emit, commit, checkpoint (building a commit that
+# carries the partition's global checkpoint)
 BATCH_SIZE = Histogram("kairos_batch_records", "Records per consumed batch", buckets=(1, 10, 50, 100, 500, 1000, 5000))
 EVENT_TO_REC = Histogram(
     "kairos_event_to_recommendation_seconds", "From event append time to recommendation produced", buckets=LATENCY_BUCKETS

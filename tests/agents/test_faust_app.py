@@ -12,6 +12,7 @@ import pytest
 import redis
 from aiokafka import AIOKafkaProducer
 from factories import T0, click
+from prometheus_client import REGISTRY
 
 from kairos.agents.runtime import Services, running_app, wait_for
 from kairos.agents.settings import Settings
@@ -28,6 +29,11 @@ def test_copy_agent_fills_the_copy_book(kafka_broker, redis_server, tmp_path):
     )
     svc = Services(kafka_broker, redis_server, False, False)
 
+    def checkpoints_built() -> float:
+        return REGISTRY.get_sample_value("kairos_step_seconds_count", {"step": "checkpoint"}) or 0.0
+
+    before = checkpoints_built()
+
     async def scenario():
         async with running_app(settings, svc) as app:
             worker = app.ingest_worker
@@ -43,6 +49,8 @@ def test_copy_agent_fills_the_copy_book(kafka_broker, redis_server, tmp_path):
             return dict(app.copybook._texts), app.copy_writer.version
 
     texts, writer = asyncio.run(scenario())
+    # stopping released both partitions, each with a global checkpoint, timed as a step (the event loop's stall)
+    assert checkpoints_built() >= before + 2
     assert writer == "template"  # no generator model in an empty model dir: documented fallback
     (item, segment), text = next(iter(texts.items()))
     assert segment.startswith("cat:") and text
