@@ -231,6 +231,9 @@ async def pipeline_phases(settings: Settings, svc: Services, expected: int, pool
             p50, p99 = _percentiles(at_half_backlog["latencies"])
             out["half_backlog_rate"] = {"rate": round(backlog_rate / 2, 1), "p50_ms": p50, "p99_ms": p99,
                                         "recs_per_event": at_half_backlog["recs_per_event"]}  # fmt: skip
+        stalls = np.asarray(worker.checkpoint_stalls_ms, dtype=np.float64)  # the whole run, every partition
+        out["checkpoints"] = {"in_child": worker.checkpoint_in_child, "count": len(stalls),
+                              "stall_p50_ms": _percentiles(stalls)[0], "stall_max_ms": round(float(stalls.max()), 2) if len(stalls) else None}  # fmt: skip
         out["recommendations"] = worker.stats["recommendations"]
         out["dead_letters"] = worker.stats["dead_letters"]
         out["ranker"] = next(iter(worker.partitions.values())).selector.model_version if worker.partitions else ""

@@ -74,6 +74,9 @@ class Settings(BaseSettings):
     #: first commit after the interval; after a crash, the records since the last one are replayed into the global
     #: model only (docs/state.md). 0 writes one with every commit (tests).
     global_checkpoint_interval_s: float = Field(default=30.0, ge=0, le=3600)
+    #: Build those checkpoints in a forked child (agents/snapshot.py): the event loop stops for the fork instead of
+    #: the serialisation, which grows with the state. Ignored where os.fork is missing and with an interval of 0.
+    checkpoint_in_child: bool = True
 
     # --- data, models and serving ---
     data_dir: Path | None = Field(default=None, description="real data sets (creatives, catalogs); default ../shared/data")

@@ -13,6 +13,7 @@ import asyncio
 import logging
 import time
 from collections import deque
+from dataclasses import replace
 from collections.abc import Callable
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -25,6 +26,7 @@ from kairos.agents.kafka_config import consumer_options, producer_options
 from kairos.agents.outputs import KafkaOutputs
 from kairos.agents.pipeline import BatchPipeline, InputRecord
 from kairos.agents.settings import Settings
+from kairos.agents.snapshot import ChildSnapshot, fork_available
 from kairos.engine import metrics
 from kairos.engine.config import EngineConfig
 from kairos.engine.partition import PartitionState
@@ -129,6 +131,13 @@ class IngestWorker:
         self.redis_healthy = True
         self._stopping = asyncio.Event()
         self._last_checkpoint: dict[int, float] = {}
+        #: The event loop's stall for each checkpoint taken (ms; the benchmark reports them).
+        self.checkpoint_stalls_ms: deque[float] = deque(maxlen=10_000)
+        #: Global checkpoints being built in forked children, by partition (agents/snapshot.py).
+        self._snapshots: dict[int, ChildSnapshot] = {}
+        self.checkpoint_in_child = (
+            settings.checkpoint_in_child and fork_available() and settings.global_checkpoint_interval_s > 0
+        )
         #: The last batch's outputs + commit, written while the next batch is processed (``_finalize``).
         self._finalizing: asyncio.Task | None = None
         self._last_kafka_commit = 0.0
@@ -226,7 +235,7 @@ class IngestWorker:
     async def release(self, partitions: set[int]) -> None:
         owned = [p for p in partitions if p in self.partitions]
         for partition in owned:
-            await self._commit_partition(partition, force_checkpoint=True)
+            await self._commit_partition(partition, force_checkpoint=True)  # discards a child's checkpoint
         for partition in owned:
             del self.partitions[partition]
         metrics.PARTITIONS_OWNED.set(len(self.partitions))
@@ -373,19 +382,53 @@ class IngestWorker:
             await self._write_commit(*prepared)
 
     def _prepare_commit(self, partition: int, force_checkpoint: bool = False):
+        """The partition's commit of what changed, and its global checkpoint when one is due or ready: built in a
+        forked child (agents/snapshot.py) when the settings allow, carried by the first commit after the child is
+        done; built here, holding the event loop, when forced (a release), without fork, or after a child failed.
+        Returns (partition, commit, when the checkpoint before this one was taken) or None."""
         state = self.partitions.get(partition)
         if state is None:
             return None
         now = time.monotonic()
         previous = self._last_checkpoint.get(partition, 0.0)
-        checkpoint = force_checkpoint or now - previous > self.settings.global_checkpoint_interval_s
-        if checkpoint:  # taken now, so the next batch's commit (built before this one is confirmed) has none
-            self._last_checkpoint[partition] = now
+        snapshot = self._snapshots.get(partition)
+        if snapshot is not None and (force_checkpoint or snapshot.ready):
+            del self._snapshots[partition]
+            blob = snapshot.blob if not force_checkpoint else None
+            if blob is not None:
+                commit = replace(state.build_commit(with_global_checkpoint=False), global_checkpoint=(blob, snapshot.offsets))
+                return partition, commit, snapshot.previous_checkpoint
+            snapshot.discard()  # forced: the checkpoint taken now is newer
+            previous = snapshot.previous_checkpoint
+            if not force_checkpoint:
+                log.warning("checkpoint child of partition %d exited with %s: checkpoints are built in-process from "
+                            "now on", partition, snapshot.exit_code)  # fmt: skip
+                self.checkpoint_in_child = False
+            snapshot = None
+        due = force_checkpoint or now - previous > self.settings.global_checkpoint_interval_s
+        if due and snapshot is not None:
+            due = False  # one is being built
         t0 = time.perf_counter()
-        commit = state.build_commit(with_global_checkpoint=checkpoint)
-        if checkpoint:  # built on the event loop: nothing else runs meanwhile (docs/performance.md)
-            metrics.STEP_LATENCY.labels("checkpoint").observe(time.perf_counter() - t0)
+        if due and self.checkpoint_in_child and not force_checkpoint:
+            if self._snapshots:  # one child at a time (each one's copied pages cost memory): due again next batch
+                return partition, state.build_commit(with_global_checkpoint=False), previous
+            self._last_checkpoint[partition] = now
+            commit = state.build_commit(with_global_checkpoint=False)
+            self._snapshots[partition] = ChildSnapshot.start(partition, state.global_blob, state.offsets, previous)
+            self._checkpoint_stall(t0)
+            return partition, commit, previous
+        if due:  # taken now, so the next batch's commit (built before this one is confirmed) has none
+            self._last_checkpoint[partition] = now
+        commit = state.build_commit(with_global_checkpoint=due)
+        if due:  # built on the event loop: nothing else runs meanwhile (docs/performance.md)
+            self._checkpoint_stall(t0)
         return partition, commit, previous
+
+    def _checkpoint_stall(self, started: float) -> None:
+        """How long taking a checkpoint held the event loop (the fork, or the whole build in-process)."""
+        seconds = time.perf_counter() - started
+        metrics.STEP_LATENCY.labels("checkpoint").observe(seconds)
+        self.checkpoint_stalls_ms.append(seconds * 1000.0)
 
     async def _write_commit(self, partition: int, commit, previous_checkpoint: float) -> None:
         state = self.partitions.get(partition)
@@ -423,7 +466,8 @@ class IngestWorker:
         await self._settle()
         for partition, state in list(self.partitions.items()):
             state.expire_idle(now=state.latest_ts)
-            if state.has_pending or not self.redis_healthy:
+            snapshot = self._snapshots.get(partition)
+            if state.has_pending or not self.redis_healthy or (snapshot is not None and snapshot.ready):
                 await self._commit_partition(partition)
         self._evict_resident()
         metrics.USERS_IN_MEMORY.set(sum(len(s.users) for s in self.partitions.values()))

@@ -1,0 +1,83 @@
+"""Global checkpoints built in a forked child (agents/snapshot.py): the blob is the state at the fork, whatever the
+parent does meanwhile; a failed child says so instead of handing over a partial blob; a discarded child is killed.
+The worker end to end (a child's checkpoint written with its offsets, then a kill and a restart) is in
+tests/agents/test_checkpoint_child.py."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+import orjson
+from factories import T0, click
+from test_product_restart import TOPICS, InputLog
+
+from kairos.agents.pipeline import BatchPipeline
+from kairos.agents.snapshot import ChildSnapshot
+from kairos.engine.config import EngineConfig
+from kairos.engine.partition import PartitionState
+from kairos.engine.selection import Selector
+
+CONFIG = EngineConfig(top_n=5)
+
+
+def _events(start: int, n: int) -> list:
+    return [click(user=f"u{k % 7}", item=f"c{k % 3}-i{k % 11}", category=f"c{k % 3}", ts=T0 + k) for k in range(start, start + n)]
+
+
+def test_the_child_builds_the_state_of_the_fork_while_the_parent_moves_on():
+    log = InputLog()
+    state = PartitionState(0, CONFIG, Selector(CONFIG, exploration=False))
+    pipeline = BatchPipeline(TOPICS, {0: state}, 1, CONFIG.top_n)
+    pipeline.process([log.append(e) for e in _events(0, 200)])
+    at_fork, offsets = state.global_blob(), dict(state.offsets)
+
+    async def scenario():
+        snapshot = ChildSnapshot.start(0, state.global_blob, state.offsets, previous_checkpoint=12.5)
+        pipeline.process([log.append(e) for e in _events(200, 200)])  # the parent changes the state meanwhile
+        return snapshot, await snapshot.wait()
+
+    snapshot, blob = asyncio.run(scenario())
+    assert snapshot.exit_code == 0 and blob == at_fork
+    assert snapshot.offsets == offsets == {TOPICS.clicks: 200} and snapshot.previous_checkpoint == 12.5
+    assert orjson.loads(blob)["model"]["events"] == 200
+    assert orjson.loads(state.global_blob())["model"]["events"] == 400  # the parent's own state went on
+
+
+def test_a_failed_child_hands_over_nothing():
+    def build() -> bytes:
+        raise RuntimeError("serialisation failed")
+
+    async def scenario():
+        snapshot = ChildSnapshot.start(0, build, {}, 0.0)
+        return snapshot, await snapshot.wait()
+
+    snapshot, blob = asyncio.run(scenario())
+    assert blob is None and snapshot.exit_code == 1
+
+
+def test_a_discarded_child_is_killed_and_reaped():
+    read, write = os.pipe()
+
+    def build() -> bytes:
+        os.read(read, 1)  # blocks: nothing is ever written
+        return b"never"
+
+    async def scenario():
+        snapshot = ChildSnapshot.start(0, build, {}, 0.0)
+        await asyncio.sleep(0.05)
+        assert not snapshot.ready
+        snapshot.discard()
+        return snapshot, await asyncio.wait_for(snapshot.wait(), 10)
+
+    try:
+        snapshot, blob = asyncio.run(scenario())
+    finally:
+        os.close(read)
+        os.close(write)
+    assert blob is None and snapshot.exit_code == -9
+    try:
+        os.waitpid(snapshot.pid, os.WNOHANG)
+        raise AssertionError("the child was not reaped")
+    except ChildProcessError:
+        pass
