@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import time
 from array import array
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Collection
 from dataclasses import dataclass, replace
 
@@ -40,6 +40,10 @@ _ENGAGED = frozenset({"click", "add_to_cart", "favourite"})
 #: (~0.3 KB each; at 75 recommendations/s a partition keeps the last ~4 minutes; an impression of an older slate is
 #: still joined, with neutral logits).
 _SERVED_MEMORY = 20_000
+#: Slates per shopper kept in their stored state (``"v"``), so that an impression of one served before a restart
+#: still joins with the logits, segment and exploration flag it was served with: the storefront shows the latest,
+#: or the one before when a newer recommendation was computed meanwhile. Logits stored to 4 decimals.
+SERVED_PER_USER = 2
 #: Most items whose frequency-cap history a shopper's stored state keeps (the ones shown last): a day's browsing
 #: shows a shopper tens to a few hundred distinct items; more than this is a crawler, not worth a larger state.
 MAX_CAPPED_ITEMS_PER_USER = 500
@@ -129,6 +133,8 @@ class Selector:
             [ExcludeHidden(lambda: self.hidden), FrequencyCap(self.impressions, frequency_cap), CategoryCap(max_per_category)]
         )
         self._served: OrderedDict[str, _Served] = OrderedDict()
+        #: user -> rec ids of their last ``SERVED_PER_USER`` slates (stored with the user, ``user_state``).
+        self._served_by_user: dict[str, deque[str]] = {}
         self.ads = ads
         self.copybook = copybook
         if ads is not None:
@@ -308,11 +314,20 @@ class Selector:
         return replace(selection, items=items)
 
     def _remember(self, selection: Selection) -> None:
-        self._served[selection.rec_id] = _Served(
+        served = _Served(
             tuple(i.item_id for i in selection.items), array("f", [i.logit for i in selection.items]), selection.segment, selection.explored
         )
+        self._keep_served(selection.user_id, selection.rec_id, served)
+
+    def _keep_served(self, user_id: str, rec_id: str, served: _Served) -> None:
+        self._served[rec_id] = served
         while len(self._served) > _SERVED_MEMORY:
             self._served.popitem(last=False)
+        recent = self._served_by_user.get(user_id)
+        if recent is None:
+            recent = self._served_by_user[user_id] = deque(maxlen=SERVED_PER_USER)
+        if rec_id not in recent:
+            recent.append(rec_id)
 
     def _neighbours(self, item_id: str) -> list[str]:
         return [item for item, _ in self.model.neighbours_of(item_id, 5)]
@@ -352,15 +367,29 @@ class Selector:
         """Entries for the user's stored state beside ``UserInterest.to_state``: ``"f"``, the frequency-cap history
         inside its window at ``now`` (engine/rules.py ``ImpressionHistory.user_state``), none without one."""
         caps = self.impressions.user_state(user_id, now, MAX_CAPPED_ITEMS_PER_USER)
-        return {"f": caps} if caps is not None else {}
+        entries: dict = {"f": caps} if caps is not None else {}
+        slates = []
+        for rec_id in self._served_by_user.get(user_id, ()):
+            served = self._served.get(rec_id)
+            if served is not None:
+                logits = [round(x, 4) for x in served.logits]
+                slates.append([rec_id, list(served.items), logits, served.segment, served.explored])
+        if slates:
+            entries["v"] = slates
+        return entries
 
     def load_user_state(self, user_id: str, data: dict) -> None:
-        """Take a stored user's entries back (a state written before ``"f"`` existed: no history)."""
+        """Take a stored user's entries back (a state written before ``"f"`` or ``"v"`` existed: none of them)."""
         self.impressions.load_user(user_id, data.get("f"))
+        for rec_id, items, logits, segment, explored in data.get("v", ()):
+            # After a restart the slates come from here; a shopper read back after eviction finds theirs in memory.
+            served = self._served.get(rec_id) or _Served(tuple(items), array("f", logits), segment, explored)
+            self._keep_served(user_id, rec_id, served)
 
     def forget_user(self, user_id: str) -> None:
         """The user left memory (evicted or expired): what :meth:`user_state` wrote comes back with them."""
         self.impressions.forget(user_id)
+        self._served_by_user.pop(user_id, None)
 
 
 def _logits_for(served: _Served | None, ids: tuple[str, ...]) -> tuple[float, ...]:

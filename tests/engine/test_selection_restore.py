@@ -11,6 +11,7 @@ import asyncio
 import random
 
 import orjson
+import pytest
 from factories import T0, click, impression
 
 from kairos.engine.config import EngineConfig
@@ -157,3 +158,36 @@ def test_a_checkpoint_and_a_user_state_written_before_the_product_state_was_kept
     assert restored.selector.select(shopper, NOW + 2).items  # serves as before, with nothing capped
     _show(restored, NOW + 3)  # and keeps the new state from then on
     assert restored.selector.join.pending == 1 and restored.selector.user_state("shopper", NOW + 3)["f"]["n"]
+
+
+def test_a_slate_served_before_the_restore_joins_its_impression_with_the_logits_it_was_served_with():
+    state, store = _partition(), InMemoryStateStore()
+    older = state.selector.select(state.users["shopper"], NOW, rec_id="shopper.slate-a")
+    served = state.selector.select(state.users["shopper"], NOW + 1, rec_id="shopper.slate-b")
+    _commit(state, store, checkpoint=False)  # the slates are stored with the shopper, not in the checkpoint
+    restored = _restore(store, state.config)
+    for selection in (older, served):  # both shown after the restart (the storefront had the older one first)
+        for partition in (state, restored):
+            _apply(partition, impression(user="shopper", items=_items(selection), rec_id=selection.rec_id, ts=NOW + 2,
+                                         event_id=f"shown-{selection.rec_id}"))  # fmt: skip
+        live = state.selector.join._open[selection.rec_id].impression
+        again = restored.selector.join._open[selection.rec_id].impression
+        assert again.segment == live.segment == selection.segment != "all"
+        assert again.randomized == live.randomized
+        assert again.logits == pytest.approx(live.logits, abs=1e-4) and any(x != 0.0 for x in again.logits)
+    # only the last SERVED_PER_USER slates are kept: a third pushes the first out of the stored state
+    state.selector.select(state.users["shopper"], NOW + 3, rec_id="shopper.slate-c")
+    stored = state.selector.user_state("shopper", NOW + 3)["v"]
+    assert [slate[0] for slate in stored] == ["shopper.slate-b", "shopper.slate-c"]
+    # a state written before slates were kept: impressions of its slates join with neutral logits, as before
+    assert restored.selector.load_user_state("old", {}) is None and "old" not in restored.selector._served_by_user
+
+
+def test_a_shopper_read_back_after_eviction_keeps_their_slates_stored():
+    state, store = _partition(), InMemoryStateStore()
+    state.selector.select(state.users["shopper"], NOW, rec_id="shopper.slate-a")
+    _commit(state, store, checkpoint=False)
+    state.selector.forget_user("shopper")  # evicted from memory: what was stored comes back with them
+    assert "v" not in state.selector.user_state("shopper", NOW)
+    state.selector.load_user_state("shopper", orjson.loads(asyncio.run(store.load_users(0, ["shopper"]))["shopper"]))
+    assert [slate[0] for slate in state.selector.user_state("shopper", NOW)["v"]] == ["shopper.slate-a"]
