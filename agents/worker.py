@@ -13,8 +13,8 @@ import asyncio
 import logging
 import time
 from collections import deque
-from dataclasses import replace
 from collections.abc import Callable
+from dataclasses import replace
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
@@ -394,17 +394,12 @@ class IngestWorker:
         snapshot = self._snapshots.get(partition)
         if snapshot is not None and (force_checkpoint or snapshot.ready):
             del self._snapshots[partition]
-            blob = snapshot.blob if not force_checkpoint else None
+            blob = None if force_checkpoint else snapshot.blob
             if blob is not None:
                 commit = replace(state.build_commit(with_global_checkpoint=False), global_checkpoint=(blob, snapshot.offsets))
                 return partition, commit, snapshot.previous_checkpoint
-            snapshot.discard()  # forced: the checkpoint taken now is newer
-            previous = snapshot.previous_checkpoint
-            if not force_checkpoint:
-                log.warning("checkpoint child of partition %d exited with %s: checkpoints are built in-process from "
-                            "now on", partition, snapshot.exit_code)  # fmt: skip
-                self.checkpoint_in_child = False
-            snapshot = None
+            self._drop_snapshot(snapshot, failed=not force_checkpoint)
+            previous, snapshot = snapshot.previous_checkpoint, None
         due = force_checkpoint or now - previous > self.settings.global_checkpoint_interval_s
         if due and snapshot is not None:
             due = False  # one is being built
@@ -423,6 +418,15 @@ class IngestWorker:
         if due:  # built on the event loop: nothing else runs meanwhile (docs/performance.md)
             self._checkpoint_stall(t0)
         return partition, commit, previous
+
+    def _drop_snapshot(self, snapshot: ChildSnapshot, failed: bool) -> None:
+        """Not written: superseded by a checkpoint forced now (a release; a child still running is killed), or
+        its child failed, after which checkpoints are built in-process."""
+        snapshot.discard()
+        if failed:
+            log.warning("checkpoint child of partition %d exited with %s: checkpoints are built in-process from now on",
+                        snapshot.partition, snapshot.exit_code)  # fmt: skip
+            self.checkpoint_in_child = False
 
     def _checkpoint_stall(self, started: float) -> None:
         """How long taking a checkpoint held the event loop (the fork, or the whole build in-process)."""
