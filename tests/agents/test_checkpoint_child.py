@@ -15,6 +15,7 @@ from factories import T0, click
 
 from kairos.agents import snapshot as snapshot_module
 from kairos.agents.runtime import Services, running_app, wait_for
+from kairos.agents.settings import Settings
 from kairos.agents.topics_admin import ensure_topics
 from kairos.engine.partition import PartitionState
 from kairos.schemas.codec import encode
@@ -24,12 +25,47 @@ from agents_helpers import state_store
 pytestmark = pytest.mark.integration
 
 
-@pytest.mark.timeout(120)
-def test_checkpoints_built_in_children_match_their_offsets(make_settings, broker, redis_url, tmp_path, monkeypatch):
+def _settings(make_settings, redis_url: str, tmp_path) -> Settings:
+    """A checkpoint due every 0.3 s; the built-in creative inventory, no models."""
     (tmp_path / "no-data").mkdir()
     (tmp_path / "no-models").mkdir()
-    settings = make_settings(redis_url=redis_url, global_checkpoint_interval_s=0.3, data_dir=tmp_path / "no-data",
-                             model_dir=tmp_path / "no-models")  # fmt: skip
+    return make_settings(redis_url=redis_url, global_checkpoint_interval_s=0.3, data_dir=tmp_path / "no-data",
+                         model_dir=tmp_path / "no-models")  # fmt: skip
+
+
+def _clicks(n: int, users: int) -> list:
+    return [click(user=f"u{k % users}", item=f"c{k % 5}-i{k % 41}", category=f"c{k % 5}", ts=T0 + k) for k in range(n)]
+
+
+async def _produce_steadily(broker: str, settings: Settings, events: list, every_tenth=None) -> None:
+    """15 events every ~40 ms (batches keep coming while children serialise); ``every_tenth`` awaited every 10."""
+    producer = AIOKafkaProducer(bootstrap_servers=broker)
+    await producer.start()
+    try:
+        for n, first in enumerate(range(0, len(events), 15)):
+            for event in events[first : first + 15]:
+                await producer.send(settings.topics.clicks, encode(event), key=event.user_id.encode())
+            await producer.flush()
+            if every_tenth is not None and n % 10 == 0:
+                await every_tenth()
+            await asyncio.sleep(0.04)
+    finally:
+        await producer.stop()
+
+
+async def _checkpoints(store, settings: Settings) -> list[tuple[int, int]]:
+    """Per partition with a checkpoint: (events in the blob's global model, records below the blob's offsets)."""
+    out = []
+    for partition in range(settings.partitions):
+        stored = await store.load(partition, with_users=False)
+        if stored.global_blob:
+            out.append((orjson.loads(stored.global_blob)["model"]["events"], sum(stored.global_offsets.values())))
+    return out
+
+
+@pytest.mark.timeout(120)
+def test_checkpoints_built_in_children_match_their_offsets(make_settings, broker, redis_url, tmp_path, monkeypatch):
+    settings = _settings(make_settings, redis_url, tmp_path)
     started = []
     original = snapshot_module.ChildSnapshot.start.__func__
 
@@ -39,36 +75,22 @@ def test_checkpoints_built_in_children_match_their_offsets(make_settings, broker
         return snapshot
 
     monkeypatch.setattr(snapshot_module.ChildSnapshot, "start", classmethod(counting_start))
-    events = [click(user=f"u{n % 23}", item=f"c{n % 5}-i{n % 41}", category=f"c{n % 5}", ts=T0 + n) for n in range(1500)]
+    events = _clicks(1500, users=23)
 
     async def scenario() -> list[tuple[int, int]]:
         await ensure_topics(settings, broker)
         store = state_store(settings)
-        seen: list[tuple[int, int]] = []  # (events in the blob, records below its offsets), per checkpoint read
+        seen: list[tuple[int, int]] = []
 
-        async def read_checkpoints() -> None:
-            for partition in range(settings.partitions):
-                stored = await store.load(partition, with_users=False)
-                if stored.global_blob:
-                    blob_events = orjson.loads(stored.global_blob)["model"]["events"]
-                    seen.append((blob_events, sum(stored.global_offsets.values())))
+        async def read() -> None:
+            seen.extend(await _checkpoints(store, settings))
 
         async with running_app(settings, Services(broker, redis_url, False, False), roles=frozenset({"ingest"})) as app:
             worker = app.ingest_worker
-            producer = AIOKafkaProducer(bootstrap_servers=broker)
-            await producer.start()
-            # A steady stream (~4 s, many checkpoint intervals): batches keep coming while children serialise.
-            for first in range(0, len(events), 15):
-                for event in events[first : first + 15]:
-                    await producer.send(settings.topics.clicks, encode(event), key=event.user_id.encode())
-                await producer.flush()
-                if first % 150 == 0:
-                    await read_checkpoints()
-                await asyncio.sleep(0.04)
-            await producer.stop()
+            await _produce_steadily(broker, settings, events, read)  # ~4 s: many checkpoint intervals
             assert await wait_for(lambda: worker.stats["events"] >= len(events), 60)
             await asyncio.sleep(1.0)  # the last children finish and their checkpoints are committed
-            await read_checkpoints()
+            await read()
             assert worker.checkpoint_in_child, "a child failed and the worker fell back to in-process checkpoints"
         await store.close()
         return seen
@@ -84,10 +106,7 @@ def test_checkpoints_built_in_children_match_their_offsets(make_settings, broker
 @pytest.mark.timeout(120)
 def test_a_failing_child_switches_the_worker_to_checkpoints_built_in_process(make_settings, broker, redis_url, tmp_path,
                                                                               monkeypatch):  # fmt: skip
-    (tmp_path / "no-data").mkdir()
-    (tmp_path / "no-models").mkdir()
-    settings = make_settings(redis_url=redis_url, global_checkpoint_interval_s=0.3, data_dir=tmp_path / "no-data",
-                             model_dir=tmp_path / "no-models")  # fmt: skip
+    settings = _settings(make_settings, redis_url, tmp_path)
     parent, build = os.getpid(), PartitionState.global_blob
 
     def fails_in_a_child(state: PartitionState) -> bytes:
@@ -96,31 +115,24 @@ def test_a_failing_child_switches_the_worker_to_checkpoints_built_in_process(mak
         return build(state)
 
     monkeypatch.setattr(PartitionState, "global_blob", fails_in_a_child)
-    events = [click(user=f"u{n % 11}", item=f"c{n % 3}-i{n % 17}", category=f"c{n % 3}", ts=T0 + n) for n in range(400)]
+    events = _clicks(400, users=11)
 
     async def scenario() -> tuple[bool, list[tuple[int, int]]]:
         await ensure_topics(settings, broker)
         store = state_store(settings)
         async with running_app(settings, Services(broker, redis_url, False, False), roles=frozenset({"ingest"})) as app:
             worker = app.ingest_worker
-            producer = AIOKafkaProducer(bootstrap_servers=broker)
-            await producer.start()
-            for first in range(0, len(events), 20):
-                for event in events[first : first + 20]:
-                    await producer.send(settings.topics.clicks, encode(event), key=event.user_id.encode())
-                await producer.flush()
-                await asyncio.sleep(0.05)
-            await producer.stop()
+            await _produce_steadily(broker, settings, events)
             assert await wait_for(lambda: not worker.checkpoint_in_child, 30), "the failed child went unnoticed"
             assert await wait_for(lambda: worker.stats["events"] >= len(events), 60)
             await asyncio.sleep(1.0)  # in-process checkpoints go on
             in_child = worker.checkpoint_in_child
-        stored = [await store.load(p, with_users=False) for p in range(settings.partitions)]
+        checkpoints = await _checkpoints(store, settings)  # the last ones written in-process at the release
         await store.close()
-        return in_child, [(orjson.loads(s.global_blob)["model"]["events"], sum(s.global_offsets.values())) for s in stored]
+        return in_child, checkpoints
 
     in_child, checkpoints = asyncio.run(scenario())
     assert not in_child
-    # the checkpoints written in-process (the last ones at the release) match their offsets and cover every event
+    assert len(checkpoints) == settings.partitions
     assert all(events_in == records for events_in, records in checkpoints)
     assert sum(records for _, records in checkpoints) == len(events)
