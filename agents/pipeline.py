@@ -90,6 +90,8 @@ class BatchPipeline:
         self.n_partitions = n_partitions
         self.top_n = top_n
         self._kinds = _kinds_by_topic(topics)
+        #: 0 clicks, 1 purchases, 2 impressions, 3 re-keyed, 4 ad requests (``record_source``).
+        self._topic_codes = {topic: code for code, topic in enumerate(self._kinds)}
         self.clock: Callable[[], float] = time.time
 
     def process(self, records: Iterable[InputRecord]) -> BatchResult:
@@ -166,7 +168,7 @@ class BatchPipeline:
             result.duplicates += 1
             metrics.EVENTS_DUPLICATE.inc()
             return
-        selector.observe(user, event, record.offset)
+        selector.observe(user, event, self.record_source(record))
         state.mark_dirty(user.user_id)
         result.applied += 1
         metrics.EVENTS_APPLIED.labels(event.kind).inc()
@@ -177,15 +179,19 @@ class BatchPipeline:
         first_ms = origin.first_timestamp_ms if origin else record.timestamp_ms
         touched[key] = _Touched(record.topic, record.partition, record.offset, event.event_id, event.ts, first_ms)
 
-    @staticmethod
-    def _replay_global(state: PartitionState, record: InputRecord, event, result: BatchResult) -> None:
+    def record_source(self, record: InputRecord) -> int:
+        """The record an event is applied from, as one integer kept with its id in the user's state: offset x 8 +
+        the input topic's code (the same event id can reach two topics, e.g. directly and re-keyed)."""
+        return record.offset * 8 + self._topic_codes.get(record.topic, 7)
+
+    def _replay_global(self, state: PartitionState, record: InputRecord, event, result: BatchResult) -> None:
         """Into the global state only, if this record is the copy of the event that was applied live: a copy
         skipped live as a duplicate (a producer retry, inside the window or after a copy the checkpoint holds) is
         skipped again. An id the shopper's state no longer lists (more than 64 events ago) or stored without its
-        offset is replayed, as before offsets were kept."""
+        source is replayed, as before sources were kept."""
         user = state.user(event.user_id)
-        applied_from = user.applied_offset(event.event_id)
-        if applied_from is not None and applied_from >= 0 and applied_from != record.offset:
+        applied_from = user.applied_source(event.event_id)
+        if applied_from is not None and applied_from >= 0 and applied_from != self.record_source(record):
             result.duplicates += 1
             metrics.EVENTS_DUPLICATE.inc()
             return

@@ -82,9 +82,9 @@ class Recommender:
 
     # --- write path ---
 
-    def observe(self, user: UserInterest, event: Event, *, learn: bool = True, offset: int = -1) -> list[Interaction]:
+    def observe(self, user: UserInterest, event: Event, *, learn: bool = True, source: int = -1) -> list[Interaction]:
         """Apply one event: the global model and online ranker learn from it *before* the user state absorbs it
-        (the ranker must see the state the shopper acted from). Returns [] for a duplicate event. ``offset``: the
+        (the ranker must see the state the shopper acted from). Returns [] for a duplicate event. ``source``: the
         record it came from (``UserInterest.apply``)."""
         if user.has_applied(event.event_id):
             return []
@@ -94,7 +94,7 @@ class Recommender:
                 self._learn_ranking(user, interactions, event.ts)
             self.model.observe(user, interactions)
             self.discovery.observe(user, interactions)
-        return user.apply(event, offset)
+        return user.apply(event, source)
 
     def observe_global_only(self, user: UserInterest, event: Event) -> None:
         """Replay an event into the global model only (recovering it after a restart, see docs/state.md)."""

@@ -188,11 +188,11 @@ class Selector:
 
     # --- write path ---
 
-    def observe(self, user: UserInterest, event, offset: int = -1) -> None:
-        """``offset``: the record the event came from, kept with its id in the user's state (replays use it)."""
+    def observe(self, user: UserInterest, event, source: int = -1) -> None:
+        """``source``: the record the event came from, kept with its id in the user's state (replays use it)."""
         if user.has_applied(event.event_id):
             return
-        self.recommender.observe(user, event, offset=offset)
+        self.recommender.observe(user, event, source=source)
         if self.item_vectors is not None and isinstance(event, PurchaseEvent):
             for line in event.lines:
                 self.item_vectors.queue(line.item_id, line.name)

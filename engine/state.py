@@ -65,9 +65,10 @@ class UserInterest:
     #: item -> time of the last purchase (returns remove the entry).
     purchased: dict[str, float]
     seen_event_ids: deque[str]
-    #: The offset of the record each of ``seen_event_ids`` was applied from (-1: not known), so a replay after a
-    #: restart applies the copy that was applied live and skips the others (agents/pipeline.py).
-    seen_offsets: deque[int]
+    #: The record each of ``seen_event_ids`` was applied from, as one integer (the caller's encoding of topic and
+    #: offset; -1: not known), so a replay after a restart applies the copy that was applied live and skips the
+    #: others (agents/pipeline.py ``record_source``).
+    seen_sources: deque[int]
     price_mean: stats.Mean = field(default_factory=stats.Mean)
     event_count: int = 0
     purchase_count: int = 0
@@ -85,23 +86,23 @@ class UserInterest:
             recent=deque(maxlen=config.max_recent_items),
             purchased={},
             seen_event_ids=deque(maxlen=_SEEN_EVENT_IDS),
-            seen_offsets=deque(maxlen=_SEEN_EVENT_IDS),
+            seen_sources=deque(maxlen=_SEEN_EVENT_IDS),
         )
 
     def has_applied(self, event_id: str) -> bool:
         return event_id in self.seen_event_ids
 
-    def applied_offset(self, event_id: str) -> int | None:
-        """The offset of the record ``event_id`` was applied from: None when it is not among the last ids applied,
-        -1 when it was applied without one (or stored before offsets were)."""
+    def applied_source(self, event_id: str) -> int | None:
+        """The record ``event_id`` was applied from (as given to :meth:`apply`): None when it is not among the last
+        ids applied, -1 when it was applied without one (or stored before sources were)."""
         ids = self.seen_event_ids
         if event_id not in ids:
             return None
-        return self.seen_offsets[ids.index(event_id)]
+        return self.seen_sources[ids.index(event_id)]
 
-    def apply(self, event: ClickEvent | PurchaseEvent | ImpressionEvent, offset: int = -1) -> list[Interaction]:
+    def apply(self, event: ClickEvent | PurchaseEvent | ImpressionEvent, source: int = -1) -> list[Interaction]:
         """Learn from one event; returns the interactions it contained (empty for a duplicate or an impression).
-        ``offset``: the record it came from, kept with its id (:meth:`applied_offset`).
+        ``source``: the record it came from, kept with its id (:meth:`applied_source`).
 
         >>> from kairos.schemas.events import ClickEvent
         >>> user = UserInterest.new("u1", EngineConfig())
@@ -112,7 +113,7 @@ class UserInterest:
         if self.has_applied(event.event_id):
             return []
         self.seen_event_ids.append(event.event_id)
-        self.seen_offsets.append(offset)
+        self.seen_sources.append(source)
         self.version += 1
         if isinstance(event, ImpressionEvent):
             return []
@@ -162,7 +163,7 @@ class UserInterest:
             "r": list(self.recent),
             "p": self.purchased,
             "s": list(self.seen_event_ids),
-            "so": list(self.seen_offsets),
+            "so": list(self.seen_sources),
             "pm": [self.price_mean.n, self.price_mean.get()],
             "n": [self.event_count, self.purchase_count, self.version],
             "t": self.last_ts,
@@ -176,7 +177,7 @@ class UserInterest:
         user.recent.extend(data["r"])
         user.purchased = data["p"]
         user.seen_event_ids.extend(data["s"])
-        user.seen_offsets.extend(data.get("so") or [-1] * len(data["s"]))  # a state stored before offsets were
+        user.seen_sources.extend(data.get("so") or [-1] * len(data["s"]))  # a state stored before sources were
         n, mean = data["pm"]
         user.price_mean.n, user.price_mean._mean = n, mean
         user.event_count, user.purchase_count, user.version = data["n"]

@@ -16,7 +16,7 @@ import orjson
 from factories import T0, click, purchase
 from test_product_restart import TOPICS, InputLog
 
-from kairos.agents.pipeline import BatchPipeline
+from kairos.agents.pipeline import BatchPipeline, InputRecord
 from kairos.engine.config import EngineConfig
 from kairos.engine.partition import PartitionState
 from kairos.engine.selection import Selector
@@ -84,12 +84,19 @@ def test_a_copy_of_an_event_in_the_replay_window_is_replayed_once():
 def test_the_applied_record_is_stored_with_the_event_id():
     user = UserInterest.new("u", CONFIG)
     event = purchase(user="u", ts=T0)
-    user.apply(event, offset=17)
-    assert user.applied_offset(event.event_id) == 17
+    user.apply(event, source=17 * 8 + 1)
+    assert user.applied_source(event.event_id) == 17 * 8 + 1
     restored = UserInterest.from_state("u", orjson.loads(orjson.dumps(user.to_state())), CONFIG)
-    assert restored.applied_offset(event.event_id) == 17
-    assert restored.applied_offset("never seen") is None
-    # a state written before offsets were stored: the event is known, its record is not
+    assert restored.applied_source(event.event_id) == 17 * 8 + 1
+    assert restored.applied_source("never seen") is None
+    # a state written before sources were stored: the event is known, its record is not
     old = user.to_state()
     del old["so"]
-    assert UserInterest.from_state("u", old, CONFIG).applied_offset(event.event_id) == -1
+    assert UserInterest.from_state("u", old, CONFIG).applied_source(event.event_id) == -1
+
+
+def test_the_same_offset_in_another_topic_is_another_record():
+    pipeline = BatchPipeline(TOPICS, {}, 1, CONFIG.top_n)
+    clicks, rekeyed = (InputRecord(topic, 0, 42, b"u", b"", 0) for topic in (TOPICS.clicks, TOPICS.rekeyed))
+    assert pipeline.record_source(clicks) != pipeline.record_source(rekeyed)
+    assert pipeline.record_source(clicks) // 8 == pipeline.record_source(rekeyed) // 8 == 42
