@@ -8,7 +8,9 @@
     rate whose queue stays short (median latency of the last quarter of a probe <= ``SATURATION_MS``);
 (d) latency: event -> recommendation at half of (c) (or ``--rate``), and at half of (b) for comparison;
 Each phase reports ``recs_per_event``: recommendations computed per event consumed (below 1 where events of one
-shopper met in a batch and only the last was ranked; the share of the work coalescing saved);
+shopper met in a batch and only the last was ranked; the share of the work coalescing saved). With
+``KAIROS_RECOMMEND_EVERY_EVENT=true`` nothing coalesces: every phase ranks every event, and (b) and (c) are the
+most the pipeline absorbs and sustains doing the full selection per event;
 (e) peak RSS of this process (worker and consumers; broker, Redis and the producer are separate processes).
 
 Paced events come from a producer in its own process and carry their *due* time as the Kafka timestamp, so the
@@ -252,6 +254,8 @@ async def run(settings: Settings, svc: Services, events: list, pools: dict[str, 
         **phases,
         "ratio": round(phases["pipeline_events_per_s"] / plain, 3),
         "partitions": settings.partitions,
+        # True: every event was ranked on its own (KAIROS_RECOMMEND_EVERY_EVENT), recs_per_event is 1 everywhere.
+        "recommend_every_event": settings.recommend_every_event,
         "rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1),
     }
 

@@ -4,7 +4,8 @@
       -> decode + validate          bad -> DeadLetter (reason)           # (partition, event) | DeadLetter
       -> route                      not on its user's partition -> rekey # (partition, event)
       -> apply to user state        (global-only below the user checkpoint after a restart)
-      -> recommend once per touched user
+      -> recommend once per touched user (after its last event of the batch), or with ``every_event`` once per
+         event: the batch is cut before an event whose user was already touched in it
       -> Outputs: recommendations, dead letters, re-keyed events, serving records
 """
 
@@ -84,7 +85,14 @@ class _Touched:
 class BatchPipeline:
     """Applies consumed records to the partition states it is given and collects everything to emit."""
 
-    def __init__(self, topics: Topics, partitions: dict[int, PartitionState], n_partitions: int, top_n: int) -> None:
+    def __init__(
+        self,
+        topics: Topics,
+        partitions: dict[int, PartitionState],
+        n_partitions: int,
+        top_n: int,
+        every_event: bool = False,
+    ) -> None:
         self.topics = topics
         self.partitions = partitions
         self.n_partitions = n_partitions
@@ -93,22 +101,40 @@ class BatchPipeline:
         #: 0 clicks, 1 purchases, 2 impressions, 3 re-keyed, 4 ad requests (``record_source``).
         self._topic_codes = {topic: code for code, topic in enumerate(self._kinds)}
         self.clock: Callable[[], float] = time.time
+        #: False (the default): a shopper with several events in one consumed batch is ranked once, after the last
+        #: of them (the earlier recommendations would be superseded before anyone read them). True: every event
+        #: gets its own recommendation, computed on the state right after it (``KAIROS_RECOMMEND_EVERY_EVENT``);
+        #: the users touched so far are ranked, in one ranker call, before a user's second event is applied.
+        self.every_event = every_event
+        self._flush_s = 0.0
 
     def process(self, records: Iterable[InputRecord]) -> BatchResult:
         result = BatchResult()
         touched: dict[tuple[int, str], _Touched] = {}
+        self._flush_s = 0.0
         t0 = time.perf_counter()
         for record in records:
             self._apply_record(record, result, touched)
         t1 = time.perf_counter()
-        metrics.STEP_LATENCY.labels("state").observe(t1 - t0)
+        metrics.STEP_LATENCY.labels("state").observe(t1 - t0 - self._flush_s)
+        self._recommend_touched(touched, result)
+        self._request_copy(result)
+        return result
+
+    def _recommend_touched(self, touched: dict[tuple[int, str], _Touched], result: BatchResult) -> None:
         by_partition: dict[int, list[tuple[str, _Touched]]] = {}
         for (partition, user_id), origin in touched.items():
             by_partition.setdefault(partition, []).append((user_id, origin))
         for partition, users in by_partition.items():
             self._recommend_many(self.partitions[partition], users, result)
-        self._request_copy(result)
-        return result
+
+    def _flush_before(self, key: tuple[int, str], touched: dict[tuple[int, str], _Touched], result: BatchResult) -> None:
+        """Every-event mode: ``key``'s user is about to change again, so everyone touched so far is ranked now."""
+        if self.every_event and key in touched:
+            t0 = time.perf_counter()
+            self._recommend_touched(touched, result)
+            touched.clear()
+            self._flush_s += time.perf_counter() - t0
 
     def _recommend_many(self, state: PartitionState, users: list[tuple[str, _Touched]], result: BatchResult) -> None:
         """Every touched user of the partition: candidates and features each, then ONE ranker call for all of
@@ -168,13 +194,14 @@ class BatchPipeline:
             result.duplicates += 1
             metrics.EVENTS_DUPLICATE.inc()
             return
+        key = (record.partition, event.user_id)
+        self._flush_before(key, touched, result)
         selector.observe(user, event, self.record_source(record))
         state.mark_dirty(user.user_id)
         result.applied += 1
         metrics.EVENTS_APPLIED.labels(event.kind).inc()
         if isinstance(event, ImpressionEvent):
             return  # an impression changes what we know, not what to show next
-        key = (record.partition, event.user_id)
         origin = touched.get(key)
         first_ms = origin.first_timestamp_ms if origin else record.timestamp_ms
         touched[key] = _Touched(record.topic, record.partition, record.offset, event.event_id, event.ts, first_ms)

@@ -77,6 +77,10 @@ class Settings(BaseSettings):
     #: Build those checkpoints in a forked child (agents/snapshot.py): the event loop stops for the fork instead of
     #: the serialisation, which grows with the state. Ignored where os.fork is missing and with an interval of 0.
     checkpoint_in_child: bool = True
+    #: A recommendation for every event, even when one shopper has several in a consumed batch (by default only
+    #: the last is ranked: the earlier ones would be superseded before a storefront read them). For consumers of
+    #: the recommendations topic that need one per event; costs a recommendation per event when traffic bunches.
+    recommend_every_event: bool = False
 
     # --- data, models and serving ---
     data_dir: Path | None = Field(default=None, description="real data sets (creatives, catalogs); default ../shared/data")

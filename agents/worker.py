@@ -121,7 +121,9 @@ class IngestWorker:
         self.on_batch = on_batch
         self.partitions: dict[int, PartitionState] = {}
         self.n_partitions = settings.partitions
-        self.pipeline = BatchPipeline(settings.topics, self.partitions, self.n_partitions, self.config.top_n)
+        self.pipeline = BatchPipeline(
+            settings.topics, self.partitions, self.n_partitions, self.config.top_n, settings.recommend_every_event
+        )
         self.consumer: AIOKafkaConsumer | None = None
         self.fetch_wait: FetchWaitTuner | None = None
         self.producer: AIOKafkaProducer | None = None
@@ -211,6 +213,18 @@ class IngestWorker:
     # --- partitions ---
 
     async def acquire(self, assigned: list[TopicPartition]) -> None:
+        """Restore the newly owned partitions' states, then seek every assigned partition to its resume offsets.
+        The assigned partitions stay paused until then: aiokafka starts fetching them while this listener still
+        awaits the store, and a batch it returned would be applied and then read again after the seek (events
+        a shopper's duplicate window no longer lists would be applied twice)."""
+        assert self.consumer is not None
+        self.consumer.pause(*assigned)
+        try:
+            await self._restore_and_seek(assigned)
+        finally:
+            self.consumer.resume(*[tp for tp in assigned if tp in self.consumer.assignment()])
+
+    async def _restore_and_seek(self, assigned: list[TopicPartition]) -> None:
         assert self.consumer is not None
         new = sorted({tp.partition for tp in assigned} - set(self.partitions))
         for n, partition in enumerate(new):
