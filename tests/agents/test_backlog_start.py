@@ -5,30 +5,25 @@ the store; a batch returned then was applied, and read again from the sought pos
 from __future__ import annotations
 
 import asyncio
-import uuid
 
 import pytest
 from factories import T0, click
 
 from kairos.agents.demo import produce
 from kairos.agents.runtime import Services, running_app, wait_for
-from kairos.agents.settings import Settings
 from kairos.agents.topics_admin import ensure_topics
 
 pytestmark = pytest.mark.integration
 
 
-def test_a_backlog_is_read_once_when_the_worker_starts(kafka_broker, redis_server, tmp_path):
-    prefix = f"backlog{uuid.uuid4().hex[:8]}"
-    settings = Settings(
-        topic_prefix=prefix, consumer_group=f"{prefix}-g", partitions=4, session_timeout_ms=6000, model_dir=tmp_path
-    )
-    svc = Services(kafka_broker, redis_server, False, False)
+def test_a_backlog_is_read_once_when_the_worker_starts(make_settings, broker, redis_url, tmp_path):
+    settings = make_settings(partitions=4, model_dir=tmp_path)
+    svc = Services(broker, redis_url, False, False)
     events = [click(user=f"u{n % 40}", item=f"i{n % 97}", category=f"c{n % 7}", ts=T0 + n) for n in range(4000)]
 
     async def scenario():
-        await ensure_topics(settings, kafka_broker)
-        produced = await produce(settings, kafka_broker, events, None, [])
+        await ensure_topics(settings, broker)
+        produced = await produce(settings, broker, events, None, [])
         async with running_app(settings, svc, roles=frozenset({"ingest"})) as app:
             worker = app.ingest_worker
             assert await wait_for(lambda: worker.stats["events"] >= produced, 120)
