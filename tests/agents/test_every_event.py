@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import orjson
 from factories import T0, click, purchase
-from test_product_restart import TOPICS
+from test_product_restart import TOPICS, InputLog
 
-from kairos.agents.pipeline import BatchPipeline, InputRecord
+from kairos.agents.pipeline import BatchPipeline
 from kairos.engine.config import EngineConfig
 from kairos.engine.partition import PartitionState
 from kairos.engine.selection import Selector
-from kairos.schemas.codec import encode
-from kairos.schemas.events import PurchaseEvent
 
 CONFIG = EngineConfig(top_n=5)
 BACKGROUND = [click(user=f"bg{n % 9}", item=f"c{n % 3}-i{n % 7}", category=f"c{n % 3}", ts=T0 + n) for n in range(150)]
@@ -28,18 +26,6 @@ BURST = [
     click(user="bob", item="c0-i4", category="c0", ts=T0 + 303),
     purchase(user="ann", items=(("c2-i5", "c2", 9.0),), ts=T0 + 304),
 ]
-
-
-class InputLog:
-    """Partition 0 of the click and purchase topics."""
-
-    def __init__(self) -> None:
-        self.ends: dict[str, int] = {}
-
-    def append(self, event) -> InputRecord:
-        topic = TOPICS.purchases if isinstance(event, PurchaseEvent) else TOPICS.clicks
-        offset = self.ends[topic] = self.ends.get(topic, -1) + 1
-        return InputRecord(topic, 0, offset, event.user_id.encode(), encode(event), int(T0 * 1000))
 
 
 def _pipeline(every_event: bool) -> tuple[BatchPipeline, InputLog]:

@@ -26,7 +26,7 @@ from kairos.engine.partition import PartitionState
 from kairos.engine.selection import Selector
 from kairos.engine.store import InMemoryStateStore
 from kairos.schemas.codec import encode
-from kairos.schemas.events import ImpressionEvent
+from kairos.schemas.events import ImpressionEvent, PurchaseEvent
 from kairos.schemas.topics import Topics
 
 from agents_helpers import apoll_until, restart_settings, state_store
@@ -43,7 +43,11 @@ class InputLog:
         self.ends: dict[str, int] = {}
 
     def append(self, event) -> InputRecord:
-        topic = TOPICS.impressions if isinstance(event, ImpressionEvent) else TOPICS.clicks
+        topic = (
+            TOPICS.impressions if isinstance(event, ImpressionEvent)
+            else TOPICS.purchases if isinstance(event, PurchaseEvent)
+            else TOPICS.clicks
+        )  # fmt: skip
         offset = self.ends.get(topic, 0)
         self.ends[topic] = offset + 1
         record = InputRecord(topic, 0, offset, event.user_id.encode(), encode(event), int(T0 * 1000))
