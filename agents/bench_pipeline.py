@@ -6,12 +6,19 @@
     shopper in a batch are ranked once), so this is the most it can absorb, not the rate it sustains live;
 (c) sustained rate: events arrive one at a time at a steady pace; a bisection between 0 and (b) finds the highest
     rate whose queue stays short (median latency of the last quarter of a probe <= ``SATURATION_MS``);
-(d) latency: event -> recommendation at half of (c) (or ``--rate``), and at half of (b) for comparison;
+(d) latency: event -> recommendation at half of (c) (or ``--rate``) for ``--latency-seconds``, and at half of (b)
+    for comparison;
 Each phase reports ``recs_per_event``: recommendations computed per event consumed (below 1 where events of one
 shopper met in a batch and only the last was ranked; the share of the work coalescing saved). With
 ``KAIROS_RECOMMEND_EVERY_EVENT=true`` nothing coalesces: every phase ranks every event, and (b) and (c) are the
 most the pipeline absorbs and sustains doing the full selection per event;
 (e) peak RSS of this process (worker and consumers; broker, Redis and the producer are separate processes).
+
+The paced phases are bounded in time, not only by the events available: on the embedded broker every paced event
+is a one-record batch that stays in the log (no retention), and each fetch scans all the stored batches of the
+partitions it reads (~1 us per batch, ``kairos bench broker``), so the longer a paced phase runs the more of its
+latency is the broker's scan of what the earlier phases left, which Apache Kafka does not do. The JSON reports how
+many paced events were in the log when the latency phase started (``paced_events_before_latency``).
 
 Paced events come from a producer in its own process and carry their *due* time as the Kafka timestamp, so the
 latency counts from when the shopper acted, even when the producer falls behind (no coordinated omission: a
@@ -44,6 +51,10 @@ from kairos.engine import metrics
 SATURATION_MS = 100.0
 PROBE_SECONDS = 3.0
 BISECTION_STEPS = 6
+#: The latency phase's default length: ~10,000 events at 300/s, a p99 from ~100 events above it.
+LATENCY_SECONDS = 30.0
+#: How long the last recommendations of a phase may take to reach the monitor (its fetch wait is 250 ms).
+MONITOR_DRAIN_S = 5.0
 
 
 async def plain_loop(settings: Settings, bootstrap: str, expected: int) -> float:
@@ -146,7 +157,10 @@ class LatencyPhases:
         full_collections = _full_collections()
         sent, late_p99 = await self.producer.send(events, rate)
         await wait_for(lambda: self.worker.stats["events"] >= before + sent, 120.0)
-        await asyncio.sleep(0.3)  # the last recommendations reach the monitor
+        # The monitor's latencies are the recommendations' own timestamps, so when they arrive does not matter,
+        # only that all of them have (the stats count a batch once its outputs are acknowledged).
+        made = self.worker.stats["recommendations"] - recs_before
+        await wait_for(lambda: self.monitor.received - mark >= made, MONITOR_DRAIN_S)
         new = self.monitor.received - mark
         latencies = np.asarray(list(self.monitor.latencies_ms)[-new:] if new else [], dtype=np.float64)
         timings = list(self.worker.batch_timings)[batches_before:]  # (consume delay, worker time) per batch
@@ -197,7 +211,13 @@ def _percentiles(latencies: np.ndarray) -> tuple[float, float]:
     return round(float(p50), 2), round(float(p99), 2)
 
 
-async def pipeline_phases(settings: Settings, svc: Services, expected: int, pools: dict[str, list], rate: float | None):
+def _for_seconds(events: list, rate: float, seconds: float) -> list:
+    return events[: max(int(rate * seconds), 1)]
+
+
+async def pipeline_phases(
+    settings: Settings, svc: Services, expected: int, pools: dict[str, list], rate: float | None, latency_s: float
+):
     # The hot path only: the copy agent runs in its own process in production (it would compete for the CPU here).
     async with running_app(settings, svc, roles=frozenset({"ingest"})) as app, PacedProducer(settings, svc.bootstrap) as producer:
         worker = app.ingest_worker
@@ -211,12 +231,16 @@ async def pipeline_phases(settings: Settings, svc: Services, expected: int, pool
         phases = LatencyPhases(worker, monitor, producer)
         out: dict = {"pipeline_events_per_s": round(backlog_rate, 1),
                      "backlog_recs_per_event": round(worker.stats["recommendations"] / expected, 3)}  # fmt: skip
+        paced_before = 0
         if rate is None:
             sustained, probes = await phases.sustained_rate(pools["probe"], backlog_rate)
             out.update(sustained_events_per_s=round(sustained, 1), probes=probes)
+            paced_before = sum(int(p["rate"] * PROBE_SECONDS) for p in probes)
             rate = sustained / 2
-        at_rate = await phases.run(pools["latency"], rate)
+        at_rate = await phases.run(_for_seconds(pools["latency"], rate, latency_s), rate)
         out["latency_rate_events_per_s"] = round(rate, 1)
+        out["latency_events"] = int(at_rate["events"])
+        out["paced_events_before_latency"] = paced_before
         out["p50_ms"], out["p99_ms"] = _percentiles(at_rate["latencies"])
         out["recs_per_event"] = at_rate["recs_per_event"]
         out["producer_late_p99_ms"] = round(at_rate["producer_late_p99_ms"], 2)
@@ -229,7 +253,7 @@ async def pipeline_phases(settings: Settings, svc: Services, expected: int, pool
             out["fetch_stalls"] = worker.fetch_wait.control.stalls
         out["gc_full_collections"] = at_rate["gc_full_collections"]
         if "sustained_events_per_s" in out:  # the issue's first reading of "half the maximum": half the backlog rate
-            at_half_backlog = await phases.run(pools["backlog_half"], backlog_rate / 2)
+            at_half_backlog = await phases.run(_for_seconds(pools["backlog_half"], backlog_rate / 2, latency_s), backlog_rate / 2)
             p50, p99 = _percentiles(at_half_backlog["latencies"])
             out["half_backlog_rate"] = {"rate": round(backlog_rate / 2, 1), "p50_ms": p50, "p99_ms": p99,
                                         "recs_per_event": at_half_backlog["recs_per_event"]}  # fmt: skip
@@ -243,11 +267,13 @@ async def pipeline_phases(settings: Settings, svc: Services, expected: int, pool
     return out
 
 
-async def run(settings: Settings, svc: Services, events: list, pools: dict[str, list], rate: float | None) -> dict:
+async def run(
+    settings: Settings, svc: Services, events: list, pools: dict[str, list], rate: float | None, latency_s: float
+) -> dict:
     await ensure_topics(settings, svc.bootstrap)
     produced = await produce(settings, svc.bootstrap, events, None, [])
     plain = await plain_loop(settings, svc.bootstrap, produced)
-    phases = await pipeline_phases(settings, svc, produced, pools, rate)
+    phases = await pipeline_phases(settings, svc, produced, pools, rate, latency_s)
     return {
         "events": produced,
         "plain_loop_events_per_s": round(plain, 1),
@@ -260,9 +286,12 @@ async def run(settings: Settings, svc: Services, events: list, pools: dict[str, 
     }
 
 
-def bench_pipeline_main(settings: Settings, data_dir, source: str, n_events: int, rate: float | None) -> dict:
-    """``n_events`` fill the backlog; then up to ``n_events`` for the rate probes, ``n_events`` for the latency
-    phase and ``n_events / 2`` at half the backlog rate, all distinct events of the same source."""
+def bench_pipeline_main(
+    settings: Settings, data_dir, source: str, n_events: int, rate: float | None, latency_s: float = LATENCY_SECONDS
+) -> dict:
+    """``n_events`` fill the backlog; then up to ``n_events`` for the rate probes, up to ``n_events`` (at most
+    ``latency_s`` seconds' worth) for the latency phase and up to ``n_events / 2`` (as long) at half the backlog
+    rate, all distinct events of the same source."""
     picked = pick_source(data_dir, source, int(3.5 * n_events))
     stream = picked.events
     events = stream[:n_events]
@@ -274,6 +303,6 @@ def bench_pipeline_main(settings: Settings, data_dir, source: str, n_events: int
     print(f"bench pipeline: {len(events)} backlog events from {picked.label}, {len(stream) - n_events} paced",
           file=sys.stderr)  # fmt: skip
     with services(settings) as svc:
-        result = asyncio.run(run(settings, svc, events, pools, rate))
+        result = asyncio.run(run(settings, svc, events, pools, rate, latency_s))
     result["source"] = picked.label
     return result

@@ -69,7 +69,9 @@ def _cmd_bench_pipeline(args: argparse.Namespace) -> int:
     from kairos.agents.bench_pipeline import bench_pipeline_main
 
     settings = load_settings(partitions=args.partitions) if args.partitions else load_settings()
-    return _print_json_last(bench_pipeline_main(settings, args.data_dir, args.source, args.events, args.rate))
+    return _print_json_last(
+        bench_pipeline_main(settings, args.data_dir, args.source, args.events, args.rate, args.latency_seconds)
+    )
 
 
 def _cmd_schemas_export(args: argparse.Namespace) -> int:
@@ -123,6 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--events", type=int, default=50_000)
     bench.add_argument("--partitions", type=int, default=None)
     bench.add_argument("--rate", type=float, default=None, help="latency phase rate (default: half the max)")
+    bench.add_argument("--latency-seconds", type=float, default=30.0,
+                       help="latency phase length at most (the embedded broker's fetch cost grows with the log)")  # fmt: skip
     bench.set_defaults(func=_cmd_bench_pipeline)
 
     export = groups["schemas"].add_parser("export", help="write JSON Schema files for every record")

@@ -239,6 +239,10 @@ class RecommendationMonitor:
     #: Only recommendations of events ingested after this (epoch s) count: on Tansu ``seek_to_end`` lands inside
     #: the last batch (its ListOffsets bug, ../shared/notes/broker.md), so older records can still be read.
     since: float = 0.0
+    #: How long the broker may hold the monitor's fetch. Latencies are taken from the recommendations' timestamps,
+    #: so a long wait delays only the count, and on the embedded broker each fetch scans the whole recommendations
+    #: log: at 20 ms the monitor alone cost the broker a sizeable share of a core that the worker shares.
+    fetch_max_wait_ms: int = 250
     #: With a copy source (``kairos demo``; none in the benchmark): (item, copy text) of every recommended item
     #: counted in ``copies``, and the latest recommendations with generated copy in their top 5 kept.
     copy_source: CopySourceMonitor | None = None
@@ -253,7 +257,7 @@ class RecommendationMonitor:
             bootstrap_servers=self.bootstrap,
             auto_offset_reset="latest",
             enable_auto_commit=False,
-            fetch_max_wait_ms=20,
+            fetch_max_wait_ms=self.fetch_max_wait_ms,
             **kafka_client_options(self.settings),
         )
         await self._consumer.start()

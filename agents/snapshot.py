@@ -22,6 +22,8 @@ import signal
 import time
 from collections.abc import Callable, Mapping
 
+#: Added to the child's niceness: the scheduler then gives the worker (and a broker on the same cores) the CPU first.
+CHILD_NICENESS = 10
 #: Bytes read from the child's pipe per call.
 _CHUNK = 1 << 20
 
@@ -99,6 +101,9 @@ def _serve(build: Callable[[], bytes], read_fd: int, write_fd: int) -> None:
     try:
         os.close(read_fd)
         gc.disable()  # a collection would touch (and so copy) pages of the whole heap for nothing
+        # Background work: on a machine whose cores the worker shares with the broker, the child would take CPU
+        # from the event loop for as long as it serialises (the latency shows it as a burst of late events).
+        os.nice(CHILD_NICENESS)
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, signal.SIG_DFL)
         try:

@@ -19,7 +19,7 @@ Three pieces, each usable alone:
 from __future__ import annotations
 
 from collections import OrderedDict, deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -359,6 +359,9 @@ class FeedbackCorrector:
         self.learn_scale = learn_scale
         self._loss = optim.losses.Log()
         self._weights: dict[str, float] = {"scale": 1.0, "bias": 0.0}
+        #: Segments that may hold item x segment weights: a slate of another segment needs no lookup per candidate
+        #: (a superset after :meth:`load_weights`, see there).
+        self._pair_segments: set[str] = set()
         self.similarity = similarity
         self.neighbour_share = neighbour_share
         self.max_shift = max_shift
@@ -389,13 +392,27 @@ class FeedbackCorrector:
             grad[key] = grad.get(key, 0.0) + self.neighbour_share * g
         for key in grad:
             self._weights.setdefault(key, 0.0)
+        self._pair_segments.add(example.segment)
         self._optimizer.step(self._weights, grad)
+
+    def load_weights(self, weights: Mapping[str, float]) -> None:
+        """Take learned weights back (a checkpoint's). The segments of the item x segment keys
+        (``is:<item>|<segment>``) are read back from the keys; an item id containing ``|`` makes the split
+        ambiguous, so every possible segment is taken (a superset only costs lookups)."""
+        self._weights.update(weights)
+        for key in weights:
+            if key.startswith("is:"):
+                parts = key[3:].split("|")
+                self._pair_segments.update("|".join(parts[k:]) for k in range(1, len(parts)))
 
     def _correct_pairs(self, item_ids: Sequence[str], segment: str, logits: np.ndarray) -> np.ndarray:
         """The item x segment-only correction, one dict lookup per item (it runs on every candidate)."""
         w, limit = self._weights, self.max_shift
-        suffix = f"|{segment}"
-        pair = np.array([w.get(f"is:{item}{suffix}", 0.0) for item in item_ids], dtype=float)
+        if segment in self._pair_segments:
+            suffix = f"|{segment}"
+            pair = np.array([w.get(f"is:{item}{suffix}", 0.0) for item in item_ids], dtype=float)
+        else:  # nothing learned for this segment's shoppers yet
+            pair = np.zeros(len(item_ids), dtype=float)
         common = self._weights["bias"] + min(max(w.get(f"s:{segment}", 0.0), -limit), limit)
         return self._weights["scale"] * logits + common + np.clip(pair, -limit, limit)
 

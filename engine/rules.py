@@ -71,10 +71,13 @@ class RulePipeline:
     def apply(self, candidates: Sequence[Candidate], context: RuleContext) -> RuleOutcome:
         outcome = RuleOutcome(kept=list(candidates))
         for step in self.steps:
-            before = {c.item_id for c in outcome.kept}
-            outcome.kept = step.apply(outcome.kept, context)
-            for item_id in before - {c.item_id for c in outcome.kept}:
-                outcome.dropped[item_id] = step.name
+            before = outcome.kept
+            outcome.kept = step.apply(before, context)
+            if len(outcome.kept) != len(before):  # steps drop or reorder, never add: same length, nothing dropped
+                still = {c.item_id for c in outcome.kept}
+                for c in before:
+                    if c.item_id not in still:
+                        outcome.dropped[c.item_id] = step.name
         return outcome
 
 
@@ -140,6 +143,11 @@ class ImpressionHistory:
     def __len__(self) -> int:
         """User x key pairs held."""
         return self._pairs
+
+    def keys_shown(self, user_id: str) -> Collection[str]:
+        """The keys with impressions held for ``user_id`` (some may be outside the window: :meth:`count` says);
+        a live view, empty when none."""
+        return self._shown.get(user_id) or ()
 
     def count(self, user_id: str, key: str, now: float) -> int:
         """Impressions of ``key`` to ``user_id`` in ``(now - window_s, now]``."""
@@ -267,7 +275,14 @@ class FrequencyCap:
         self.name = f"frequency_cap_{key}"
 
     def apply(self, candidates: list[Candidate], context: RuleContext) -> list[Candidate]:
-        return [c for c in candidates if not self._capped(c, context)]
+        shown = self.history.keys_shown(context.user_id)
+        if not shown:  # most shoppers have seen none of the candidates: one lookup instead of one per candidate
+            return list(candidates)
+        by_item = self.key == "item"
+        return [
+            c for c in candidates
+            if (c.item_id if by_item else c.creative_id) not in shown or not self._capped(c, context)
+        ]  # fmt: skip
 
     def _capped(self, candidate: Candidate, context: RuleContext) -> bool:
         key = candidate.item_id if self.key == "item" else candidate.creative_id

@@ -352,7 +352,7 @@ class Selector:
         return state
 
     def load_state(self, data: dict) -> None:
-        self.corrector._weights.update(data["corrector"])
+        self.corrector.load_weights(data["corrector"])
         self.examples_learned = data["examples"]
         if "discovery" in data:  # checkpoints written before the discovery model have none: it relearns
             self.recommender.discovery.load_state(data["discovery"])

@@ -13,7 +13,7 @@ from factories import T0, click
 from test_product_restart import TOPICS, InputLog
 
 from kairos.agents.pipeline import BatchPipeline
-from kairos.agents.snapshot import ChildSnapshot
+from kairos.agents.snapshot import CHILD_NICENESS, ChildSnapshot
 from kairos.engine.config import EngineConfig
 from kairos.engine.partition import PartitionState
 from kairos.engine.selection import Selector
@@ -81,3 +81,17 @@ def test_a_discarded_child_is_killed_and_reaped():
         raise AssertionError("the child was not reaped")
     except ChildProcessError:
         pass
+
+
+def test_the_child_runs_at_a_lower_priority_than_the_worker():
+    """The child serialises in the background: it must not take the CPU from the event loop (or from a broker on
+    the same cores) while it runs."""
+    parent = os.nice(0)
+
+    async def scenario():
+        snapshot = ChildSnapshot.start(0, lambda: str(os.nice(0)).encode(), {}, 0.0)
+        return await snapshot.wait()
+
+    blob = asyncio.run(scenario())
+    assert blob is not None and int(blob) == min(parent + CHILD_NICENESS, 19)
+    assert os.nice(0) == parent  # the worker's own priority is untouched

@@ -254,3 +254,19 @@ def test_empty_join_round_trips():
     restored.load_state(orjson.loads(orjson.dumps(join.to_state())))
     assert restored.to_state() == join.to_state()
     assert restored.pending == 0 and restored.advance(1e9) == []
+
+
+def test_item_x_segment_correction_survives_a_weight_round_trip_even_with_separators_in_ids():
+    """The corrector skips the per-candidate lookup for segments it learned nothing about; weights taken back from
+    a checkpoint must still apply, including ids whose ``|`` makes the stored key ambiguous."""
+    learned = FeedbackCorrector(item_level=False)
+    for _ in range(5):
+        learned.learn(example("x|1", 1, segment="cat:a|b"))
+        learned.learn(example("y", 0, segment="cat:c"))
+    items, logits = ["x|1", "y", "z"], [0.0, 0.0, 0.0]
+    restored = FeedbackCorrector(item_level=False)
+    restored.load_weights(dict(learned._weights))
+    for segment in ("cat:a|b", "cat:c", "cold"):
+        assert restored.correct(items, segment, logits).tolist() == learned.correct(items, segment, logits).tolist()
+    assert learned.correct(items, "cat:a|b", logits)[0] > learned.correct(items, "cold", logits)[0]
+    assert learned.correct(items, "cat:c", logits)[1] < learned.correct(items, "cold", logits)[1]
