@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import repeat
 from operator import itemgetter
 
 import numpy as np
@@ -185,12 +186,13 @@ class GlobalModel:
         if len(self._column_categories) + len(item_ids) > max(self.config.max_items, len(item_ids)):
             rows_of.clear()  # bounded like the catalog; never during a pool (its rows must stay valid)
             del self._column_categories[:]
-        rows = [rows_of.get(item, -1) for item in item_ids]
+        # ``map`` over the bound methods: no Python frame per candidate (a list comprehension was a tenth slower).
+        rows = list(map(rows_of.get, item_ids, repeat(-1)))
         index = np.array(rows, dtype=np.intp)
         for k in np.flatnonzero((index < 0) | (self._column_epochs[index] != epoch)).tolist():
             index[k] = rows[k] = self._column_row(item_ids[k], now, epoch)
-        categories = self._column_categories
-        return [categories[row] for row in rows], self._column_ints[index], self._column_floats[index]
+        categories = list(map(self._column_categories.__getitem__, rows))
+        return categories, self._column_ints[index], self._column_floats[index]
 
     def _column_row(self, item_id: str, now: float, epoch: int) -> int:
         """``item_id``'s cache row, its columns computed now unless the pool named it before in this epoch."""

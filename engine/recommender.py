@@ -13,6 +13,7 @@ import math
 import time
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
+from itertools import repeat
 from typing import NamedTuple
 
 import numpy as np
@@ -186,7 +187,7 @@ class Recommender:
         if not pool.discovery or not len(scores):
             return scores
         discovery = pool.discovery
-        prior = np.array([discovery.get(item, 0.0) for item in pool.items], np.float64)
+        prior = np.array(list(map(discovery.get, pool.items, repeat(0.0))), np.float64)
         if user.event_count == 0:
             return prior.astype(np.float32)
         return (_standardised(scores) + self.config.discovery_weight * _standardised(prior)).astype(np.float32)
