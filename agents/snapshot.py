@@ -6,6 +6,11 @@ after 20,000 Taobao events, 46-75 ms after 60,000 (docs/performance.md). Forking
 Redis's BGSAVE: the child is a copy-on-write image of the worker at the fork, builds the blob from it, writes it to
 a pipe and exits; the loop stops only for the fork (14-17 ms for a 690 MB worker, less for a smaller one).
 
+One child builds the checkpoints of every partition that is due, or half due, at the fork (``start_many``): each
+fork is followed by a burst of page copies in the parent (CPython writes reference counts on every object it
+touches, and every first write to a shared page copies it), which shows as a burst of late events; the worker
+takes that once per checkpoint interval instead of once per partition.
+
 Nothing else runs in the child: no event loop, no atexit handlers, no finalizers (``os._exit``), garbage collection
 off, the worker's signal handlers reset. The parent reads the pipe in a thread and keeps the blob, with the offsets
 it reflects (the partition's offsets at the fork), until the partition's next commit carries it: the same batch's
@@ -20,7 +25,7 @@ import gc
 import os
 import signal
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 #: Added to the child's niceness: the scheduler then gives the worker (and a broker on the same cores) the CPU first.
 CHILD_NICENESS = 10
@@ -32,71 +37,132 @@ def fork_available() -> bool:
     return hasattr(os, "fork")
 
 
-class ChildSnapshot:
-    """One checkpoint being built in a child process. ``ready`` once the child is done; ``blob`` is then the
-    checkpoint, or None if the child failed (the caller builds one in-process instead)."""
+class _Child:
+    """One forked process building the checkpoints of one or more partitions, in order; its output is each blob
+    behind its length (8 bytes, big-endian)."""
 
-    def __init__(self, partition: int, offsets: Mapping[str, int], previous_checkpoint: float, pid: int, read_fd: int) -> None:
-        self.partition = partition
-        self.offsets = dict(offsets)
-        #: When the partition's checkpoint before this one was taken (monotonic): due again from there if this
-        #: one is never written.
-        self.previous_checkpoint = previous_checkpoint
+    def __init__(self, pid: int, read_fd: int, count: int) -> None:
         self.pid = pid
+        self.count = count
         self.started = time.monotonic()
-        self._future = asyncio.get_running_loop().run_in_executor(None, _collect, pid, read_fd)
-        self._future.add_done_callback(_retrieve)
-
-    @classmethod
-    def start(
-        cls, partition: int, build: Callable[[], bytes], offsets: Mapping[str, int], previous_checkpoint: float
-    ) -> "ChildSnapshot":
-        """Fork now; the child calls ``build`` on the image of this moment. ``offsets``: what that image reflects."""
-        read_fd, write_fd = os.pipe()
-        pid = os.fork()
-        if pid == 0:  # the child
-            _serve(build, read_fd, write_fd)
-        os.close(write_fd)
-        return cls(partition, offsets, previous_checkpoint, pid, read_fd)
-
-    @property
-    def ready(self) -> bool:
-        return self._future.done()
-
-    @property
-    def blob(self) -> bytes | None:
-        if not self._future.done() or self._future.cancelled() or self._future.exception() is not None:
-            return None
-        code, blob = self._future.result()
-        return blob if code == 0 else None
+        self.future = asyncio.get_running_loop().run_in_executor(None, _collect, pid, read_fd)
+        self.future.add_done_callback(_retrieve)
+        self._wanted = count  # views not discarded yet
+        self._blobs: list[bytes] | None = None
 
     @property
     def exit_code(self) -> int | None:
-        """The child's exit code once it is reaped (negative: killed by that signal)."""
-        if not self._future.done() or self._future.cancelled() or self._future.exception() is not None:
+        if not self.future.done() or self.future.cancelled() or self.future.exception() is not None:
             return None
-        return self._future.result()[0]
+        return self.future.result()[0]
 
-    async def wait(self) -> bytes | None:
-        """The blob (or None), once the child is done."""
-        try:
-            await asyncio.shield(self._future)
-        except Exception:  # noqa: BLE001 - a failed read is a failed snapshot; ``blob`` says None
-            pass
-        return self.blob
+    def blob(self, index: int) -> bytes | None:
+        if self.exit_code != 0:
+            return None
+        if self._blobs is None:
+            self._blobs = _split(self.future.result()[1], self.count)
+        return self._blobs[index] if index < len(self._blobs) else None
 
-    def discard(self) -> None:
-        """Not wanted any more (a newer checkpoint was taken in-process, or the partition was released): the
-        child is killed if it still runs; the reading thread then sees the pipe close and reaps it."""
-        if not self._future.done():
+    def release(self) -> None:
+        """One view is not wanted any more; the child is killed once none is (if it still runs)."""
+        self._wanted -= 1
+        if self._wanted <= 0 and not self.future.done():
             try:
                 os.kill(self.pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
 
 
-def _serve(build: Callable[[], bytes], read_fd: int, write_fd: int) -> None:
-    """The child's whole life: build, write, exit. Never returns."""
+class ChildSnapshot:
+    """One partition's checkpoint being built in a child process (possibly one child for several partitions:
+    :meth:`start_many`). ``ready`` once the child is done; ``blob`` is then the checkpoint, or None if the child
+    failed (the caller builds one in-process instead)."""
+
+    def __init__(self, partition: int, offsets: Mapping[str, int], previous_checkpoint: float, child: _Child,
+                 index: int = 0) -> None:  # fmt: skip
+        self.partition = partition
+        self.offsets = dict(offsets)
+        #: When the partition's checkpoint before this one was taken (monotonic): due again from there if this
+        #: one is never written.
+        self.previous_checkpoint = previous_checkpoint
+        self._child, self._index = child, index
+        self._discarded = False
+
+    @property
+    def pid(self) -> int:
+        return self._child.pid
+
+    @property
+    def started(self) -> float:
+        return self._child.started
+
+    @classmethod
+    def start(
+        cls, partition: int, build: Callable[[], bytes], offsets: Mapping[str, int], previous_checkpoint: float
+    ) -> "ChildSnapshot":
+        """Fork now; the child calls ``build`` on the image of this moment. ``offsets``: what that image reflects."""
+        return cls.start_many([(partition, build, offsets, previous_checkpoint)])[0]
+
+    @classmethod
+    def start_many(
+        cls, wanted: Sequence[tuple[int, Callable[[], bytes], Mapping[str, int], float]]
+    ) -> list["ChildSnapshot"]:
+        """One fork for several partitions' checkpoints: ``(partition, build, offsets, previous checkpoint)`` each.
+        A fork stops the loop while the page tables are copied, and every page the loop then writes while the
+        child lives is copied again (CPython writes reference counts even when it only reads): one per
+        checkpoint interval instead of one per partition."""
+        read_fd, write_fd = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child
+            _serve([build for _, build, _, _ in wanted], read_fd, write_fd)
+        os.close(write_fd)
+        child = _Child(pid, read_fd, len(wanted))
+        return [cls(partition, offsets, previous, child, k) for k, (partition, _, offsets, previous) in enumerate(wanted)]
+
+    @property
+    def ready(self) -> bool:
+        return self._child.future.done()
+
+    @property
+    def blob(self) -> bytes | None:
+        return self._child.blob(self._index)
+
+    @property
+    def exit_code(self) -> int | None:
+        """The child's exit code once it is reaped (negative: killed by that signal)."""
+        return self._child.exit_code
+
+    async def wait(self) -> bytes | None:
+        """The blob (or None), once the child is done."""
+        try:
+            await asyncio.shield(self._child.future)
+        except Exception:  # noqa: BLE001 - a failed read is a failed snapshot; ``blob`` says None
+            pass
+        return self.blob
+
+    def discard(self) -> None:
+        """Not wanted any more (a newer checkpoint was taken in-process, or the partition was released): the
+        child is killed if it still runs and no other partition waits for it; the reading thread then sees the
+        pipe close and reaps it."""
+        if not self._discarded:
+            self._discarded = True
+            self._child.release()
+
+
+def _split(data: bytes, count: int) -> list[bytes]:
+    """The child's output back into its blobs (fewer than ``count`` if it is cut short)."""
+    blobs, at = [], 0
+    while len(blobs) < count and at + 8 <= len(data):
+        size = int.from_bytes(data[at : at + 8], "big")
+        if at + 8 + size > len(data):
+            break
+        blobs.append(data[at + 8 : at + 8 + size])
+        at += 8 + size
+    return blobs
+
+
+def _serve(builds: Sequence[Callable[[], bytes]], read_fd: int, write_fd: int) -> None:
+    """The child's whole life: build each, write each behind its length, exit. Never returns."""
     status = 1
     try:
         os.close(read_fd)
@@ -110,9 +176,12 @@ def _serve(build: Callable[[], bytes], read_fd: int, write_fd: int) -> None:
             signal.set_wakeup_fd(-1)  # the parent's loop listens on that fd
         except ValueError:
             pass  # forked from another thread than the main one: no wakeup fd was set here
-        view = memoryview(build())
-        while view:
-            view = view[os.write(write_fd, view) :]
+        for build in builds:
+            blob = build()
+            view = memoryview(len(blob).to_bytes(8, "big") + blob)
+            while view:
+                view = view[os.write(write_fd, view) :]
+            del view, blob
         status = 0
     except BaseException:  # noqa: BLE001 - whatever happens, the child must not run the parent's code on
         status = 1

@@ -288,7 +288,10 @@ class IngestWorker:
             await asyncio.sleep(0)
         self.batch_timings.append((consume_delay_ms, time.time() * 1000.0 - started_ms))
         # The state to commit is built now, before the next batch changes it (a later change leaves the user dirty).
-        commits = [c for c in (self._prepare_commit(p) for p in result.touched_partitions) if c is not None]
+        # A partition whose checkpoint child is done commits now even if untouched: the child's checkpoints are
+        # written as soon as they are built, and the next child (one at a time) is not held up.
+        ready = {p for p, snapshot in self._snapshots.items() if snapshot.ready}
+        commits = [c for c in (self._prepare_commit(p) for p in sorted(result.touched_partitions | ready)) if c is not None]
         await self._settle()  # one batch in flight at most: its outputs, then its commit, in order
         self._finalizing = asyncio.create_task(self._finalize(sent, result, len(records), commits))
         await self._maybe_commit_kafka()
@@ -421,9 +424,8 @@ class IngestWorker:
         if due and self.checkpoint_in_child and not force_checkpoint:
             if self._snapshots:  # one child at a time (each one's copied pages cost memory): due again next batch
                 return partition, state.build_commit(with_global_checkpoint=False), previous
-            self._last_checkpoint[partition] = now
             commit = state.build_commit(with_global_checkpoint=False)
-            self._snapshots[partition] = ChildSnapshot.start(partition, state.global_blob, state.offsets, previous)
+            self._start_snapshots(partition, now)
             self._checkpoint_stall(t0)
             return partition, commit, previous
         if due:  # taken now, so the next batch's commit (built before this one is confirmed) has none
@@ -433,9 +435,23 @@ class IngestWorker:
             self._checkpoint_stall(t0)
         return partition, commit, previous
 
+    def _start_snapshots(self, due: int, now: float) -> None:
+        """One forked child for the checkpoints of ``due`` and of every other owned partition whose last one is at
+        least half an interval old: the fork and the copy-on-write of the pages the loop touches while the child
+        lives (a burst of late events, docs/performance.md) then come once per interval, not once per partition.
+        The partitions fall into step after the first interval."""
+        half = self.settings.global_checkpoint_interval_s / 2
+        group = [p for p in sorted(self.partitions) if p == due or now - self._last_checkpoint.get(p, 0.0) >= half]
+        wanted = [(p, self.partitions[p].global_blob, self.partitions[p].offsets, self._last_checkpoint.get(p, 0.0))
+                  for p in group]  # fmt: skip
+        for partition, snapshot in zip(group, ChildSnapshot.start_many(wanted)):
+            self._snapshots[partition] = snapshot
+            self._last_checkpoint[partition] = now
+
     def _drop_snapshot(self, snapshot: ChildSnapshot, failed: bool) -> None:
-        """Not written: superseded by a checkpoint forced now (a release; a child still running is killed), or
-        its child failed, after which checkpoints are built in-process."""
+        """Not written: superseded by a checkpoint forced now (a release; a child still running is killed unless
+        another partition's checkpoint is built in it too), or its child failed, after which checkpoints are built
+        in-process."""
         snapshot.discard()
         if failed:
             log.warning("checkpoint child of partition %d exited with %s: checkpoints are built in-process from now on",

@@ -95,3 +95,32 @@ def test_the_child_runs_at_a_lower_priority_than_the_worker():
     blob = asyncio.run(scenario())
     assert blob is not None and int(blob) == min(parent + CHILD_NICENESS, 19)
     assert os.nice(0) == parent  # the worker's own priority is untouched
+
+
+def test_one_child_builds_several_partitions_and_a_discard_spares_the_others():
+    """``start_many``: one fork, each partition's blob at the fork; discarding one view does not kill a child another
+    partition still waits for (only the last discard does)."""
+    read, write = os.pipe()
+
+    def slow() -> bytes:
+        os.read(read, 1)  # blocks until the test writes
+        return b"slow"
+
+    async def scenario():
+        views = ChildSnapshot.start_many([(0, lambda: b"zero", {"t": 1}, 1.0), (1, lambda: b"", {"t": 2}, 2.0),
+                                          (2, slow, {"t": 3}, 3.0)])  # fmt: skip
+        assert len({view.pid for view in views}) == 1
+        views[0].discard()
+        await asyncio.sleep(0.05)
+        assert not views[1].ready  # still running: partitions 1 and 2 wait for it
+        os.write(write, b"x")
+        return views, [await view.wait() for view in views]
+
+    try:
+        views, blobs = asyncio.run(scenario())
+    finally:
+        os.close(read)
+        os.close(write)
+    assert blobs == [b"zero", b"", b"slow"]
+    assert [(v.partition, v.offsets, v.previous_checkpoint) for v in views] == [(0, {"t": 1}, 1.0), (1, {"t": 2}, 2.0), (2, {"t": 3}, 3.0)]
+    assert views[2].exit_code == 0
