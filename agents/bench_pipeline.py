@@ -30,9 +30,11 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
+import os
 import resource
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import orjson
@@ -193,6 +195,61 @@ class LatencyPhases:
         return low, probes
 
 
+def _broker_pid(bootstrap: str) -> int | None:
+    """The embedded broker's process (Linux ``/proc``; None elsewhere or with an external broker)."""
+    address = bootstrap.split(",")[0]
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if cmdline and b"tansu" in Path(os.fsdecode(cmdline[0])).name.encode() and f"tcp://{address}".encode() in cmdline:
+            return int(entry.name)
+    return None
+
+
+class CpuUse:
+    """Cores used between :meth:`start` and :meth:`stop`: this process (the worker and the monitor), the embedded
+    broker, and the whole machine (``/proc/stat``; Linux only, empty elsewhere)."""
+
+    def __init__(self, broker_pid: int | None) -> None:
+        self.broker_pid = broker_pid
+        self._tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+    def _sample(self) -> tuple[float, float, float | None, tuple[float, float] | None]:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        broker = None
+        if self.broker_pid is not None:
+            try:
+                fields = Path(f"/proc/{self.broker_pid}/stat").read_text().rsplit(")", 1)[1].split()
+                broker = (int(fields[11]) + int(fields[12])) / self._tick  # utime + stime
+            except (OSError, IndexError, ValueError):
+                broker = None
+        machine = None
+        try:
+            jiffies = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+            idle = jiffies[3] + (jiffies[4] if len(jiffies) > 4 else 0)  # idle + iowait
+            machine = (sum(jiffies) - idle, float(sum(jiffies)))
+        except (OSError, ValueError, IndexError):
+            machine = None
+        return time.perf_counter(), usage.ru_utime + usage.ru_stime, broker, machine
+
+    def start(self) -> None:
+        self._start = self._sample()
+
+    def stop(self) -> dict:
+        (t0, own0, broker0, machine0), (t1, own1, broker1, machine1) = self._start, self._sample()
+        wall = max(t1 - t0, 1e-9)
+        out = {"worker_process": round((own1 - own0) / wall, 2)}
+        if broker0 is not None and broker1 is not None:
+            out["broker"] = round((broker1 - broker0) / wall, 2)
+        if machine0 is not None and machine1 is not None and machine1[1] > machine0[1]:
+            share = (machine1[0] - machine0[0]) / (machine1[1] - machine0[1])
+            out["machine_busy_share"] = round(share, 2)
+            out["machine_cores"] = os.cpu_count()
+        return out
+
+
 def _full_collections() -> tuple[float, float]:
     """(count, seconds) of full garbage collections so far in this process (kairos_gc_pause_seconds)."""
     values = {
@@ -237,7 +294,11 @@ async def pipeline_phases(
             out.update(sustained_events_per_s=round(sustained, 1), probes=probes)
             paced_before = sum(int(p["rate"] * PROBE_SECONDS) for p in probes)
             rate = sustained / 2
+        cpu = CpuUse(_broker_pid(svc.bootstrap) if svc.embedded_kafka else None)
+        cpu.start()
         at_rate = await phases.run(_for_seconds(pools["latency"], rate, latency_s), rate)
+        # Cores used meanwhile: the worker's event loop is one of them at most, the broker shares the others.
+        out["cpu_during_latency"] = cpu.stop()
         out["latency_rate_events_per_s"] = round(rate, 1)
         out["latency_events"] = int(at_rate["events"])
         out["paced_events_before_latency"] = paced_before
