@@ -186,10 +186,14 @@ class LatencyPhases:
             phase = await self.run(events[used : used + n], rate)
             used += n
             latencies = phase["latencies"]
-            tail = latencies[-max(len(latencies) // 4, 1) :] if len(latencies) else latencies
+            quarter = max(len(latencies) // 4, 1)
+            tail = latencies[-quarter:] if len(latencies) else latencies
             median_tail = float(np.median(tail)) if len(tail) else float("inf")
+            # The first quarter's median beside it: how much the queue grew during the probe.
+            median_head = float(np.median(latencies[:quarter])) if len(latencies) else float("inf")
             keeps_up = median_tail <= SATURATION_MS
-            probes.append({"rate": round(rate, 1), "tail_median_ms": round(median_tail, 1), "keeps_up": keeps_up,
+            probes.append({"rate": round(rate, 1), "head_median_ms": round(median_head, 1),
+                           "tail_median_ms": round(median_tail, 1), "keeps_up": keeps_up,
                            "recs_per_event": phase["recs_per_event"]})  # fmt: skip
             low, high = (rate, high) if keeps_up else (low, rate)
         return low, probes
