@@ -206,10 +206,14 @@ class CopySourceMonitor(CopyFeed):
     reports: records per source (``generated`` / ``template``) and which (item, text) pairs the generator wrote,
     so a recommended item's copy can be told apart (a recommendation carries the text, not where it came from)."""
 
+    #: Generated (item, text) pairs remembered at most; the oldest go first (a long demo run stays bounded, and a
+    #: recommendation shows recent copy).
+    MAX_GENERATED = 100_000
+
     def __init__(self, settings: Settings, bootstrap: str) -> None:
         super().__init__(settings, bootstrap, CopyBook())
         self.sources: Counter = Counter()
-        self.generated: set[tuple[str, str]] = set()
+        self.generated: dict[tuple[str, str], None] = {}  # an insertion-ordered set
 
     def _apply(self, value: bytes | None) -> None:
         try:
@@ -217,7 +221,11 @@ class CopySourceMonitor(CopyFeed):
             source, kind = str(data["source"]), data.get("kind", "product")
             self.sources[f"{kind}:{source}"] += 1
             if source == "generated" and kind == "product":
-                self.generated.add((str(data["item_id"]), str(data["text"])))
+                pair = (str(data["item_id"]), str(data["text"]))
+                self.generated.pop(pair, None)  # re-inserted as the newest
+                self.generated[pair] = None
+                if len(self.generated) > self.MAX_GENERATED:
+                    del self.generated[next(iter(self.generated))]
             self.received += 1
         except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
             log.warning("ignoring a malformed copy record: %s", exc)
