@@ -24,7 +24,7 @@ def test_the_embedded_broker_is_found_and_busy_work_is_counted(broker):
     while time.perf_counter() < deadline:  # this process spins for 0.3 s
         pass
     used = cpu.stop()
-    assert 0.5 <= used["worker_process"] <= 1.2  # about one core, give or take the scheduler
+    assert 0.2 <= used["worker_process"] <= 1.5  # about one core, less on a machine busy with other work
     assert 0.0 <= used["broker"] < 1.0  # idle broker: heartbeats at most
     assert 0.0 < used["machine_busy_share"] <= 1.0 and used["machine_cores"] >= 1
 
