@@ -34,7 +34,6 @@ class RedisStateStore:
         self.client = client
         self.keys = keys
         self.serving_ttl_s = serving_ttl_s
-        self._serve = client.register_script(_SERVE_IF_NEWER)
         self.last_write_s = 0.0
         self.stale_writes = 0
 
@@ -102,12 +101,12 @@ class RedisStateStore:
                 pipe.set(k.global_checkpoint(p), blob)
                 if offsets:
                     pipe.hset(k.global_offsets(p), mapping=offsets)
+            # EVAL with the script's text, not a registered script's EVALSHA: a pipeline holding one asks Redis
+            # SCRIPT EXISTS before every transaction, a second round trip per commit (Redis caches the compiled
+            # script by its hash either way).
             for rec in commit.serving:
-                await self._serve(
-                    keys=[k.serving(rec.user_id)],
-                    args=[repr(rec.event_ts), rec.sequence, rec.payload, self.serving_ttl_s],
-                    client=pipe,
-                )
+                pipe.eval(_SERVE_IF_NEWER, 1, k.serving(rec.user_id), repr(rec.event_ts), rec.sequence, rec.payload,
+                          self.serving_ttl_s)  # fmt: skip
             results = await pipe.execute()
         self.stale_writes += sum(1 for r in results[len(results) - len(commit.serving) :] if r == 0)
         self.last_write_s = time.perf_counter() - started
