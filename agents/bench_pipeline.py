@@ -192,7 +192,7 @@ class LatencyPhases:
             # The first quarter's median beside it: how much the queue grew during the probe.
             median_head = float(np.median(latencies[:quarter])) if len(latencies) else float("inf")
             keeps_up = median_tail <= SATURATION_MS
-            probes.append({"rate": round(rate, 1), "head_median_ms": round(median_head, 1),
+            probes.append({"rate": round(rate, 1), "events": phase["events"], "head_median_ms": round(median_head, 1),
                            "tail_median_ms": round(median_tail, 1), "keeps_up": keeps_up,
                            "recs_per_event": phase["recs_per_event"]})  # fmt: skip
             low, high = (rate, high) if keeps_up else (low, rate)
@@ -296,7 +296,7 @@ async def pipeline_phases(
         if rate is None:
             sustained, probes = await phases.sustained_rate(pools["probe"], backlog_rate)
             out.update(sustained_events_per_s=round(sustained, 1), probes=probes)
-            paced_before = sum(int(p["rate"] * PROBE_SECONDS) for p in probes)
+            paced_before = sum(p["events"] for p in probes)
             rate = sustained / 2
         cpu = CpuUse(_broker_pid(svc.bootstrap) if svc.embedded_kafka else None)
         cpu.start()

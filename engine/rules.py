@@ -73,11 +73,10 @@ class RulePipeline:
         for step in self.steps:
             before = outcome.kept
             outcome.kept = step.apply(before, context)
-            if len(outcome.kept) != len(before):  # steps drop or reorder, never add: same length, nothing dropped
-                still = {c.item_id for c in outcome.kept}
-                for c in before:
-                    if c.item_id not in still:
-                        outcome.dropped[c.item_id] = step.name
+            still = {c.item_id for c in outcome.kept}
+            for c in before:
+                if c.item_id not in still:
+                    outcome.dropped[c.item_id] = step.name
         return outcome
 
 
@@ -278,15 +277,13 @@ class FrequencyCap:
         shown = self.history.keys_shown(context.user_id)
         if not shown:  # most shoppers have seen none of the candidates: one lookup instead of one per candidate
             return list(candidates)
-        by_item = self.key == "item"
-        return [
-            c for c in candidates
-            if (c.item_id if by_item else c.creative_id) not in shown or not self._capped(c, context)
-        ]  # fmt: skip
+        return [c for c in candidates if not self._capped(self._key(c), shown, context)]
 
-    def _capped(self, candidate: Candidate, context: RuleContext) -> bool:
-        key = candidate.item_id if self.key == "item" else candidate.creative_id
-        if key is None:
+    def _key(self, candidate: Candidate) -> str | None:
+        return candidate.item_id if self.key == "item" else candidate.creative_id
+
+    def _capped(self, key: str | None, shown: Collection[str], context: RuleContext) -> bool:
+        if key is None or key not in shown:
             return False
         return self.history.count(context.user_id, key, context.now) >= self.max_impressions
 
