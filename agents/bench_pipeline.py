@@ -12,7 +12,11 @@ Each phase reports ``recs_per_event``: recommendations computed per event consum
 shopper met in a batch and only the last was ranked; the share of the work coalescing saved). With
 ``KAIROS_RECOMMEND_EVERY_EVENT=true`` nothing coalesces: every phase ranks every event, and (b) and (c) are the
 most the pipeline absorbs and sustains doing the full selection per event;
-(e) peak RSS of this process (worker and consumers; broker, Redis and the producer are separate processes).
+(e) peak RSS of each worker process (``worker_rss_mb``).
+
+The workers (``--workers N``, default 1) run in their own processes in one consumer group
+(``kairos.agents.bench_workers``): the partitions split among them as among N ``kairos worker --roles ingest``
+deployments. Throughput and latency are measured over all of them; ``cpu_during_latency.workers`` sums their cores.
 
 The paced phases are bounded in time, not only by the events available: on the embedded broker every paced event
 is a one-record batch that stays in the log (no retention), and each fetch scans all the stored batches of the
@@ -40,13 +44,13 @@ import numpy as np
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
+from kairos.agents.bench_workers import WorkerGroup
 from kairos.agents.demo import pick_source, produce
 from kairos.agents.kafka_config import consumer_options, producer_options
 from kairos.schemas.codec import encode
-from kairos.agents.runtime import RecommendationMonitor, Services, running_app, services, wait_for
+from kairos.agents.runtime import RecommendationMonitor, Services, services, wait_for
 from kairos.agents.settings import Settings
 from kairos.agents.topics_admin import ensure_topics
-from kairos.engine import metrics
 
 #: A probe rate is sustained while the median latency of its last quarter stays under this: a queue that grows
 #: for the probe's few seconds ends well above it (5% over capacity adds ~150 ms in 3 s).
@@ -145,34 +149,34 @@ class PacedProducer:
 
 
 class LatencyPhases:
-    """Paced phases against the running worker; each returns the latencies of its own recommendations."""
+    """Paced phases against the running workers; each returns the latencies of its own recommendations."""
 
-    def __init__(self, worker, monitor: RecommendationMonitor, producer: PacedProducer) -> None:
-        self.worker = worker
+    def __init__(self, workers: WorkerGroup, monitor: RecommendationMonitor, producer: PacedProducer) -> None:
+        self.workers = workers
         self.monitor = monitor
         self.producer = producer
 
     async def run(self, events: list, rate: float) -> dict:
-        mark, before = self.monitor.received, self.worker.stats["events"]
-        recs_before = self.worker.stats["recommendations"]
-        batches_before = len(self.worker.batch_timings)
-        full_collections = _full_collections()
+        mark = self.monitor.received
+        before = await self.workers.totals()
         sent, late_p99 = await self.producer.send(events, rate)
-        await wait_for(lambda: self.worker.stats["events"] >= before + sent, 120.0)
+        target = before["events"] + sent
+        await self.workers.until(lambda each: sum(c["events"] for c in each) >= target, 120.0)
+        after = await self.workers.totals(timings_since=before["batches"])
         # The monitor's latencies are the recommendations' own timestamps, so when they arrive does not matter,
-        # only that all of them have (the stats count a batch once its outputs are acknowledged).
-        made = self.worker.stats["recommendations"] - recs_before
+        # only that all of them have (the counters count a batch once its outputs are acknowledged).
+        made = after["recommendations"] - before["recommendations"]
         await wait_for(lambda: self.monitor.received - mark >= made, MONITOR_DRAIN_S)
         new = self.monitor.received - mark
         latencies = np.asarray(list(self.monitor.latencies_ms)[-new:] if new else [], dtype=np.float64)
-        timings = list(self.worker.batch_timings)[batches_before:]  # (consume delay, worker time) per batch
-        count, seconds = (now - then for now, then in zip(_full_collections(), full_collections))
+        count, seconds = (now - then for now, then in zip(after["gc_full"], before["gc_full"]))
         # Below 1 when events of one shopper met in a batch and were ranked once, after the last of them.
-        recs_per_event = (self.worker.stats["recommendations"] - recs_before) / sent if sent else float("nan")
+        recs_per_event = made / sent if sent else float("nan")
         return {"rate": rate, "events": sent, "latencies": latencies, "producer_late_p99_ms": late_p99,
                 "recs_per_event": round(recs_per_event, 3),
                 "gc_full_collections": {"count": int(count), "total_ms": round(seconds * 1000.0, 1)},
-                "batches": np.asarray(timings, dtype=np.float64).reshape(-1, 2)}  # fmt: skip
+                # (consume delay, worker time) per batch, of every worker
+                "batches": np.asarray(after["timings"], dtype=np.float64).reshape(-1, 2)}  # fmt: skip
 
     async def sustained_rate(self, events: list, ceiling: float) -> tuple[float, list[dict]]:
         """Bisection on the paced rate between 0 and ``ceiling``; each probe uses fresh events (a repeated event
@@ -213,22 +217,28 @@ def _broker_pid(bootstrap: str) -> int | None:
 
 
 class CpuUse:
-    """Cores used between :meth:`start` and :meth:`stop`: this process (the worker and the monitor), the embedded
-    broker, and the whole machine (``/proc/stat``; Linux only, empty elsewhere)."""
+    """Cores used between :meth:`start` and :meth:`stop`: the worker processes (``worker_pids``; this process when
+    none are given), the embedded broker, and the whole machine (``/proc``; Linux only, empty elsewhere)."""
 
-    def __init__(self, broker_pid: int | None) -> None:
+    def __init__(self, broker_pid: int | None, worker_pids: list[int] | tuple[int, ...] = ()) -> None:
         self.broker_pid = broker_pid
+        self.worker_pids = list(worker_pids)
         self._tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
+    def _process_seconds(self, pid: int) -> float | None:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / self._tick  # utime + stime
+        except (OSError, IndexError, ValueError):
+            return None
+
     def _sample(self) -> tuple[float, float, float | None, tuple[float, float] | None]:
-        usage = resource.getrusage(resource.RUSAGE_SELF)
-        broker = None
-        if self.broker_pid is not None:
-            try:
-                fields = Path(f"/proc/{self.broker_pid}/stat").read_text().rsplit(")", 1)[1].split()
-                broker = (int(fields[11]) + int(fields[12])) / self._tick  # utime + stime
-            except (OSError, IndexError, ValueError):
-                broker = None
+        if self.worker_pids:
+            own = sum(self._process_seconds(pid) or 0.0 for pid in self.worker_pids)
+        else:
+            usage = resource.getrusage(resource.RUSAGE_SELF)
+            own = usage.ru_utime + usage.ru_stime
+        broker = self._process_seconds(self.broker_pid) if self.broker_pid is not None else None
         machine = None
         try:
             jiffies = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
@@ -236,7 +246,7 @@ class CpuUse:
             machine = (sum(jiffies) - idle, float(sum(jiffies)))
         except (OSError, ValueError, IndexError):
             machine = None
-        return time.perf_counter(), usage.ru_utime + usage.ru_stime, broker, machine
+        return time.perf_counter(), own, broker, machine
 
     def start(self) -> None:
         self._start = self._sample()
@@ -244,7 +254,7 @@ class CpuUse:
     def stop(self) -> dict:
         (t0, own0, broker0, machine0), (t1, own1, broker1, machine1) = self._start, self._sample()
         wall = max(t1 - t0, 1e-9)
-        out = {"worker_process": round((own1 - own0) / wall, 2)}
+        out = {"workers": round((own1 - own0) / wall, 2)}
         if broker0 is not None and broker1 is not None:
             out["broker"] = round((broker1 - broker0) / wall, 2)
         if machine0 is not None and machine1 is not None and machine1[1] > machine0[1]:
@@ -252,17 +262,6 @@ class CpuUse:
             out["machine_busy_share"] = round(share, 2)
             out["machine_cores"] = os.cpu_count()
         return out
-
-
-def _full_collections() -> tuple[float, float]:
-    """(count, seconds) of full garbage collections so far in this process (kairos_gc_pause_seconds)."""
-    values = {
-        sample.name.rsplit("_", 1)[-1]: sample.value
-        for metric in metrics.GC_PAUSE.collect()
-        for sample in metric.samples
-        if sample.labels.get("generation") == "2" and sample.name.endswith(("_count", "_sum"))
-    }
-    return values.get("count", 0.0), values.get("sum", 0.0)
 
 
 def _percentiles(latencies: np.ndarray) -> tuple[float, float]:
@@ -276,32 +275,40 @@ def _for_seconds(events: list, rate: float, seconds: float) -> list:
     return events[: max(int(rate * seconds), 1)]
 
 
+async def drain_backlog(settings: Settings, svc: Services, workers: WorkerGroup, events: list) -> dict:
+    """Produce ``events`` to the idle, settled workers and wait until they have consumed them all: the most the
+    pipeline absorbs (from the first batch of any worker to the last event counted by all of them)."""
+    before = await workers.totals()
+    produced = await produce(settings, svc.bootstrap, events, None, [])
+    target = before["events"] + produced
+    if not await workers.until(lambda each: sum(c["events"] for c in each) >= target, 900.0, 0.01):
+        raise RuntimeError(f"the pipeline consumed {(await workers.totals())['events'] - before['events']} of {produced} events")
+    done = time.time()
+    after = await workers.totals()
+    elapsed = done - after["first_batch_wall"] if after["first_batch_wall"] is not None else float("inf")
+    return {"events": produced, "pipeline_events_per_s": round(produced / elapsed, 1),
+            "backlog_recs_per_event": round((after["recommendations"] - before["recommendations"]) / produced, 3)}  # fmt: skip
+
+
 async def pipeline_phases(
-    settings: Settings, svc: Services, expected: int, pools: dict[str, list], rate: float | None, latency_s: float
-):
-    # The hot path only: the copy agent runs in its own process in production (it would compete for the CPU here).
-    async with running_app(settings, svc, roles=frozenset({"ingest"})) as app, PacedProducer(settings, svc.bootstrap) as producer:
-        worker = app.ingest_worker
-        ok = await wait_for(lambda: worker.stats["events"] >= expected, 600.0, 0.005)
-        elapsed = time.perf_counter() - worker.first_batch_at if worker.first_batch_at else float("inf")
-        if not ok:
-            raise RuntimeError(f"pipeline consumed {worker.stats['events']} of {expected} events")
-        backlog_rate = expected / elapsed
+    settings: Settings, svc: Services, workers: WorkerGroup, backlog_rate: float, pools: dict[str, list],
+    rate: float | None, latency_s: float,
+) -> dict:  # fmt: skip
+    async with PacedProducer(settings, svc.bootstrap) as producer:
         monitor = RecommendationMonitor(settings, svc.bootstrap)
         await monitor.start()
-        phases = LatencyPhases(worker, monitor, producer)
-        out: dict = {"pipeline_events_per_s": round(backlog_rate, 1),
-                     "backlog_recs_per_event": round(worker.stats["recommendations"] / expected, 3)}  # fmt: skip
+        phases = LatencyPhases(workers, monitor, producer)
+        out: dict = {}
         paced_before = 0
         if rate is None:
             sustained, probes = await phases.sustained_rate(pools["probe"], backlog_rate)
             out.update(sustained_events_per_s=round(sustained, 1), probes=probes)
             paced_before = sum(p["events"] for p in probes)
             rate = sustained / 2
-        cpu = CpuUse(_broker_pid(svc.bootstrap) if svc.embedded_kafka else None)
+        cpu = CpuUse(_broker_pid(svc.bootstrap) if svc.embedded_kafka else None, workers.pids)
         cpu.start()
         at_rate = await phases.run(_for_seconds(pools["latency"], rate, latency_s), rate)
-        # Cores used meanwhile: the worker's event loop is one of them at most, the broker shares the others.
+        # Cores used meanwhile: each worker's event loop is one of them at most, the broker shares the others.
         out["cpu_during_latency"] = cpu.stop()
         out["latency_rate_events_per_s"] = round(rate, 1)
         out["latency_events"] = int(at_rate["events"])
@@ -313,46 +320,54 @@ async def pipeline_phases(
         out["consume_delay_p50_ms"], out["consume_delay_p99_ms"] = _percentiles(at_rate["batches"][:, 0])
         out["worker_p50_ms"], out["worker_p99_ms"] = _percentiles(at_rate["batches"][:, 1])
         out["fetch_max_wait_ms"] = settings.fetch_max_wait_ms
-        if worker.fetch_wait is not None:  # where the adaptive wait ended, and how often it had to be raised
-            out["fetch_wait_ms"] = worker.fetch_wait.wait_ms
-            out["fetch_stalls"] = worker.fetch_wait.control.stalls
         out["gc_full_collections"] = at_rate["gc_full_collections"]
         if "sustained_events_per_s" in out:  # the issue's first reading of "half the maximum": half the backlog rate
             at_half_backlog = await phases.run(_for_seconds(pools["backlog_half"], backlog_rate / 2, latency_s), backlog_rate / 2)
             p50, p99 = _percentiles(at_half_backlog["latencies"])
             out["half_backlog_rate"] = {"rate": round(backlog_rate / 2, 1), "p50_ms": p50, "p99_ms": p99,
                                         "recs_per_event": at_half_backlog["recs_per_event"]}  # fmt: skip
-        stalls = np.asarray(worker.checkpoint_stalls_ms, dtype=np.float64)  # the whole run, every partition
-        out["checkpoints"] = {"in_child": worker.checkpoint_in_child, "count": len(stalls),
-                              "stall_p50_ms": _percentiles(stalls)[0], "stall_max_ms": round(float(stalls.max()), 2) if len(stalls) else None}  # fmt: skip
-        out["recommendations"] = worker.stats["recommendations"]
-        out["dead_letters"] = worker.stats["dead_letters"]
-        out["ranker"] = next(iter(worker.partitions.values())).selector.model_version if worker.partitions else ""
         await monitor.stop()
+    totals = await workers.totals()
+    # where each worker's adaptive fetch wait ended, and how often it had to be raised
+    out["fetch_wait_ms"], out["fetch_stalls"] = totals["fetch_wait_ms"], totals["fetch_stalls"]
+    stalls = np.asarray(totals["checkpoint_stalls_ms"], dtype=np.float64)  # the whole run, every partition
+    out["checkpoints"] = {"in_child": totals["checkpoint_in_child"], "count": len(stalls),
+                          "stall_p50_ms": _percentiles(stalls)[0], "stall_max_ms": round(float(stalls.max()), 2) if len(stalls) else None}  # fmt: skip
+    out["recommendations"] = totals["recommendations"]
+    out["dead_letters"] = totals["dead_letters"]
+    out["ranker"] = totals["ranker"]
+    out["worker_rss_mb"] = totals["rss_mb"]
     return out
 
 
 async def run(
-    settings: Settings, svc: Services, events: list, pools: dict[str, list], rate: float | None, latency_s: float
-) -> dict:
+    settings: Settings, svc: Services, events: list, pools: dict[str, list], rate: float | None, latency_s: float,
+    n_workers: int = 1,
+) -> dict:  # fmt: skip
     await ensure_topics(settings, svc.bootstrap)
-    produced = await produce(settings, svc.bootstrap, events, None, [])
-    plain = await plain_loop(settings, svc.bootstrap, produced)
-    phases = await pipeline_phases(settings, svc, produced, pools, rate, latency_s)
+    # The workers join first, on empty topics, so the backlog is drained by all of them from its first record
+    # (a worker joining mid-drain would stop the others for a rebalance).
+    async with WorkerGroup(settings, svc, n_workers) as workers:
+        backlog = await drain_backlog(settings, svc, workers, events)
+        plain = await plain_loop(settings, svc.bootstrap, backlog["events"])  # the workers idle meanwhile
+        phases = await pipeline_phases(settings, svc, workers, backlog["pipeline_events_per_s"], pools, rate, latency_s)
     return {
-        "events": produced,
+        "events": backlog["events"],
         "plain_loop_events_per_s": round(plain, 1),
+        "pipeline_events_per_s": backlog["pipeline_events_per_s"],
+        "backlog_recs_per_event": backlog["backlog_recs_per_event"],
         **phases,
-        "ratio": round(phases["pipeline_events_per_s"] / plain, 3),
+        "ratio": round(backlog["pipeline_events_per_s"] / plain, 3),
         "partitions": settings.partitions,
+        "workers": n_workers,
         # True: every event was ranked on its own (KAIROS_RECOMMEND_EVERY_EVENT), recs_per_event is 1 everywhere.
         "recommend_every_event": settings.recommend_every_event,
-        "rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1),
     }
 
 
 def bench_pipeline_main(
-    settings: Settings, data_dir, source: str, n_events: int, rate: float | None, latency_s: float = LATENCY_SECONDS
+    settings: Settings, data_dir, source: str, n_events: int, rate: float | None, latency_s: float = LATENCY_SECONDS,
+    n_workers: int = 1,
 ) -> dict:
     """``n_events`` fill the backlog; then up to ``n_events`` for the rate probes, up to ``n_events`` (at most
     ``latency_s`` seconds' worth) for the latency phase and up to ``n_events / 2`` (as long) at half the backlog
@@ -368,6 +383,6 @@ def bench_pipeline_main(
     print(f"bench pipeline: {len(events)} backlog events from {picked.label}, {len(stream) - n_events} paced",
           file=sys.stderr)  # fmt: skip
     with services(settings) as svc:
-        result = asyncio.run(run(settings, svc, events, pools, rate, latency_s))
+        result = asyncio.run(run(settings, svc, events, pools, rate, latency_s, n_workers))
     result["source"] = picked.label
     return result
