@@ -6,8 +6,8 @@
     shopper in a batch are ranked once), so this is the most it can absorb, not the rate it sustains live;
 (c) sustained rate: events arrive one at a time at a steady pace; a bisection between 0 and (b) finds the highest
     rate whose queue stays short (median latency of the last quarter of a probe <= ``SATURATION_MS``);
-(d) latency: event -> recommendation at half of (c) (or ``--rate``) for ``--latency-seconds``, and at half of (b)
-    for comparison;
+(d) latency: event -> recommendation at half of (c) (or ``--rate``) for ``--latency-seconds``, on fresh topics
+    (below); on the probes' log at half of (c) and at half of (b) for comparison;
 Each phase reports ``recs_per_event``: recommendations computed per event consumed (below 1 where events of one
 shopper met in a batch and only the last was ranked; the share of the work coalescing saved). With
 ``KAIROS_RECOMMEND_EVERY_EVENT=true`` nothing coalesces: every phase ranks every event, and (b) and (c) are the
@@ -21,8 +21,11 @@ deployments. Throughput and latency are measured over all of them; ``cpu_during_
 The paced phases are bounded in time, not only by the events available: on the embedded broker every paced event
 is a one-record batch that stays in the log (no retention), and each fetch scans all the stored batches of the
 partitions it reads (~1 us per batch, ``kairos bench broker``), so the longer a paced phase runs the more of its
-latency is the broker's scan of what the earlier phases left, which Apache Kafka does not do. The JSON reports how
-many paced events were in the log when the latency phase started (``paced_events_before_latency``).
+latency is the broker's scan of what the earlier phases left, which Apache Kafka does not do (its offset index
+finds a fetch's position whatever the log holds). So after the probes a second worker group on fresh topics (and
+a fresh consumer group and Redis namespace) drains the same backlog, reaching the same state, and the latency
+phase runs there (``latency_on_fresh_topics``); the same rate behind the probes' batches is reported beside it
+(``latency_after_probes``, with ``paced_events_before``).
 
 Paced events come from a producer in its own process and carry their *due* time as the Kafka timestamp, so the
 latency counts from when the shopper acted, even when the producer falls behind (no coordinated omission: a
@@ -33,6 +36,7 @@ stamp it late). The last line printed is one JSON object.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import multiprocessing
 import os
 import resource
@@ -290,79 +294,129 @@ async def drain_backlog(settings: Settings, svc: Services, workers: WorkerGroup,
             "backlog_recs_per_event": round((after["recommendations"] - before["recommendations"]) / produced, 3)}  # fmt: skip
 
 
-async def pipeline_phases(
-    settings: Settings, svc: Services, workers: WorkerGroup, backlog_rate: float, pools: dict[str, list],
-    rate: float | None, latency_s: float,
-) -> dict:  # fmt: skip
+@contextlib.asynccontextmanager
+async def paced_phases(settings: Settings, svc: Services, workers: WorkerGroup):
+    """A paced producer and a recommendation monitor on ``settings``' topics, for :class:`LatencyPhases`."""
     async with PacedProducer(settings, svc.bootstrap) as producer:
         monitor = RecommendationMonitor(settings, svc.bootstrap)
         await monitor.start()
-        phases = LatencyPhases(workers, monitor, producer)
-        out: dict = {}
-        paced_before = 0
-        if rate is None:
-            sustained, probes = await phases.sustained_rate(pools["probe"], backlog_rate)
-            out.update(sustained_events_per_s=round(sustained, 1), probes=probes)
-            paced_before = sum(p["events"] for p in probes)
-            rate = sustained / 2
+        try:
+            yield LatencyPhases(workers, monitor, producer)
+        finally:
+            await monitor.stop()
+
+
+def _phase_summary(phase: dict) -> dict:
+    p50, p99 = _percentiles(phase["latencies"])
+    delay_p50, delay_p99 = _percentiles(phase["batches"][:, 0])
+    return {"rate": round(phase["rate"], 1), "events": int(phase["events"]), "p50_ms": p50, "p99_ms": p99,
+            "consume_delay_p50_ms": delay_p50, "consume_delay_p99_ms": delay_p99,
+            "recs_per_event": phase["recs_per_event"]}  # fmt: skip
+
+
+async def probe_phases(
+    settings: Settings, svc: Services, workers: WorkerGroup, backlog_rate: float, pools: dict[str, list],
+    latency_s: float,
+) -> dict:  # fmt: skip
+    """The sustained rate (bisection), then on the same log: half of it, and half the backlog rate."""
+    async with paced_phases(settings, svc, workers) as phases:
+        sustained, probes = await phases.sustained_rate(pools["probe"], backlog_rate)
+        if sustained <= 0:
+            raise RuntimeError(f"no probe rate was sustained ({len(probes)} probes with {len(pools['probe'])} events): "
+                               "give more --events, or a --rate")  # fmt: skip
+        out: dict = {"sustained_events_per_s": round(sustained, 1), "probes": probes}
+        # Half the sustained rate behind the probes' one-record batches (the embedded broker scans them at every
+        # fetch; Apache Kafka does not): the latency phase proper runs on fresh topics (see ``run``).
+        after = await phases.run(_for_seconds(pools["after_probes"], sustained / 2, latency_s), sustained / 2)
+        out["latency_after_probes"] = {**_phase_summary(after), "paced_events_before": sum(p["events"] for p in probes)}
+        # The issue's first reading of "half the maximum": half the backlog rate.
+        at_half_backlog = await phases.run(_for_seconds(pools["backlog_half"], backlog_rate / 2, latency_s), backlog_rate / 2)
+        summary = _phase_summary(at_half_backlog)
+        out["half_backlog_rate"] = {k: summary[k] for k in ("rate", "p50_ms", "p99_ms", "recs_per_event")}
+    return out
+
+
+async def latency_phase(
+    settings: Settings, svc: Services, workers: WorkerGroup, rate: float, events: list, latency_s: float
+) -> dict:
+    """Event -> recommendation latency at ``rate`` for at most ``latency_s`` seconds, with the cores used."""
+    async with paced_phases(settings, svc, workers) as phases:
         cpu = CpuUse(_broker_pid(svc.bootstrap) if svc.embedded_kafka else None, workers.pids)
         cpu.start()
-        at_rate = await phases.run(_for_seconds(pools["latency"], rate, latency_s), rate)
+        at_rate = await phases.run(_for_seconds(events, rate, latency_s), rate)
         # Cores used meanwhile: each worker's event loop is one of them at most, the broker shares the others.
-        out["cpu_during_latency"] = cpu.stop()
-        out["latency_rate_events_per_s"] = round(rate, 1)
-        out["latency_events"] = int(at_rate["events"])
-        out["paced_events_before_latency"] = paced_before
-        out["p50_ms"], out["p99_ms"] = _percentiles(at_rate["latencies"])
-        out["recs_per_event"] = at_rate["recs_per_event"]
-        out["producer_late_p99_ms"] = round(at_rate["producer_late_p99_ms"], 2)
-        # The split per batch: waiting for the broker to hand the records over, then the worker's own time.
-        out["consume_delay_p50_ms"], out["consume_delay_p99_ms"] = _percentiles(at_rate["batches"][:, 0])
-        out["worker_p50_ms"], out["worker_p99_ms"] = _percentiles(at_rate["batches"][:, 1])
-        out["fetch_max_wait_ms"] = settings.fetch_max_wait_ms
-        out["gc_full_collections"] = at_rate["gc_full_collections"]
-        if "sustained_events_per_s" in out:  # the issue's first reading of "half the maximum": half the backlog rate
-            at_half_backlog = await phases.run(_for_seconds(pools["backlog_half"], backlog_rate / 2, latency_s), backlog_rate / 2)
-            p50, p99 = _percentiles(at_half_backlog["latencies"])
-            out["half_backlog_rate"] = {"rate": round(backlog_rate / 2, 1), "p50_ms": p50, "p99_ms": p99,
-                                        "recs_per_event": at_half_backlog["recs_per_event"]}  # fmt: skip
-        await monitor.stop()
-    totals = await workers.totals()
-    # where each worker's adaptive fetch wait ended, and how often it had to be raised
-    out["fetch_wait_ms"], out["fetch_stalls"] = totals["fetch_wait_ms"], totals["fetch_stalls"]
-    stalls = np.asarray(totals["checkpoint_stalls_ms"], dtype=np.float64)  # the whole run, every partition
-    out["checkpoints"] = {"in_child": totals["checkpoint_in_child"], "count": len(stalls),
-                          "stall_p50_ms": _percentiles(stalls)[0], "stall_max_ms": round(float(stalls.max()), 2) if len(stalls) else None}  # fmt: skip
-    out["recommendations"] = totals["recommendations"]
-    out["dead_letters"] = totals["dead_letters"]
-    out["ranker"] = totals["ranker"]
-    out["worker_rss_mb"] = totals["rss_mb"]
+        cpu_used = cpu.stop()
+    out = {"cpu_during_latency": cpu_used, "latency_rate_events_per_s": round(rate, 1),
+           "latency_events": int(at_rate["events"])}  # fmt: skip
+    out["p50_ms"], out["p99_ms"] = _percentiles(at_rate["latencies"])
+    out["recs_per_event"] = at_rate["recs_per_event"]
+    out["producer_late_p99_ms"] = round(at_rate["producer_late_p99_ms"], 2)
+    # The split per batch: waiting for the broker to hand the records over, then the worker's own time.
+    out["consume_delay_p50_ms"], out["consume_delay_p99_ms"] = _percentiles(at_rate["batches"][:, 0])
+    out["worker_p50_ms"], out["worker_p99_ms"] = _percentiles(at_rate["batches"][:, 1])
+    out["fetch_max_wait_ms"] = settings.fetch_max_wait_ms
+    out["gc_full_collections"] = at_rate["gc_full_collections"]
     return out
+
+
+async def worker_summary(workers: WorkerGroup) -> dict:
+    """The workers' run as a whole: fetch waits, checkpoints, counts, ranker, peak RSS."""
+    totals = await workers.totals()
+    stalls = np.asarray(totals["checkpoint_stalls_ms"], dtype=np.float64)  # the whole run, every partition
+    return {
+        # where each worker's adaptive fetch wait ended, and how often it had to be raised
+        "fetch_wait_ms": totals["fetch_wait_ms"], "fetch_stalls": totals["fetch_stalls"],
+        "checkpoints": {"in_child": totals["checkpoint_in_child"], "count": len(stalls), "stall_p50_ms": _percentiles(stalls)[0],
+                        "stall_max_ms": round(float(stalls.max()), 2) if len(stalls) else None},
+        "recommendations": totals["recommendations"], "dead_letters": totals["dead_letters"], "ranker": totals["ranker"],
+        "worker_rss_mb": totals["rss_mb"],
+    }  # fmt: skip
+
+
+def fresh_topics(settings: Settings) -> Settings:
+    """The same settings on new topics, a new consumer group and new Redis keys (a log without the probes')."""
+    return settings.model_copy(update={"topic_prefix": f"{settings.topic_prefix}-latency",
+                                       "consumer_group": f"{settings.consumer_group}-latency"})  # fmt: skip
 
 
 async def run(
     settings: Settings, svc: Services, events: list, pools: dict[str, list], rate: float | None, latency_s: float,
     n_workers: int = 1,
 ) -> dict:  # fmt: skip
+    """With ``rate``: backlog, plain loop and the latency phase at ``rate``. Without: backlog, plain loop and the
+    probes with one worker group; then a second group on fresh topics drains the same backlog (the same state)
+    and runs the latency phase at half the sustained rate, on a log that holds only the backlog and the phase's
+    own events, as far as fetch costs go what Apache Kafka's offset index gives every fetch."""
     await ensure_topics(settings, svc.bootstrap)
+    out: dict = {}
     # The workers join first, on empty topics, so the backlog is drained by all of them from its first record
     # (a worker joining mid-drain would stop the others for a rebalance).
     async with WorkerGroup(settings, svc, n_workers) as workers:
         backlog = await drain_backlog(settings, svc, workers, events)
         plain = await plain_loop(settings, svc.bootstrap, backlog["events"])  # the workers idle meanwhile
-        phases = await pipeline_phases(settings, svc, workers, backlog["pipeline_events_per_s"], pools, rate, latency_s)
-    return {
-        "events": backlog["events"],
-        "plain_loop_events_per_s": round(plain, 1),
-        "pipeline_events_per_s": backlog["pipeline_events_per_s"],
-        "backlog_recs_per_event": backlog["backlog_recs_per_event"],
-        **phases,
-        "ratio": round(backlog["pipeline_events_per_s"] / plain, 3),
-        "partitions": settings.partitions,
-        "workers": n_workers,
-        # True: every event was ranked on its own (KAIROS_RECOMMEND_EVERY_EVENT), recs_per_event is 1 everywhere.
-        "recommend_every_event": settings.recommend_every_event,
-    }
+        out.update(events=backlog["events"], plain_loop_events_per_s=round(plain, 1),
+                   pipeline_events_per_s=backlog["pipeline_events_per_s"],
+                   backlog_recs_per_event=backlog["backlog_recs_per_event"])  # fmt: skip
+        if rate is None:
+            out.update(await probe_phases(settings, svc, workers, backlog["pipeline_events_per_s"], pools, latency_s))
+            rate = out["sustained_events_per_s"] / 2
+        else:
+            out.update(await latency_phase(settings, svc, workers, rate, pools["latency"], latency_s))
+            out.update(await worker_summary(workers))
+    if "sustained_events_per_s" in out:
+        fresh = fresh_topics(settings)
+        await ensure_topics(fresh, svc.bootstrap)
+        async with WorkerGroup(fresh, svc, n_workers) as workers:
+            again = await drain_backlog(fresh, svc, workers, events)
+            out["latency_backlog_events_per_s"] = again["pipeline_events_per_s"]
+            out.update(await latency_phase(fresh, svc, workers, rate, pools["latency"], latency_s))
+            out.update(await worker_summary(workers))
+    out["latency_on_fresh_topics"] = "sustained_events_per_s" in out
+    out.update(ratio=round(out["pipeline_events_per_s"] / out["plain_loop_events_per_s"], 3),
+               partitions=settings.partitions, workers=n_workers,
+               # True: every event was ranked on its own (KAIROS_RECOMMEND_EVERY_EVENT), recs_per_event is 1.
+               recommend_every_event=settings.recommend_every_event)  # fmt: skip
+    return out
 
 
 def bench_pipeline_main(
@@ -370,15 +424,17 @@ def bench_pipeline_main(
     n_workers: int = 1,
 ) -> dict:
     """``n_events`` fill the backlog; then up to ``n_events`` for the rate probes, up to ``n_events`` (at most
-    ``latency_s`` seconds' worth) for the latency phase and up to ``n_events / 2`` (as long) at half the backlog
-    rate, all distinct events of the same source."""
-    picked = pick_source(data_dir, source, int(3.5 * n_events))
+    ``latency_s`` seconds' worth) for the latency phase, and up to ``n_events / 2`` each (as long) for half the
+    sustained rate behind the probes and for half the backlog rate, all distinct events of the same source."""
+    picked = pick_source(data_dir, source, 4 * n_events)
     stream = picked.events
     events = stream[:n_events]
+    half = n_events // 2
     pools = {
         "probe": stream[n_events : 2 * n_events],
         "latency": stream[2 * n_events : 3 * n_events],
-        "backlog_half": stream[3 * n_events :],
+        "after_probes": stream[3 * n_events : 3 * n_events + half],
+        "backlog_half": stream[3 * n_events + half :],
     }
     print(f"bench pipeline: {len(events)} backlog events from {picked.label}, {len(stream) - n_events} paced",
           file=sys.stderr)  # fmt: skip

@@ -1,0 +1,50 @@
+"""The pipeline benchmark's worker processes (agents/bench_workers.py): N processes in one consumer group split the
+partitions, drain a backlog together, and report counters that add up to what was produced. Real broker and Redis;
+no model directory, so the workers rank with the online fallback (the point here is the plumbing, not the ranker)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from kairos.agents.bench_pipeline import drain_backlog
+from kairos.agents.bench_workers import WorkerGroup
+from kairos.agents.runtime import Services
+from kairos.agents.topics_admin import ensure_topics
+from kairos.engine.simulator import ShopperSimulator
+
+
+def test_two_worker_processes_split_the_partitions_and_count_every_event(make_settings, redis_url, tmp_path):
+    settings = make_settings(redis_url=redis_url, partitions=4, model_dir=tmp_path / "no-models",
+                             recommend_every_event=True)  # fmt: skip
+    svc = Services(settings.kafka_bootstrap_servers, redis_url, embedded_kafka=False, embedded_redis=False)
+    events = list(ShopperSimulator(seed=11, n_users=60, n_items=200, n_categories=6).events(400))
+
+    async def scenario():
+        await ensure_topics(settings, svc.bootstrap)
+        async with WorkerGroup(settings, svc, 2) as workers:
+            owned = [c["partitions"] for c in await workers.counters()]
+            assert all(owned) and sorted(p for ps in owned for p in ps) == [0, 1, 2, 3]
+            assert len(set(workers.pids)) == 2
+            backlog = await drain_backlog(settings, svc, workers, events)
+            totals = await workers.totals(timings_since=[0, 0])
+        return owned, backlog, totals
+
+    owned, backlog, totals = asyncio.run(scenario())
+    assert backlog["events"] == len(events) == totals["events"]
+    assert backlog["pipeline_events_per_s"] > 0
+    # every event ranked (the setting), by whichever worker owned its shopper's partition
+    assert totals["recommendations"] == len(events) and backlog["backlog_recs_per_event"] == 1.0
+    assert totals["dead_letters"] == 0
+    # both workers had batches, and each batch's (consume delay, worker time) came back
+    assert all(n > 0 for n in totals["batches"]) and len(totals["timings"]) == sum(totals["batches"])
+    assert all(delay >= 0 and spent >= 0 for delay, spent in totals["timings"])
+    assert totals["cpu_s"] > 0 and len(totals["rss_mb"]) == 2
+
+
+def test_more_workers_than_partitions_is_refused(make_settings, redis_url):
+    settings = make_settings(redis_url=redis_url, partitions=2)
+    svc = Services(settings.kafka_bootstrap_servers, redis_url, embedded_kafka=False, embedded_redis=False)
+    with pytest.raises(ValueError, match="--workers"):
+        WorkerGroup(settings, svc, 3)
