@@ -165,7 +165,7 @@ class LatencyPhases:
         before = await self.workers.totals()
         sent, late_p99 = await self.producer.send(events, rate)
         target = before["events"] + sent
-        await self.workers.until(lambda each: sum(c["events"] for c in each) >= target, 120.0)
+        await self.workers.until_events(target, 120.0)
         after = await self.workers.totals(timings_since=before["batches"])
         # The monitor's latencies are the recommendations' own timestamps, so when they arrive does not matter,
         # only that all of them have (the counters count a batch once its outputs are acknowledged).
@@ -285,7 +285,7 @@ async def drain_backlog(settings: Settings, svc: Services, workers: WorkerGroup,
     before = await workers.totals()
     produced = await produce(settings, svc.bootstrap, events, None, [])
     target = before["events"] + produced
-    if not await workers.until(lambda each: sum(c["events"] for c in each) >= target, 900.0, 0.01):
+    if not await workers.until_events(target, 900.0, 0.01):
         raise RuntimeError(f"the pipeline consumed {(await workers.totals())['events'] - before['events']} of {produced} events")
     done = time.time()
     after = await workers.totals()

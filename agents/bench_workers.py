@@ -71,14 +71,19 @@ def _worker_process(settings: Settings, svc: Services, conn) -> None:
 
 
 async def _serve(settings: Settings, svc: Services, conn) -> None:
-    """Run the ingest role until the parent sends ``None``; answer each other request (a batch-timing index or
-    ``-1`` for no timings) with :func:`worker_counters`."""
+    """Run the ingest role until the parent sends ``None``; answer ``"events"`` with the events counted so far (the
+    parent's frequent poll: nothing else is computed on the worker's loop for it) and each other request (a
+    batch-timing index, or ``-1`` for no timings) with :func:`worker_counters`."""
     loop = asyncio.get_running_loop()
     # The copy agent runs in its own process in production; here it would only compete for the CPU.
     async with running_app(settings, svc, roles=frozenset({"ingest"})) as app:
         conn.send("ready")
         while (request := await loop.run_in_executor(None, conn.recv)) is not None:
-            conn.send(worker_counters(app.ingest_worker, None if request < 0 else request))
+            worker = app.ingest_worker
+            if request == "events":
+                conn.send(worker.stats["events"])
+            else:
+                conn.send(worker_counters(worker, None if request < 0 else request))
 
 
 class WorkerGroup:
@@ -149,6 +154,26 @@ class WorkerGroup:
                 conn.send(-1 if timings_since is None else timings_since[k])
                 out.append(await loop.run_in_executor(None, conn.recv))
             return out
+
+    async def events(self) -> int:
+        """Events counted by all the workers (cheap: the poll while a phase runs)."""
+        loop = asyncio.get_running_loop()
+        async with self._lock:
+            total = 0
+            for conn in self._conns:
+                conn.send("events")
+                total += await loop.run_in_executor(None, conn.recv)
+            return total
+
+    async def until_events(self, target: int, timeout_s: float, interval_s: float = 0.02) -> bool:
+        """Wait until the workers have counted ``target`` events; False after ``timeout_s``."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if await self.events() >= target:
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(interval_s)
 
     async def totals(self, timings_since: list[int] | None = None) -> dict:
         """The workers' counters summed (batch marks, CPU and peak RSS per worker; timings concatenated)."""
