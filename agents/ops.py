@@ -135,11 +135,17 @@ def worker_environment(settings: Settings, log_level: str = "INFO") -> dict[str,
         KAIROS_CHECKPOINT_IN_CHILD=str(settings.checkpoint_in_child).lower(),
         KAIROS_RECOMMEND_EVERY_EVENT=str(settings.recommend_every_event).lower(),
         KAIROS_ONNX_THREADS=str(settings.onnx_threads),
+        # the hot path's shape: a worker child must rank and fetch as its parent's settings say
+        KAIROS_MAX_CANDIDATES=str(settings.max_candidates),
+        KAIROS_BATCH_MAX_RECORDS=str(settings.batch_max_records),
+        KAIROS_FETCH_MAX_WAIT_MS=str(settings.fetch_max_wait_ms),
         KAIROS_KAFKA_SECURITY_PROTOCOL=settings.kafka_security_protocol,
         KAIROS_LOG_LEVEL=log_level,
     )
     optional = {
         "KAIROS_DATA_DIR": settings.data_dir,  # unset: the worker finds the default data directory itself
+        # unset: the child picks its floor itself (it sees a configured broker: pass the floor for an embedded one)
+        "KAIROS_FETCH_MIN_WAIT_MS": settings.fetch_min_wait_ms,
         "KAIROS_KAFKA_SASL_MECHANISM": settings.kafka_sasl_mechanism,
         "KAIROS_KAFKA_SASL_USERNAME": settings.kafka_sasl_username,
         "KAIROS_KAFKA_SASL_PASSWORD": settings.kafka_sasl_password,

@@ -122,8 +122,10 @@ def soak_command(args) -> int:
     base = load_settings()
     with embedded_services(base.wants_embedded_kafka, base.wants_embedded_redis) as (kafka, redis_url):
         bootstrap = kafka or base.kafka_bootstrap_servers
+        # The worker child sees the broker as configured; on the embedded one it keeps the embedded fetch floor.
+        floor = base.fetch_wait_bounds()[0] if kafka else base.fetch_min_wait_ms
         settings = base.model_copy(update={"kafka_bootstrap_servers": bootstrap, "redis_url": redis_url or base.redis_url,
-                                           "topic_prefix": f"soak{int(time.time())}"})  # fmt: skip
+                                           "topic_prefix": f"soak{int(time.time())}", "fetch_min_wait_ms": floor})  # fmt: skip
         result = asyncio.run(
             soak(settings, bootstrap, minutes=args.minutes, rate=args.rate, users=args.users, items=args.items,
                  sample_s=args.sample_s, linger_ms=args.linger_ms, pids=_embedded_pids())  # fmt: skip

@@ -44,3 +44,25 @@ def test_sasl_needs_credentials(monkeypatch):
 def test_topic_prefix_applies_to_every_topic():
     topics = load_settings(topic_prefix="shop7").topics
     assert all(name.startswith("shop7.") for name in vars(topics).values())
+
+
+def test_a_worker_child_gets_the_hot_path_settings_of_its_parent(monkeypatch):
+    """``worker_environment`` (the soak's and the fault tests' worker children, the demo's copy agent): a child
+    loading its settings from it ranks as many candidates, batches and fetches as its parent, including the
+    embedded broker's fetch floor that the child, seeing a configured address, would not pick itself."""
+    import os
+
+    from kairos.agents.ops import worker_environment
+
+    for name in [n for n in os.environ if n.startswith("KAIROS_")]:
+        monkeypatch.delenv(name)
+    configured = {"kafka_bootstrap_servers": "127.0.0.1:9092", "redis_url": "redis://127.0.0.1:6379/0"}
+    unset = worker_environment(load_settings(**configured))
+    assert "KAIROS_FETCH_MIN_WAIT_MS" not in unset  # the child then picks its own floor, as the parent would
+    parent = load_settings(**configured, max_candidates=500, batch_max_records=200, fetch_max_wait_ms=40, fetch_min_wait_ms=10)
+    env = worker_environment(parent)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    child = load_settings()
+    assert (child.max_candidates, child.batch_max_records) == (500, 200)
+    assert child.fetch_wait_bounds() == parent.fetch_wait_bounds() == (10, 40)
