@@ -248,10 +248,13 @@ class Selector:
         segment = segment_of(user, now)
         corrected = self.corrector.correct(pool.items, segment, logits) if self.feedback and pool.items else logits
         t1 = time.perf_counter()
-        kept = self._apply_rules(user, pool, corrected, now, n)
+        kept, ruled = self._apply_rules(user, pool, corrected, now, n)
         rec_id = rec_id or f"{user.user_id}.{user.version}"
-        # Python floats (``tolist``): one numpy scalar per candidate cost more than the rest of the mapping.
-        selection = self._explore(user, rec_id, segment, kept, pool.reasons, dict(zip(pool.items, logits.tolist())), n)
+        # The logits of the candidates the rules saw (every kept one is among them), not of the whole pool: a dict
+        # of 500 per recommendation to read ten. Python floats (``tolist``): cheaper than numpy scalars.
+        items = pool.items
+        ruled_logits = dict(zip([items[i] for i in ruled.tolist()], logits[ruled].tolist()))
+        selection = self._explore(user, rec_id, segment, kept, pool.reasons, ruled_logits, n)
         if self.copybook is not None:
             selection = self._with_copy(selection, user, now)
         t2 = time.perf_counter()
@@ -261,14 +264,17 @@ class Selector:
         self._remember(selection)
         return selection
 
-    def _apply_rules(self, user: UserInterest, pool, scores: np.ndarray, now: float, n: int) -> list[Candidate]:
+    def _apply_rules(self, user: UserInterest, pool, scores: np.ndarray, now: float, n: int) -> tuple[list[Candidate], np.ndarray]:
         """Rules on the best ``4 n`` by score first (they rarely drop that many); the full list only if too few
-        survive. Building a rule candidate per item of the pool was a tenth of the hot path."""
+        survive. Building a rule candidate per item of the pool was a tenth of the hot path. Returns the kept
+        candidates and the pool indices the rules saw."""
         order = np.argsort(-scores, kind="stable")
-        kept = self._rule_pass(user, pool, scores, order[: 4 * n], now)
+        ruled = order[: 4 * n]
+        kept = self._rule_pass(user, pool, scores, ruled, now)
         if len(kept) < n and len(order) > 4 * n:
+            ruled = order
             kept = self._rule_pass(user, pool, scores, order, now)
-        return kept
+        return kept, ruled
 
     def _rule_pass(self, user: UserInterest, pool, scores: np.ndarray, order: np.ndarray, now: float) -> list[Candidate]:
         catalog, items = self.model.catalog, pool.items
