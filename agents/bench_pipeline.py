@@ -362,7 +362,7 @@ async def latency_phase(
 async def worker_summary(workers: WorkerGroup) -> dict:
     """The workers' run as a whole: fetch waits, checkpoints, counts, ranker, peak RSS."""
     totals = await workers.totals()
-    stalls = np.asarray(totals["checkpoint_stalls_ms"], dtype=np.float64)  # the whole run, every partition
+    stalls = np.asarray(totals["checkpoint_stalls_ms"], dtype=np.float64)  # this group's whole run, every partition
     return {
         # where each worker's adaptive fetch wait ended, and how often it had to be raised
         "fetch_wait_ms": totals["fetch_wait_ms"], "fetch_stalls": totals["fetch_stalls"],
