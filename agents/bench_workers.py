@@ -26,6 +26,9 @@ from kairos.engine import metrics
 START_TIMEOUT_S = 180.0
 #: How long the group may take to settle once every worker is up (the last join's rebalance).
 SETTLE_TIMEOUT_S = 90.0
+#: How long a worker may take to answer a request: its loop answers between batches, so only a stuck (or dead)
+#: worker takes longer, and the benchmark fails instead of waiting forever.
+ANSWER_TIMEOUT_S = 60.0
 
 
 def full_collections() -> tuple[float, float]:
@@ -147,23 +150,23 @@ class WorkerGroup:
 
     async def counters(self, timings_since: list[int] | None = None) -> list[dict]:
         """Each worker's :func:`worker_counters` (with its batch timings from ``timings_since[k]`` if given)."""
-        loop = asyncio.get_running_loop()
         async with self._lock:
-            out = []
-            for k, conn in enumerate(self._conns):
-                conn.send(-1 if timings_since is None else timings_since[k])
-                out.append(await loop.run_in_executor(None, conn.recv))
-            return out
+            return [await self._ask(k, -1 if timings_since is None else timings_since[k]) for k in range(len(self._conns))]
+
+    async def _ask(self, k: int, request):
+        """Send worker ``k`` a request and return its answer (the caller holds the lock)."""
+        loop = asyncio.get_running_loop()
+        conn = self._conns[k]
+        conn.send(request)
+        if not await loop.run_in_executor(None, conn.poll, ANSWER_TIMEOUT_S):
+            alive = self._processes[k].is_alive()
+            raise RuntimeError(f"benchmark worker {k} ({'stuck' if alive else 'exited'}) did not answer in {ANSWER_TIMEOUT_S:.0f} s")
+        return conn.recv()
 
     async def events(self) -> int:
         """Events counted by all the workers (cheap: the poll while a phase runs)."""
-        loop = asyncio.get_running_loop()
         async with self._lock:
-            total = 0
-            for conn in self._conns:
-                conn.send("events")
-                total += await loop.run_in_executor(None, conn.recv)
-            return total
+            return sum([await self._ask(k, "events") for k in range(len(self._conns))])
 
     async def until_events(self, target: int, timeout_s: float, interval_s: float = 0.02) -> bool:
         """Wait until the workers have counted ``target`` events; False after ``timeout_s``."""

@@ -5,6 +5,8 @@ no model directory, so the workers rank with the online fallback (the point here
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 
 import pytest
 
@@ -48,3 +50,18 @@ def test_more_workers_than_partitions_is_refused(make_settings, redis_url):
     svc = Services(settings.kafka_bootstrap_servers, redis_url, embedded_kafka=False, embedded_redis=False)
     with pytest.raises(ValueError, match="--workers"):
         WorkerGroup(settings, svc, 3)
+
+
+def test_a_worker_that_dies_fails_the_benchmark_instead_of_hanging_it(make_settings, redis_url, tmp_path):
+    settings = make_settings(redis_url=redis_url, partitions=2, model_dir=tmp_path / "no-models")
+    svc = Services(settings.kafka_bootstrap_servers, redis_url, embedded_kafka=False, embedded_redis=False)
+
+    async def scenario():
+        await ensure_topics(settings, svc.bootstrap)
+        async with WorkerGroup(settings, svc, 1) as workers:
+            assert await workers.events() == 0
+            os.kill(workers.pids[0], signal.SIGKILL)
+            with pytest.raises((EOFError, BrokenPipeError, ConnectionResetError, RuntimeError)):
+                await asyncio.wait_for(workers.events(), 30.0)
+
+    asyncio.run(scenario())
