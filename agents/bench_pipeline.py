@@ -346,13 +346,13 @@ async def latency_phase(
         at_rate = await phases.run(_for_seconds(events, rate, latency_s), rate)
         # Cores used meanwhile: each worker's event loop is one of them at most, the broker shares the others.
         cpu_used = cpu.stop()
-    out = {"cpu_during_latency": cpu_used, "latency_rate_events_per_s": round(rate, 1),
-           "latency_events": int(at_rate["events"])}  # fmt: skip
-    out["p50_ms"], out["p99_ms"] = _percentiles(at_rate["latencies"])
-    out["recs_per_event"] = at_rate["recs_per_event"]
-    out["producer_late_p99_ms"] = round(at_rate["producer_late_p99_ms"], 2)
-    # The split per batch: waiting for the broker to hand the records over, then the worker's own time.
-    out["consume_delay_p50_ms"], out["consume_delay_p99_ms"] = _percentiles(at_rate["batches"][:, 0])
+    summary = _phase_summary(at_rate)
+    out = {"cpu_during_latency": cpu_used, "latency_rate_events_per_s": summary["rate"],
+           "latency_events": summary["events"], "p50_ms": summary["p50_ms"], "p99_ms": summary["p99_ms"],
+           "recs_per_event": summary["recs_per_event"],
+           "producer_late_p99_ms": round(at_rate["producer_late_p99_ms"], 2),
+           # The split per batch: waiting for the broker to hand the records over, then the worker's own time.
+           "consume_delay_p50_ms": summary["consume_delay_p50_ms"], "consume_delay_p99_ms": summary["consume_delay_p99_ms"]}  # fmt: skip
     out["worker_p50_ms"], out["worker_p99_ms"] = _percentiles(at_rate["batches"][:, 1])
     out["fetch_max_wait_ms"] = settings.fetch_max_wait_ms
     out["gc_full_collections"] = at_rate["gc_full_collections"]

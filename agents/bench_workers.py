@@ -170,13 +170,7 @@ class WorkerGroup:
 
     async def until_events(self, target: int, timeout_s: float, interval_s: float = 0.02) -> bool:
         """Wait until the workers have counted ``target`` events; False after ``timeout_s``."""
-        deadline = time.monotonic() + timeout_s
-        while True:
-            if await self.events() >= target:
-                return True
-            if time.monotonic() >= deadline:
-                return False
-            await asyncio.sleep(interval_s)
+        return await _poll(self.events, lambda events: events >= target, timeout_s, interval_s)
 
     async def totals(self, timings_since: list[int] | None = None) -> dict:
         """The workers' counters summed (batch marks, CPU and peak RSS per worker; timings concatenated)."""
@@ -201,10 +195,15 @@ class WorkerGroup:
 
     async def until(self, predicate, timeout_s: float, interval_s: float = 0.02) -> bool:
         """Poll the workers' counters until ``predicate(list of counters)`` holds; False after ``timeout_s``."""
-        deadline = time.monotonic() + timeout_s
-        while True:
-            if predicate(await self.counters()):
-                return True
-            if time.monotonic() >= deadline:
-                return False
-            await asyncio.sleep(interval_s)
+        return await _poll(self.counters, predicate, timeout_s, interval_s)
+
+
+async def _poll(read, done, timeout_s: float, interval_s: float) -> bool:
+    """``await read()`` every ``interval_s`` until ``done(value)``; False once ``timeout_s`` has passed."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if done(await read()):
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        await asyncio.sleep(interval_s)

@@ -24,7 +24,6 @@ import asyncio
 import gc
 import os
 import signal
-import time
 from collections.abc import Callable, Mapping, Sequence
 
 #: Added to the child's niceness: the scheduler then gives the worker (and a broker on the same cores) the CPU first.
@@ -44,7 +43,6 @@ class _Child:
     def __init__(self, pid: int, read_fd: int, count: int) -> None:
         self.pid = pid
         self.count = count
-        self.started = time.monotonic()
         self.future = asyncio.get_running_loop().run_in_executor(None, _collect, pid, read_fd)
         self.future.add_done_callback(_retrieve)
         self._wanted = count  # views not discarded yet
@@ -91,10 +89,6 @@ class ChildSnapshot:
     @property
     def pid(self) -> int:
         return self._child.pid
-
-    @property
-    def started(self) -> float:
-        return self._child.started
 
     @classmethod
     def start(
