@@ -138,6 +138,7 @@ def worker_environment(settings: Settings, log_level: str = "INFO") -> dict[str,
         # the hot path's shape: a worker child must rank and fetch as its parent's settings say
         KAIROS_MAX_CANDIDATES=str(settings.max_candidates),
         KAIROS_BATCH_MAX_RECORDS=str(settings.batch_max_records),
+        KAIROS_COMMIT_INTERVAL_MS=str(settings.commit_interval_ms),
         KAIROS_FETCH_MAX_WAIT_MS=str(settings.fetch_max_wait_ms),
         KAIROS_KAFKA_SECURITY_PROTOCOL=settings.kafka_security_protocol,
         KAIROS_LOG_LEVEL=log_level,

@@ -143,6 +143,12 @@ class IngestWorker:
         #: The last batch's outputs + commit, written while the next batch is processed (``_finalize``).
         self._finalizing: asyncio.Task | None = None
         self._last_kafka_commit = 0.0
+        #: Partitions whose state changed since their last commit, and when the last due commit was built
+        #: (``commit_interval_ms``); the counts of batches not yet written wait with them (``stats`` counts what is
+        #: written).
+        self._uncommitted: set[int] = set()
+        self._last_state_commit = 0.0
+        self._uncounted: list[tuple[int, object]] = []
         self._last_store_expiry = 0.0
         self._last_trim = time.monotonic()
         #: Full garbage collections kept short: survivors frozen every 5 s, one full sweep every 15 min.
@@ -195,7 +201,8 @@ class IngestWorker:
         """The batch wait while something waits to be written (a commit in flight, state changed meanwhile, Redis
         down), so the idle tick writes it soon; otherwise :data:`IDLE_POLL_MS`."""
         writing = self._finalizing is not None and not self._finalizing.done()
-        if writing or not self.redis_healthy or any(state.has_pending for state in self.partitions.values()):
+        pending = self._uncommitted or any(state.has_pending for state in self.partitions.values())
+        if writing or not self.redis_healthy or pending:
             return max(self.settings.batch_max_wait_ms, 1)
         return IDLE_POLL_MS
 
@@ -252,6 +259,9 @@ class IngestWorker:
             await self._commit_partition(partition, force_checkpoint=True)  # discards a child's checkpoint
         for partition in owned:
             del self.partitions[partition]
+        self._uncommitted.difference_update(owned)
+        if not self._uncommitted:
+            self._count_written()
         metrics.PARTITIONS_OWNED.set(len(self.partitions))
 
     # --- the loop body ---
@@ -291,14 +301,28 @@ class IngestWorker:
         # A partition whose checkpoint child is done commits now even if untouched: the child's checkpoints are
         # written as soon as they are built, and the next child (one at a time) is not held up.
         ready = {p for p, snapshot in self._snapshots.items() if snapshot.ready}
-        commits = [c for c in (self._prepare_commit(p) for p in sorted(result.touched_partitions | ready)) if c is not None]
+        due, covers_all = self._due_commits(result.touched_partitions, ready)
+        commits = [c for c in (self._prepare_commit(p) for p in sorted(due)) if c is not None]
         await self._settle()  # one batch in flight at most: its outputs, then its commit, in order
-        self._finalizing = asyncio.create_task(self._finalize(sent, result, len(records), commits))
+        self._finalizing = asyncio.create_task(self._finalize(sent, result, len(records), commits, covers_all))
         await self._maybe_commit_kafka()
         await self._maybe_publish_trending()
         self._maybe_trim()
         if self.on_batch is not None:
             self.on_batch(self, len(records))
+
+    def _due_commits(self, touched: set[int], ready: set[int]) -> tuple[set[int], bool]:
+        """The partitions to commit after this batch, and whether that covers every change so far: every changed
+        partition once ``commit_interval_ms`` has passed since the last such commit, else only those whose
+        checkpoint child is done (its checkpoint is written at once)."""
+        self._uncommitted |= touched
+        now = time.monotonic()
+        if now - self._last_state_commit >= self.settings.commit_interval_ms / 1000.0:
+            self._last_state_commit = now
+            due, self._uncommitted = self._uncommitted | ready, set()
+            return due, True
+        self._uncommitted -= ready
+        return ready, False
 
     async def _load_returning_users(self, records: list[InputRecord]) -> None:
         """Read back the states of this batch's users that are not in memory (one HMGET per partition, all
@@ -367,10 +391,10 @@ class IngestWorker:
         self.stats["ads"] += result.ad_decisions
         metrics.RECOMMENDATIONS.inc(recs)
 
-    async def _finalize(self, sent: list[asyncio.Future], result, n_records: int, commits: list) -> None:
+    async def _finalize(self, sent: list[asyncio.Future], result, n_records: int, commits: list, covers_all: bool) -> None:
         """A processed batch's I/O, in the background while the next batch is processed: its outputs are acked
-        before the state that produced them is committed; the commits of all touched partitions go in one Redis
-        round trip (each is its own MULTI)."""
+        before the state that produced them is committed; the commits of all due partitions go in one Redis round
+        trip (each is its own MULTI). ``covers_all``: the commits hold every change so far (``_due_commits``)."""
         t0 = time.perf_counter()
         await asyncio.gather(*sent)
         now_ms = time.time() * 1000.0
@@ -379,7 +403,16 @@ class IngestWorker:
         metrics.STEP_LATENCY.labels("emit").observe(time.perf_counter() - t0)
         await asyncio.gather(*(self._write_commit(*prepared) for prepared in commits))
         metrics.USERS_IN_MEMORY.set(sum(len(s.users) for s in self.partitions.values()))
-        self._count(n_records, result)  # counted once written, as the tests and the benchmarks read it
+        # Counted once its state was written (or the write tried: Redis may be away), as the tests and the
+        # benchmarks read it: a batch whose state waits for a later commit is counted with that one.
+        self._uncounted.append((n_records, result))
+        if covers_all:
+            self._count_written()
+
+    def _count_written(self) -> None:
+        for n_records, result in self._uncounted:
+            self._count(n_records, result)
+        self._uncounted.clear()
 
     def _evict_resident(self) -> None:
         for state in self.partitions.values():
@@ -394,6 +427,7 @@ class IngestWorker:
 
     async def _commit_partition(self, partition: int, force_checkpoint: bool = False) -> None:
         await self._settle()
+        self._uncommitted.discard(partition)
         prepared = self._prepare_commit(partition, force_checkpoint)
         if prepared is not None:
             await self._write_commit(*prepared)
@@ -501,8 +535,12 @@ class IngestWorker:
         for partition, state in list(self.partitions.items()):
             state.expire_idle(now=state.latest_ts)
             snapshot = self._snapshots.get(partition)
-            if state.has_pending or not self.redis_healthy or (snapshot is not None and snapshot.ready):
+            changed = partition in self._uncommitted or state.has_pending
+            if changed or not self.redis_healthy or (snapshot is not None and snapshot.ready):
                 await self._commit_partition(partition)
+        self._uncommitted &= set(self.partitions)  # revoked meanwhile: their new owner reads them
+        if not self._uncommitted:
+            self._count_written()
         self._evict_resident()
         metrics.USERS_IN_MEMORY.set(sum(len(s.users) for s in self.partitions.values()))
         await self._expire_stored_users()
