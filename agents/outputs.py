@@ -51,13 +51,20 @@ class KafkaOutputs:
         batch = self.producer.create_batch()
         for key, value in items:
             if batch.append(key=key, value=value, timestamp=None) is None:
-                futures.append(await self.producer.send_batch(batch, topic, partition=partition))
+                futures.append(await self._send_closed(batch, topic, partition))
                 batch = self.producer.create_batch()
                 if batch.append(key=key, value=value, timestamp=None) is None:
                     raise ValueError(f"a record of {len(value)} bytes does not fit in an empty batch")
         if batch.record_count():
-            futures.append(await self.producer.send_batch(batch, topic, partition=partition))
+            futures.append(await self._send_closed(batch, topic, partition))
         return futures
+
+    async def _send_closed(self, batch, topic: str, partition: int) -> asyncio.Future:
+        """A batch is sent closed: aiokafka holds an open one for the producer's ``linger_ms`` in case ``send()``
+        adds to it (2 ms with the worker's options: every batch of recommendations sat that long before the wire,
+        after the records were stamped), and sends a closed one at once."""
+        batch.close()
+        return await self.producer.send_batch(batch, topic, partition=partition)
 
     async def _partition_count(self, topic: str) -> int:
         n = self._partitions.get(topic)
