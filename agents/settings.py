@@ -56,7 +56,7 @@ class Settings(BaseSettings):
     fetch_min_wait_ms: int | None = Field(default=None, ge=1, le=10_000)
     #: While events flow, a partition's changed state (users, offsets, serving records) is written to Redis at most
     #: this often: one MULTI/EXEC per partition covering every batch since the last, after all their outputs were
-    #: acknowledged; when the stream pauses it is written at once. 0: after every batch. The recommendations go to
+    #: acknowledged; when the stream pauses, within the interval. 0: after every batch. The recommendations go to
     #: Kafka with every batch either way; what waits is the serving copy in Redis and the resume point (a crash
     #: replays up to this much more, applied once: the offsets are written with the state). At 100 events/s a
     #: commit per batch was ~8% of the worker's CPU (docs/performance.md).

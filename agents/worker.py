@@ -532,12 +532,18 @@ class IngestWorker:
 
     async def _idle_tick(self) -> None:
         await self._settle()
+        # Changes wait for ``commit_interval_ms`` here too: a stream with gaps longer than the poll wait between its
+        # batches would otherwise commit after nearly every batch.
+        now = time.monotonic()
+        due = now - self._last_state_commit >= self.settings.commit_interval_ms / 1000.0
         for partition, state in list(self.partitions.items()):
             state.expire_idle(now=state.latest_ts)
             snapshot = self._snapshots.get(partition)
             changed = partition in self._uncommitted or state.has_pending
-            if changed or not self.redis_healthy or (snapshot is not None and snapshot.ready):
+            if (changed and due) or not self.redis_healthy or (snapshot is not None and snapshot.ready):
                 await self._commit_partition(partition)
+        if due:
+            self._last_state_commit = now
         self._uncommitted &= set(self.partitions)  # revoked meanwhile: their new owner reads them
         if not self._uncommitted:
             self._count_written()

