@@ -1,7 +1,8 @@
 """How long the hot path's consumer lets the broker hold a fetch: as short as the broker allows, no shorter.
 
-Why it adapts (measured on the embedded Tansu broker, docs/performance.md): Tansu answers a fetch when its wait is
-over, not when data arrives, so the wait is the floor of the event -> recommendation latency; and its in-memory
+Why it adapts (measured on the embedded Tansu broker, docs/performance.md): Tansu does not answer a fetch the moment
+data arrives but looks again only a few times during its wait (a record produced while a fetch is pending comes back
+within about half the wait), so the wait sets the floor of the event -> recommendation latency; and its in-memory
 log scans every stored batch of a partition on each fetch (about 1 us per batch: a partition of 20,000 one-record
 batches needs a 20 ms wait before a fetch returns anything). A fetch whose scan outlasts the wait comes back empty
 *with a high watermark ahead of the consumer's position*, and then every later fetch does too: the consumer stops

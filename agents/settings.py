@@ -51,15 +51,17 @@ class Settings(BaseSettings):
     #: records altogether (docs/operations.md, soak). The hot path adapts between the two (agents/fetch_wait.py).
     fetch_max_wait_ms: int = Field(default=50, ge=1, le=10_000)
     #: The hot path's shortest fetch wait: it starts there and doubles whenever a fetch comes back empty with records
-    #: waiting. Unset: 10 ms on the embedded broker (which answers a fetch only when its wait is over), otherwise
+    #: waiting. Unset: 10 ms on the embedded broker (which sees a record produced during a fetch only when it looks
+    #: again, within about half the wait), otherwise
     #: ``fetch_max_wait_ms`` (Apache Kafka answers as soon as data is there; the wait only paces idle fetches).
     fetch_min_wait_ms: int | None = Field(default=None, ge=1, le=10_000)
     #: While events flow, a partition's changed state (users, offsets, serving records) is written to Redis at most
     #: this often: one MULTI/EXEC per partition covering every batch since the last, after all their outputs were
     #: acknowledged; when the stream pauses, within the interval. 0: after every batch. The recommendations go to
     #: Kafka with every batch either way; what waits is the serving copy in Redis and the resume point (a crash
-    #: replays up to this much more, applied once: the offsets are written with the state). At 100 events/s a
-    #: commit per batch was ~8% of the worker's CPU (docs/performance.md).
+    #: replays up to this much more, applied once: the offsets are written with the state). At 100 events/s,
+    #: committing after every batch and in the idle tick between batches took a quarter of the worker's CPU
+    #: (docs/performance.md).
     commit_interval_ms: int = Field(default=50, ge=0, le=60_000)
     session_timeout_ms: int = Field(default=10_000, ge=3_000, le=300_000)
     heartbeat_interval_ms: int = Field(default=1_000, ge=100, le=60_000)
