@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import replace
 
@@ -148,7 +148,7 @@ class IngestWorker:
         #: written).
         self._uncommitted: set[int] = set()
         self._last_state_commit = 0.0
-        self._uncounted: list[tuple[int, object]] = []
+        self._uncounted: Counter[str] = Counter()
         self._last_store_expiry = 0.0
         self._last_trim = time.monotonic()
         #: Full garbage collections kept short: survivors frozen every 5 s, one full sweep every 15 min.
@@ -382,14 +382,21 @@ class IngestWorker:
             metrics.USERS_EVICTED.labels("expired_in_store").inc(len(expired))
 
     def _count(self, n_records: int, result) -> None:
-        recs = len(result.source_times_ms)
-        self.stats["events"] += n_records
-        self.stats["recommendations"] += recs
-        self.stats["dead_letters"] += result.dead_letters
-        self.stats["rekeyed"] += result.rekeyed
-        self.stats["duplicates"] += result.duplicates
-        self.stats["ads"] += result.ad_decisions
-        metrics.RECOMMENDATIONS.inc(recs)
+        """Add a batch to the counts waiting for the commit that writes its state (the counts only, not the batch:
+        its outputs are not kept alive meanwhile)."""
+        pending = self._uncounted
+        pending["events"] += n_records
+        pending["recommendations"] += len(result.source_times_ms)
+        pending["dead_letters"] += result.dead_letters
+        pending["rekeyed"] += result.rekeyed
+        pending["duplicates"] += result.duplicates
+        pending["ads"] += result.ad_decisions
+
+    def _count_written(self) -> None:
+        for key, n in self._uncounted.items():
+            self.stats[key] += n
+        metrics.RECOMMENDATIONS.inc(self._uncounted["recommendations"])
+        self._uncounted = Counter()
 
     async def _finalize(self, sent: list[asyncio.Future], result, n_records: int, commits: list, covers_all: bool) -> None:
         """A processed batch's I/O, in the background while the next batch is processed: its outputs are acked
@@ -405,14 +412,9 @@ class IngestWorker:
         metrics.USERS_IN_MEMORY.set(sum(len(s.users) for s in self.partitions.values()))
         # Counted once its state was written (or the write tried: Redis may be away), as the tests and the
         # benchmarks read it: a batch whose state waits for a later commit is counted with that one.
-        self._uncounted.append((n_records, result))
+        self._count(n_records, result)
         if covers_all:
             self._count_written()
-
-    def _count_written(self) -> None:
-        for n_records, result in self._uncounted:
-            self._count(n_records, result)
-        self._uncounted.clear()
 
     def _evict_resident(self) -> None:
         for state in self.partitions.values():
