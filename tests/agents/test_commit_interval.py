@@ -4,17 +4,14 @@ everything is still written once the stream pauses, exactly."""
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 
 from kairos.agents import worker as worker_module
 from kairos.agents.pipeline import BatchResult
-from kairos.agents.topics_admin import ensure_topics
 from kairos.agents.worker import IngestWorker
 
 from agents_helpers import apoll_until
-from test_faults import Stream, caught_up, check_states, new_producer, store_for
+from test_faults import Stream, caught_up, check_states, store_for, worker_in_process
 
 
 class _Clock:
@@ -58,28 +55,20 @@ async def test_a_batch_is_counted_with_the_commit_that_writes_its_state(make_set
 @pytest.mark.integration
 async def test_a_long_interval_writes_everything_when_the_stream_pauses(make_settings, redis_url, broker):
     settings = make_settings(redis_url=redis_url, partitions=2, commit_interval_ms=1_000)
-    counts = await ensure_topics(settings, broker)
     store = store_for(settings)
-    worker = IngestWorker(settings, broker, store)
-    await worker.start(counts[settings.topics.clicks])
-    task = asyncio.create_task(worker.run())
-    producer = await new_producer(broker)
     stream = Stream(settings, seed=7)
     try:
-        await asyncio.wait_for(worker.ready.wait(), 30)
-        async def counted() -> bool:
-            return worker.stats["events"] >= stream.records
+        async with worker_in_process(settings, broker, store) as (worker, _, producer):
 
-        for _ in range(3):  # three bursts with pauses between them
-            await stream.produce(producer, 300, per_second=600)
-            await apoll_until(counted, 30, "the burst to be counted")
-            # counted once written: the moment the count covers the burst, Redis holds it
-            assert await caught_up(store, stream)
-            await check_states(store, stream, 2)
-        assert len(worker.batch_timings) >= 3
+            async def counted() -> bool:
+                return worker.stats["events"] >= stream.records
+
+            for _ in range(3):  # three bursts with pauses between them
+                await stream.produce(producer, 300, per_second=600)
+                await apoll_until(counted, 30, "the burst to be counted")
+                # counted once written: the moment the count covers the burst, Redis holds it
+                assert await caught_up(store, stream)
+                await check_states(store, stream, 2)
+            assert len(worker.batch_timings) >= 3
     finally:
-        worker.stop()
-        await task
-        await worker.close()
-        await producer.stop()
-        await store.client.aclose()
+        await store.close()

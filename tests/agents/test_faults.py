@@ -9,6 +9,7 @@ checked on every run, not only across the kill.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import subprocess
 import time
@@ -108,6 +109,24 @@ async def check_states(store: RedisStateStore, stream: Stream, n_partitions: int
         if (event_count, purchase_count, version) != (events, purchases, events):
             wrong.append((user, {"expected": (events, purchases), "stored": (event_count, purchase_count, version)}))
     assert not wrong, f"{len(wrong)} users differ, e.g. {wrong[:3]}"
+
+
+@contextlib.asynccontextmanager
+async def worker_in_process(settings, broker: str, store: RedisStateStore):
+    """An ingest worker on this event loop (its own task), ready, and a producer; both stopped afterwards."""
+    counts = await ensure_topics(settings, broker)
+    worker = IngestWorker(settings, broker, store)
+    await worker.start(counts[settings.topics.clicks])
+    task = asyncio.create_task(worker.run())
+    producer = await new_producer(broker)
+    try:
+        await asyncio.wait_for(worker.ready.wait(), 30)
+        yield worker, task, producer
+    finally:
+        worker.stop()
+        await task
+        await worker.close()
+        await producer.stop()
 
 
 async def new_producer(broker: str) -> AIOKafkaProducer:
@@ -217,46 +236,37 @@ async def test_redis_away_worker_keeps_consuming_marks_stale_and_catches_up(make
     redis = PersistentRedis(tmp_path)
     redis.start()
     settings = make_settings(redis_url=redis.url, partitions=2)
-    counts = await ensure_topics(settings, broker)
     store = store_for(settings)
-    worker = IngestWorker(settings, broker, store)
-    await worker.start(counts[settings.topics.clicks])
-    task = asyncio.create_task(worker.run())
-    producer = await new_producer(broker)
     stream = Stream(settings, seed=2)
     try:
-        await asyncio.wait_for(worker.ready.wait(), 30)
-        await stream.produce(producer, 500)
-        await apoll_until(lambda: caught_up(store, stream), 30, "the first events to be committed")
+        async with worker_in_process(settings, broker, store) as (worker, task, producer):
+            await stream.produce(producer, 500)
+            await apoll_until(lambda: caught_up(store, stream), 30, "the first events to be committed")
 
-        redis.stop()
-        await stream.produce(producer, 500)
+            redis.stop()
+            await stream.produce(producer, 500)
 
-        async def consumed_everything() -> bool:
-            return worker.stats["events"] >= stream.records
+            async def consumed_everything() -> bool:
+                return worker.stats["events"] >= stream.records
 
-        await apoll_until(consumed_everything, 30, "the worker to keep consuming while Redis is away")
-        assert metrics.SERVING_STALE._value.get() == 1 and not worker.redis_healthy
-        assert task.done() is False
+            await apoll_until(consumed_everything, 30, "the worker to keep consuming while Redis is away")
+            assert metrics.SERVING_STALE._value.get() == 1 and not worker.redis_healthy
+            assert task.done() is False
 
-        consumed_while_away = worker.stats["events"]
-        redis.start()
-        back_at = time.monotonic()
+            consumed_while_away = worker.stats["events"]
+            redis.start()
+            back_at = time.monotonic()
 
-        async def fresh_again() -> bool:
-            return metrics.SERVING_STALE._value.get() == 0 and await caught_up(store, stream)
+            async def fresh_again() -> bool:
+                return metrics.SERVING_STALE._value.get() == 0 and await caught_up(store, stream)
 
-        await apoll_until(fresh_again, 30, "writes to resume and catch up after Redis returned")
-        await check_states(store, stream, 2)
-        print(f"redis away: {consumed_while_away} records consumed in total while Redis was down "
-              f"({stream.records} produced); stale flag cleared and caught up {time.monotonic() - back_at:.1f}s after restart")
-        user, (events, _) = max(stream.expected.items(), key=lambda kv: kv[1][0])
-        served = await store.serving_record(user)
-        assert served is not None and served["rec"]["state_version"] == events
+            await apoll_until(fresh_again, 30, "writes to resume and catch up after Redis returned")
+            await check_states(store, stream, 2)
+            print(f"redis away: {consumed_while_away} records consumed in total while Redis was down "
+                  f"({stream.records} produced); stale flag cleared and caught up {time.monotonic() - back_at:.1f}s after restart")
+            user, (events, _) = max(stream.expected.items(), key=lambda kv: kv[1][0])
+            served = await store.serving_record(user)
+            assert served is not None and served["rec"]["state_version"] == events
     finally:
-        worker.stop()
-        await task
-        await worker.close()
-        await producer.stop()
         await store.close()
         redis.stop()
