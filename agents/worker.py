@@ -317,12 +317,16 @@ class IngestWorker:
         checkpoint child is done (its checkpoint is written at once)."""
         self._uncommitted |= touched
         now = time.monotonic()
-        if now - self._last_state_commit >= self.settings.commit_interval_ms / 1000.0:
+        if self._commit_due(now):
             self._last_state_commit = now
             due, self._uncommitted = self._uncommitted | ready, set()
             return due, True
         self._uncommitted -= ready
         return ready, False
+
+    def _commit_due(self, now: float) -> bool:
+        """Has ``commit_interval_ms`` passed since the last commit of every changed partition?"""
+        return now - self._last_state_commit >= self.settings.commit_interval_ms / 1000.0
 
     async def _load_returning_users(self, records: list[InputRecord]) -> None:
         """Read back the states of this batch's users that are not in memory (one HMGET per partition, all
@@ -537,7 +541,7 @@ class IngestWorker:
         # Changes wait for ``commit_interval_ms`` here too: a stream with gaps longer than the poll wait between its
         # batches would otherwise commit after nearly every batch.
         now = time.monotonic()
-        due = now - self._last_state_commit >= self.settings.commit_interval_ms / 1000.0
+        due = self._commit_due(now)
         for partition, state in list(self.partitions.items()):
             state.expire_idle(now=state.latest_ts)
             snapshot = self._snapshots.get(partition)
