@@ -25,7 +25,8 @@ latency is the broker's scan of what the earlier phases left, which Apache Kafka
 finds a fetch's position whatever the log holds). So after the probes a second worker group on fresh topics (and
 a fresh consumer group and Redis namespace) drains the same backlog, reaching the same state, and the latency
 phase runs there (``latency_on_fresh_topics``); the same rate behind the probes' batches is reported beside it
-(``latency_after_probes``, with ``paced_events_before``).
+(``latency_after_probes``, with ``paced_events_before``). The phase's own events still add a batch each, so its
+latencies are also reported per third (``latency_by_third``): on this broker the last third is the slowest.
 
 Paced events come from a producer in its own process and carry their *due* time as the Kafka timestamp, so the
 latency counts from when the shopper acted, even when the producer falls behind (no coordinated omission: a
@@ -65,6 +66,8 @@ BISECTION_STEPS = 6
 LATENCY_SECONDS = 30.0
 #: How long the last recommendations of a phase may take to reach the monitor (its fetch wait is 250 ms).
 MONITOR_DRAIN_S = 5.0
+#: Seconds between the recommendation monitor's reads during the paced phases.
+MONITOR_POLL_S = 1.0
 
 
 async def plain_loop(settings: Settings, bootstrap: str, expected: int) -> float:
@@ -275,6 +278,14 @@ def _percentiles(latencies: np.ndarray) -> tuple[float, float]:
     return round(float(p50), 2), round(float(p99), 2)
 
 
+def latency_by_third(latencies: np.ndarray) -> list[dict]:
+    """p50 / p99 of the first, middle and last third of a phase's latencies (in the order the recommendations
+    reached the monitor, i.e. in time). On the embedded broker a phase gets slower as it goes: each fetch scans
+    every batch the partition's log holds (agents/fetch_wait.py), and a steady stream adds a batch per event
+    (docs/performance.md); on Apache Kafka the thirds should agree."""
+    return [dict(zip(("p50_ms", "p99_ms"), _percentiles(part))) for part in np.array_split(np.asarray(latencies), 3)]
+
+
 def _for_seconds(events: list, rate: float, seconds: float) -> list:
     return events[: max(int(rate * seconds), 1)]
 
@@ -298,7 +309,9 @@ async def drain_backlog(settings: Settings, svc: Services, workers: WorkerGroup,
 async def paced_phases(settings: Settings, svc: Services, workers: WorkerGroup):
     """A paced producer and a recommendation monitor on ``settings``' topics, for :class:`LatencyPhases`."""
     async with PacedProducer(settings, svc.bootstrap) as producer:
-        monitor = RecommendationMonitor(settings, svc.bootstrap)
+        # Latencies come from the recommendations' own timestamps: reading them once a second changes none of
+        # them and spares the broker (a fetch of the embedded broker scans the whole recommendations log).
+        monitor = RecommendationMonitor(settings, svc.bootstrap, poll_interval_s=MONITOR_POLL_S)
         await monitor.start()
         try:
             yield LatencyPhases(workers, monitor, producer)
@@ -354,6 +367,7 @@ async def latency_phase(
            # The split per batch: waiting for the broker to hand the records over, then the worker's own time.
            "consume_delay_p50_ms": summary["consume_delay_p50_ms"], "consume_delay_p99_ms": summary["consume_delay_p99_ms"]}  # fmt: skip
     out["worker_p50_ms"], out["worker_p99_ms"] = _percentiles(at_rate["batches"][:, 1])
+    out["latency_by_third"] = latency_by_third(at_rate["latencies"])
     out["fetch_max_wait_ms"] = settings.fetch_max_wait_ms
     out["gc_full_collections"] = at_rate["gc_full_collections"]
     return out
