@@ -380,7 +380,9 @@ async def worker_summary(workers: WorkerGroup) -> dict:
     return {
         # where each worker's adaptive fetch wait ended, and how often it had to be raised
         "fetch_wait_ms": totals["fetch_wait_ms"], "fetch_stalls": totals["fetch_stalls"],
-        "checkpoints": {"in_child": totals["checkpoint_in_child"], "count": len(stalls), "stall_p50_ms": _percentiles(stalls)[0],
+        # checkpoints taken (each a stall: a fork, or a build on the loop), of which forks (agents/snapshot.py)
+        "checkpoints": {"in_child": totals["checkpoint_in_child"], "count": len(stalls), "forks": totals["checkpoint_forks"],
+                        "stall_p50_ms": _percentiles(stalls)[0],
                         "stall_max_ms": round(float(stalls.max()), 2) if len(stalls) else None},
         "recommendations": totals["recommendations"], "dead_letters": totals["dead_letters"], "ranker": totals["ranker"],
         "worker_rss_mb": totals["rss_mb"],

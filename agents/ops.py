@@ -133,6 +133,7 @@ def worker_environment(settings: Settings, log_level: str = "INFO") -> dict[str,
         KAIROS_MAX_ITEMS_PER_PARTITION=str(settings.max_items_per_partition),
         KAIROS_GLOBAL_CHECKPOINT_INTERVAL_S=str(settings.global_checkpoint_interval_s),
         KAIROS_CHECKPOINT_IN_CHILD=str(settings.checkpoint_in_child).lower(),
+        KAIROS_CHECKPOINT_INLINE_MAX_MS=str(settings.checkpoint_inline_max_ms),
         KAIROS_RECOMMEND_EVERY_EVENT=str(settings.recommend_every_event).lower(),
         KAIROS_ONNX_THREADS=str(settings.onnx_threads),
         # the hot path's shape: a worker child must rank and fetch as its parent's settings say

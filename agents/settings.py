@@ -86,6 +86,10 @@ class Settings(BaseSettings):
     #: Build those checkpoints in a forked child (agents/snapshot.py): the event loop stops for the fork instead of
     #: the serialisation, which grows with the state. Ignored where os.fork is missing and with an interval of 0.
     checkpoint_in_child: bool = True
+    #: Even then, a checkpoint expected to take at most this long on the event loop (the partition's last checkpoint
+    #: size at the serialisation rate measured so far) is built there: below it one short stall costs less than the
+    #: fork's stall and the copy-on-write burst after it (docs/performance.md). 0: always in a child.
+    checkpoint_inline_max_ms: float = Field(default=20.0, ge=0, le=10_000)
     #: A recommendation for every event, even when one shopper has several in a consumed batch (by default only
     #: the last is ranked: the earlier ones would be superseded before a storefront read them). For consumers of
     #: the recommendations topic that need one per event; costs a recommendation per event when traffic bunches.

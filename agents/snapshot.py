@@ -11,6 +11,10 @@ fork is followed by a burst of page copies in the parent (CPython writes referen
 touches, and every first write to a shared page copies it), which shows as a burst of late events; the worker
 takes that once per checkpoint interval instead of once per partition.
 
+A fork has its own cost, so a checkpoint expected to be quick is still built on the loop (:class:`InlineBudget`,
+``checkpoint_inline_max_ms``): at 1.5-2 MB per partition the build takes 10-20 ms, less than the fork's stall plus
+the slower batches that follow it (docs/performance.md, 2026-12-03 afternoon).
+
 Nothing else runs in the child: no event loop, no atexit handlers, no finalizers (``os._exit``), garbage collection
 off, the worker's signal handlers reset. The parent reads the pipe in a thread and keeps the blob, with the offsets
 it reflects (the partition's offsets at the fork), until the partition's next commit carries it: the same batch's
@@ -25,6 +29,7 @@ import gc
 import os
 import signal
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 
 #: Added to the child's niceness: the scheduler then gives the worker (and a broker on the same cores) the CPU first.
 CHILD_NICENESS = 10
@@ -32,8 +37,44 @@ CHILD_NICENESS = 10
 _CHUNK = 1 << 20
 
 
+#: The serialisation rate assumed before one was measured, ms per MB of checkpoint (``PartitionState.global_blob``
+#: on a partition of 30,000 Taobao events: 1.6-2.1 MB in 11-19 ms, docs/performance.md).
+DEFAULT_MS_PER_MB = 8.0
+#: Checkpoints smaller than this do not update the measured rate (the fixed cost of a build would dominate it).
+_RATE_MIN_BYTES = 256 * 1024
+
+
 def fork_available() -> bool:
     return hasattr(os, "fork")
+
+
+@dataclass
+class InlineBudget:
+    """Which checkpoints are cheap enough to build on the event loop, the rest going to a forked child.
+
+    A fork is not free: the loop stops while the page tables are copied (8-12 ms for a 550 MB worker), and the
+    batches after it run 2-5x slower until the pages the loop writes are copied (~50-100 ms); a small checkpoint
+    built in place stops the loop for less. The expected time of a partition's next build is its last
+    checkpoint's size (known after a restore, after a build here and after a child's) at the rate measured on
+    the builds done here (a moving average)."""
+
+    max_ms: float
+    ms_per_mb: float = DEFAULT_MS_PER_MB
+    sizes: dict[int, int] = field(default_factory=dict)
+
+    def expected_ms(self, partition: int) -> float:
+        return self.sizes.get(partition, 0) / 1e6 * self.ms_per_mb
+
+    def inline(self, partition: int) -> bool:
+        return self.max_ms > 0 and self.expected_ms(partition) <= self.max_ms
+
+    def built_inline(self, partition: int, size: int, ms: float) -> None:
+        self.sizes[partition] = size
+        if size >= _RATE_MIN_BYTES:
+            self.ms_per_mb = 0.7 * self.ms_per_mb + 0.3 * ms / (size / 1e6)
+
+    def built_in_child(self, partition: int, size: int) -> None:
+        self.sizes[partition] = size
 
 
 class _Child:

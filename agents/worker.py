@@ -26,7 +26,7 @@ from kairos.agents.kafka_config import consumer_options, producer_options
 from kairos.agents.outputs import KafkaOutputs
 from kairos.agents.pipeline import BatchPipeline, InputRecord
 from kairos.agents.settings import Settings
-from kairos.agents.snapshot import ChildSnapshot, fork_available
+from kairos.agents.snapshot import ChildSnapshot, InlineBudget, fork_available
 from kairos.engine import metrics
 from kairos.engine.config import EngineConfig
 from kairos.engine.partition import PartitionState
@@ -135,11 +135,15 @@ class IngestWorker:
         self._last_checkpoint: dict[int, float] = {}
         #: The event loop's stall for each checkpoint taken (ms; the benchmark reports them).
         self.checkpoint_stalls_ms: deque[float] = deque(maxlen=10_000)
+        #: Children forked to build checkpoints (the other stalls are checkpoints built on the loop).
+        self.checkpoint_forks = 0
         #: Global checkpoints being built in forked children, by partition (agents/snapshot.py).
         self._snapshots: dict[int, ChildSnapshot] = {}
         self.checkpoint_in_child = (
             settings.checkpoint_in_child and fork_available() and settings.global_checkpoint_interval_s > 0
         )
+        #: Checkpoints expected to be quick are built on the loop even so (agents/snapshot.py).
+        self.inline_budget = InlineBudget(settings.checkpoint_inline_max_ms)
         #: The last batch's outputs + commit, written while the next batch is processed (``_finalize``).
         self._finalizing: asyncio.Task | None = None
         self._last_kafka_commit = 0.0
@@ -237,6 +241,7 @@ class IngestWorker:
         for n, partition in enumerate(new):
             snapshot = await self.store.load(partition, with_users=False)  # users are read when they return
             state = PartitionState.restore(partition, self.config, snapshot, lambda: self.make_selector(self.config))
+            self.inline_budget.sizes[partition] = len(snapshot.global_blob or b"")
             self.partitions[partition] = state
             # Staggered: the partitions' global checkpoints (each a serialisation of the partition's model) fall
             # in different batches instead of all in one.
@@ -441,7 +446,8 @@ class IngestWorker:
     def _prepare_commit(self, partition: int, force_checkpoint: bool = False):
         """The partition's commit of what changed, and its global checkpoint when one is due or ready: built in a
         forked child (agents/snapshot.py) when the settings allow, carried by the first commit after the child is
-        done; built here, holding the event loop, when forced (a release), without fork, or after a child failed.
+        done; built here, holding the event loop, when forced (a release), without fork, after a child failed, or
+        when it is expected to take less than ``checkpoint_inline_max_ms`` (``InlineBudget``).
         Returns (partition, commit, when the checkpoint before this one was taken) or None."""
         state = self.partitions.get(partition)
         if state is None:
@@ -453,6 +459,7 @@ class IngestWorker:
             del self._snapshots[partition]
             blob = None if force_checkpoint else snapshot.blob
             if blob is not None:
+                self.inline_budget.built_in_child(partition, len(blob))
                 commit = replace(state.build_commit(with_global_checkpoint=False), global_checkpoint=(blob, snapshot.offsets))
                 return partition, commit, snapshot.previous_checkpoint
             self._drop_snapshot(snapshot, failed=not force_checkpoint)
@@ -461,7 +468,7 @@ class IngestWorker:
         if due and snapshot is not None:
             due = False  # one is being built
         t0 = time.perf_counter()
-        if due and self.checkpoint_in_child and not force_checkpoint:
+        if due and self.checkpoint_in_child and not force_checkpoint and not self.inline_budget.inline(partition):
             if self._snapshots:  # one child at a time (each one's copied pages cost memory): due again next batch
                 return partition, state.build_commit(with_global_checkpoint=False), previous
             commit = state.build_commit(with_global_checkpoint=False)
@@ -471,8 +478,9 @@ class IngestWorker:
         if due:  # taken now, so the next batch's commit (built before this one is confirmed) has none
             self._last_checkpoint[partition] = now
         commit = state.build_commit(with_global_checkpoint=due)
-        if due:  # built on the event loop: nothing else runs meanwhile (docs/performance.md)
-            self._checkpoint_stall(t0)
+        if due and commit.global_checkpoint is not None:  # built on the event loop: nothing else ran meanwhile
+            stall_ms = self._checkpoint_stall(t0)
+            self.inline_budget.built_inline(partition, len(commit.global_checkpoint[0]), stall_ms)
         return partition, commit, previous
 
     def _start_snapshots(self, due: int, now: float) -> None:
@@ -484,6 +492,7 @@ class IngestWorker:
         group = [p for p in sorted(self.partitions) if p == due or now - self._last_checkpoint.get(p, 0.0) >= half]
         wanted = [(p, self.partitions[p].global_blob, self.partitions[p].offsets, self._last_checkpoint.get(p, 0.0))
                   for p in group]  # fmt: skip
+        self.checkpoint_forks += 1
         for partition, snapshot in zip(group, ChildSnapshot.start_many(wanted)):
             self._snapshots[partition] = snapshot
             self._last_checkpoint[partition] = now
@@ -498,11 +507,12 @@ class IngestWorker:
                         snapshot.partition, snapshot.exit_code)  # fmt: skip
             self.checkpoint_in_child = False
 
-    def _checkpoint_stall(self, started: float) -> None:
-        """How long taking a checkpoint held the event loop (the fork, or the whole build in-process)."""
+    def _checkpoint_stall(self, started: float) -> float:
+        """How long taking a checkpoint held the event loop (the fork, or the whole build in-process), ms."""
         seconds = time.perf_counter() - started
         metrics.STEP_LATENCY.labels("checkpoint").observe(seconds)
         self.checkpoint_stalls_ms.append(seconds * 1000.0)
+        return seconds * 1000.0
 
     async def _write_commit(self, partition: int, commit, previous_checkpoint: float) -> None:
         state = self.partitions.get(partition)

@@ -1,7 +1,8 @@
 """The worker's global checkpoints built in forked children (agents/snapshot.py), with a real broker and Redis: every
 checkpoint Redis holds reflects exactly the offsets stored with it, while events keep arriving (the parent goes on
-changing the state the child serialises), so the replay after a crash starts from the right records; and a child
-that fails switches the worker to checkpoints built in-process, which go on matching their offsets."""
+changing the state the child serialises), so the replay after a crash starts from the right records; a child that
+fails switches the worker to checkpoints built in-process, which go on matching their offsets; and checkpoints small
+enough for the loop are built there, with no child at all."""
 
 from __future__ import annotations
 
@@ -25,12 +26,13 @@ from agents_helpers import state_store
 pytestmark = pytest.mark.integration
 
 
-def _settings(make_settings, redis_url: str, tmp_path) -> Settings:
-    """A checkpoint due every 0.3 s; the built-in creative inventory, no models."""
+def _settings(make_settings, redis_url: str, tmp_path, inline_max_ms: float = 0.0) -> Settings:
+    """A checkpoint due every 0.3 s; the built-in creative inventory, no models. These states are small: every
+    checkpoint would be built on the loop unless ``inline_max_ms`` is 0."""
     (tmp_path / "no-data").mkdir()
     (tmp_path / "no-models").mkdir()
     return make_settings(redis_url=redis_url, global_checkpoint_interval_s=0.3, data_dir=tmp_path / "no-data",
-                         model_dir=tmp_path / "no-models")  # fmt: skip
+                         model_dir=tmp_path / "no-models", checkpoint_inline_max_ms=inline_max_ms)  # fmt: skip
 
 
 def _clicks(n: int, users: int) -> list:
@@ -138,3 +140,44 @@ def test_a_failing_child_switches_the_worker_to_checkpoints_built_in_process(mak
     assert len(checkpoints) == settings.partitions
     assert all(events_in == records for events_in, records in checkpoints)
     assert sum(records for _, records in checkpoints) == len(events)
+
+
+@pytest.mark.timeout(120)
+def test_small_checkpoints_are_built_on_the_loop_without_a_child(make_settings, broker, redis_url, tmp_path,
+                                                                  monkeypatch):  # fmt: skip
+    settings = _settings(make_settings, redis_url, tmp_path, inline_max_ms=50.0)
+    started = []
+    original = snapshot_module.ChildSnapshot.start_many.__func__
+
+    def counting_start(cls, *args, **kwargs):
+        snapshots = original(cls, *args, **kwargs)
+        started.extend(snapshots)
+        return snapshots
+
+    monkeypatch.setattr(snapshot_module.ChildSnapshot, "start_many", classmethod(counting_start))
+    events = _clicks(600, users=17)
+
+    async def scenario() -> tuple[list[tuple[int, int]], list[float], dict[int, int]]:
+        await ensure_topics(settings, broker)
+        store = state_store(settings)
+        seen: list[tuple[int, int]] = []
+
+        async def read() -> None:
+            seen.extend(await _checkpoints(store, settings))
+
+        async with running_app(settings, Services(broker, redis_url, False, False), roles=frozenset({"ingest"})) as app:
+            worker = app.ingest_worker
+            await _produce_steadily(broker, settings, events, read)
+            assert await wait_for(lambda: worker.stats["events"] >= len(events), 60)
+            await asyncio.sleep(0.5)
+            await read()
+            assert worker.checkpoint_in_child  # allowed, and not needed
+            stalls, sizes = list(worker.checkpoint_stalls_ms), dict(worker.inline_budget.sizes)
+        await store.close()
+        return seen, stalls, sizes
+
+    seen, stalls, sizes = asyncio.run(scenario())
+    assert started == []
+    assert len(stalls) >= 4  # built in place, each timed
+    assert sizes and all(size > 0 for size in sizes.values())  # the next decision knows each partition's size
+    assert seen and [events for events, _ in seen] == [records for _, records in seen]
