@@ -35,6 +35,20 @@ def _settings(make_settings, redis_url: str, tmp_path, inline_max_ms: float = 0.
                          model_dir=tmp_path / "no-models", checkpoint_inline_max_ms=inline_max_ms)  # fmt: skip
 
 
+def _children_started(monkeypatch) -> list:
+    """Every checkpoint snapshot started in a child from now on (the list fills as the worker forks)."""
+    started: list = []
+    original = snapshot_module.ChildSnapshot.start_many.__func__
+
+    def counting_start(cls, *args, **kwargs):
+        snapshots = original(cls, *args, **kwargs)
+        started.extend(snapshots)
+        return snapshots
+
+    monkeypatch.setattr(snapshot_module.ChildSnapshot, "start_many", classmethod(counting_start))
+    return started
+
+
 def _clicks(n: int, users: int) -> list:
     return [click(user=f"u{k % users}", item=f"c{k % 5}-i{k % 41}", category=f"c{k % 5}", ts=T0 + k) for k in range(n)]
 
@@ -68,15 +82,7 @@ async def _checkpoints(store, settings: Settings) -> list[tuple[int, int]]:
 @pytest.mark.timeout(120)
 def test_checkpoints_built_in_children_match_their_offsets(make_settings, broker, redis_url, tmp_path, monkeypatch):
     settings = _settings(make_settings, redis_url, tmp_path)
-    started = []
-    original = snapshot_module.ChildSnapshot.start_many.__func__
-
-    def counting_start(cls, *args, **kwargs):
-        snapshots = original(cls, *args, **kwargs)
-        started.extend(snapshots)
-        return snapshots
-
-    monkeypatch.setattr(snapshot_module.ChildSnapshot, "start_many", classmethod(counting_start))
+    started = _children_started(monkeypatch)
     events = _clicks(1500, users=23)
 
     async def scenario() -> list[tuple[int, int]]:
@@ -146,15 +152,7 @@ def test_a_failing_child_switches_the_worker_to_checkpoints_built_in_process(mak
 def test_small_checkpoints_are_built_on_the_loop_without_a_child(make_settings, broker, redis_url, tmp_path,
                                                                   monkeypatch):  # fmt: skip
     settings = _settings(make_settings, redis_url, tmp_path, inline_max_ms=50.0)
-    started = []
-    original = snapshot_module.ChildSnapshot.start_many.__func__
-
-    def counting_start(cls, *args, **kwargs):
-        snapshots = original(cls, *args, **kwargs)
-        started.extend(snapshots)
-        return snapshots
-
-    monkeypatch.setattr(snapshot_module.ChildSnapshot, "start_many", classmethod(counting_start))
+    started = _children_started(monkeypatch)
     events = _clicks(600, users=17)
 
     async def scenario() -> tuple[list[tuple[int, int]], list[float], dict[int, int]]:
