@@ -69,6 +69,27 @@ async def _produce_steadily(broker: str, settings: Settings, events: list, every
         await producer.stop()
 
 
+async def _checkpoints_while_streaming(settings: Settings, broker: str, redis_url: str, events: list, settle_s: float):
+    """Run an ingest worker while ``events`` arrive steadily, reading the stored checkpoints every tenth burst and
+    once more ``settle_s`` after the last event was counted (the last checkpoints committed); returns what was
+    read and the (stopped) worker."""
+    await ensure_topics(settings, broker)
+    store = state_store(settings)
+    seen: list[tuple[int, int]] = []
+
+    async def read() -> None:
+        seen.extend(await _checkpoints(store, settings))
+
+    async with running_app(settings, Services(broker, redis_url, False, False), roles=frozenset({"ingest"})) as app:
+        worker = app.ingest_worker
+        await _produce_steadily(broker, settings, events, read)  # ~4 s for 1,500 events: many checkpoint intervals
+        assert await wait_for(lambda: worker.stats["events"] >= len(events), 60)
+        await asyncio.sleep(settle_s)
+        await read()
+    await store.close()
+    return seen, worker
+
+
 async def _checkpoints(store, settings: Settings) -> list[tuple[int, int]]:
     """Per partition with a checkpoint: (events in the blob's global model, records below the blob's offsets)."""
     out = []
@@ -85,25 +106,8 @@ def test_checkpoints_built_in_children_match_their_offsets(make_settings, broker
     started = _children_started(monkeypatch)
     events = _clicks(1500, users=23)
 
-    async def scenario() -> list[tuple[int, int]]:
-        await ensure_topics(settings, broker)
-        store = state_store(settings)
-        seen: list[tuple[int, int]] = []
-
-        async def read() -> None:
-            seen.extend(await _checkpoints(store, settings))
-
-        async with running_app(settings, Services(broker, redis_url, False, False), roles=frozenset({"ingest"})) as app:
-            worker = app.ingest_worker
-            await _produce_steadily(broker, settings, events, read)  # ~4 s: many checkpoint intervals
-            assert await wait_for(lambda: worker.stats["events"] >= len(events), 60)
-            await asyncio.sleep(1.0)  # the last children finish and their checkpoints are committed
-            await read()
-            assert worker.checkpoint_in_child, "a child failed and the worker fell back to in-process checkpoints"
-        await store.close()
-        return seen
-
-    seen = asyncio.run(scenario())
+    seen, worker = asyncio.run(_checkpoints_while_streaming(settings, broker, redis_url, events, settle_s=1.0))
+    assert worker.checkpoint_in_child, "a child failed and the worker fell back to in-process checkpoints"
     assert len(started) >= 4, f"only {len(started)} checkpoints were built in children"
     assert all(snapshot.exit_code == 0 for snapshot in started if snapshot.ready)
     # One fork builds the checkpoints of every partition that is due or half due: fewer children than checkpoints.
@@ -155,26 +159,9 @@ def test_small_checkpoints_are_built_on_the_loop_without_a_child(make_settings, 
     started = _children_started(monkeypatch)
     events = _clicks(600, users=17)
 
-    async def scenario() -> tuple[list[tuple[int, int]], list[float], dict[int, int]]:
-        await ensure_topics(settings, broker)
-        store = state_store(settings)
-        seen: list[tuple[int, int]] = []
-
-        async def read() -> None:
-            seen.extend(await _checkpoints(store, settings))
-
-        async with running_app(settings, Services(broker, redis_url, False, False), roles=frozenset({"ingest"})) as app:
-            worker = app.ingest_worker
-            await _produce_steadily(broker, settings, events, read)
-            assert await wait_for(lambda: worker.stats["events"] >= len(events), 60)
-            await asyncio.sleep(0.5)
-            await read()
-            assert worker.checkpoint_in_child  # allowed, and not needed
-            stalls, sizes = list(worker.checkpoint_stalls_ms), dict(worker.inline_budget.sizes)
-        await store.close()
-        return seen, stalls, sizes
-
-    seen, stalls, sizes = asyncio.run(scenario())
+    seen, worker = asyncio.run(_checkpoints_while_streaming(settings, broker, redis_url, events, settle_s=0.5))
+    assert worker.checkpoint_in_child  # allowed, and not needed
+    stalls, sizes = list(worker.checkpoint_stalls_ms), worker.inline_budget.sizes
     assert started == []
     assert len(stalls) >= 4  # built in place, each timed
     assert sizes and all(size > 0 for size in sizes.values())  # the next decision knows each partition's size
