@@ -478,7 +478,7 @@ class IngestWorker:
         if due:  # taken now, so the next batch's commit (built before this one is confirmed) has none
             self._last_checkpoint[partition] = now
         commit = state.build_commit(with_global_checkpoint=due)
-        if due and commit.global_checkpoint is not None:  # built on the event loop: nothing else ran meanwhile
+        if due:  # built on the event loop: nothing else ran meanwhile (docs/performance.md)
             stall_ms = self._checkpoint_stall(t0)
             self.inline_budget.built_inline(partition, len(commit.global_checkpoint[0]), stall_ms)
         return partition, commit, previous
