@@ -384,7 +384,9 @@ async def worker_summary(workers: WorkerGroup) -> dict:
         # checkpoints taken (each a stall: a fork, or a build on the loop), of which forks (agents/snapshot.py)
         "checkpoints": {"in_child": totals["checkpoint_in_child"], "count": len(stalls), "forks": totals["checkpoint_forks"],
                         "stall_p50_ms": _percentiles(stalls)[0],
-                        "stall_max_ms": round(float(stalls.max()), 2) if len(stalls) else None},
+                        "stall_max_ms": round(float(stalls.max()), 2) if len(stalls) else None,
+                        # each stall in the order taken (per worker), the last 20
+                        "stalls_ms": [round(float(s), 1) for s in stalls[-20:]]},
         "recommendations": totals["recommendations"], "dead_letters": totals["dead_letters"], "ranker": totals["ranker"],
         "worker_rss_mb": totals["rss_mb"],
     }  # fmt: skip

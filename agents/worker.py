@@ -480,7 +480,9 @@ class IngestWorker:
         commit = state.build_commit(with_global_checkpoint=due)
         if due:  # built on the event loop: nothing else ran meanwhile (docs/performance.md)
             stall_ms = self._checkpoint_stall(t0)
-            self.inline_budget.built_inline(partition, len(commit.global_checkpoint[0]), stall_ms)
+            size = len(commit.global_checkpoint[0])
+            self.inline_budget.built_inline(partition, size, stall_ms)
+            log.info("partition %d: global checkpoint of %.2f MB built in place in %.1f ms", partition, size / 1e6, stall_ms)
         return partition, commit, previous
 
     def _start_snapshots(self, due: int, now: float) -> None:
