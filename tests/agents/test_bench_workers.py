@@ -10,7 +10,7 @@ import signal
 
 import pytest
 
-from kairos.agents.bench_pipeline import drain_backlog
+from kairos.agents.bench_pipeline import drain_backlog, worker_summary
 from kairos.agents.bench_workers import WorkerGroup
 from kairos.agents.runtime import Services
 from kairos.agents.topics_admin import ensure_topics
@@ -19,7 +19,7 @@ from kairos.engine.simulator import ShopperSimulator
 
 def test_two_worker_processes_split_the_partitions_and_count_every_event(make_settings, redis_url, tmp_path):
     settings = make_settings(redis_url=redis_url, partitions=4, model_dir=tmp_path / "no-models",
-                             recommend_every_event=True)  # fmt: skip
+                             recommend_every_event=True, global_checkpoint_interval_s=0.2)  # fmt: skip
     svc = Services(settings.kafka_bootstrap_servers, redis_url, embedded_kafka=False, embedded_redis=False)
     events = list(ShopperSimulator(seed=11, n_users=60, n_items=200, n_categories=6).events(400))
 
@@ -31,9 +31,10 @@ def test_two_worker_processes_split_the_partitions_and_count_every_event(make_se
             assert len(set(workers.pids)) == 2
             backlog = await drain_backlog(settings, svc, workers, events)
             totals = await workers.totals(timings_since=[0, 0])
-        return owned, backlog, totals
+            summary = await worker_summary(workers)
+        return owned, backlog, totals, summary
 
-    owned, backlog, totals = asyncio.run(scenario())
+    owned, backlog, totals, summary = asyncio.run(scenario())
     assert backlog["events"] == len(events) == totals["events"]
     assert backlog["pipeline_events_per_s"] > 0
     # every event ranked (the setting), by whichever worker owned its shopper's partition
@@ -43,6 +44,10 @@ def test_two_worker_processes_split_the_partitions_and_count_every_event(make_se
     assert all(n > 0 for n in totals["batches"]) and len(totals["timings"]) == sum(totals["batches"])
     assert all(delay >= 0 and spent >= 0 for delay, spent in totals["timings"])
     assert totals["cpu_s"] > 0 and len(totals["rss_mb"]) == 2
+    # the checkpoints both workers took (every 0.2 s per partition), each stall reported in order
+    checkpoints = summary["checkpoints"]
+    assert checkpoints["count"] >= 2 and len(checkpoints["stalls_ms"]) == min(checkpoints["count"], 20)
+    assert all(0 <= ms <= checkpoints["stall_max_ms"] + 0.05 for ms in checkpoints["stalls_ms"])
 
 
 def test_more_workers_than_partitions_is_refused(make_settings, redis_url):
