@@ -6,6 +6,10 @@ batches of 500, then ``--events`` more are processed in batches of ``--batch`` a
 pipeline benchmark calls the worker's share, minus Kafka and Redis. ``KAIROS_RECOMMEND_EVERY_EVENT=true`` ranks every
 event (``recs_per_event`` 1); by default a shopper's events in one batch are ranked once, after the last. The last
 line printed is one JSON object.
+
+``--gap-ms G`` idles G ms (``time.sleep``) before each timed batch, as a worker waits for the next fetch when events
+arrive a few milliseconds apart; the idle is not timed. Back to back, an event finds the data and code the previous
+one used still in the CPU's caches; after an idle on a shared machine it finds less of them (docs/performance.md).
 """
 
 from __future__ import annotations
@@ -37,7 +41,9 @@ def _records(settings: Settings, events: list, first_offset: int) -> list[InputR
     ]
 
 
-def bench_hotpath(settings: Settings, data_dir: Path | None, source: str, warm: int, events: int, batch: int) -> dict:
+def bench_hotpath(
+    settings: Settings, data_dir: Path | None, source: str, warm: int, events: int, batch: int, gap_ms: float = 0.0
+) -> dict:
     config = settings.engine_config()
     make = default_selector_factory(settings)
     states = {p: PartitionState(p, config, make(config)) for p in range(PARTITIONS)}
@@ -49,6 +55,8 @@ def bench_hotpath(settings: Settings, data_dir: Path | None, source: str, warm: 
     timed = _records(settings, picked.events[warm : warm + events], warm)
     batch_ms, recommendations = [], 0
     for start in range(0, len(timed), batch):
+        if gap_ms > 0:
+            time.sleep(gap_ms / 1000.0)
         t0 = time.perf_counter()
         result = pipeline.process(timed[start : start + batch])
         batch_ms.append((time.perf_counter() - t0) * 1000.0)
@@ -60,6 +68,7 @@ def bench_hotpath(settings: Settings, data_dir: Path | None, source: str, warm: 
         "batch_p50_ms": round(float(p50), 2),
         "batch_p99_ms": round(float(p99), 2),
         "batch": batch,
+        "gap_ms": gap_ms,
         # Below 1 when a batch held several events of one shopper, ranked once (unless every event is ranked).
         "recs_per_event": round(recommendations / max(len(timed), 1), 3),
         "recommend_every_event": settings.recommend_every_event,
@@ -73,9 +82,9 @@ def bench_hotpath(settings: Settings, data_dir: Path | None, source: str, warm: 
 
 def _cmd_bench_hotpath(args: argparse.Namespace) -> int:
     settings = load_settings()
-    print(f"bench hotpath: warming with {args.warm} events, then {args.events} in batches of {args.batch}",
-          file=sys.stderr)  # fmt: skip
-    print(json.dumps(bench_hotpath(settings, args.data_dir, args.source, args.warm, args.events, args.batch)))
+    print(f"bench hotpath: warming with {args.warm} events, then {args.events} in batches of {args.batch}"
+          + (f", {args.gap_ms} ms idle before each" if args.gap_ms else ""), file=sys.stderr)  # fmt: skip
+    print(json.dumps(bench_hotpath(settings, args.data_dir, args.source, args.warm, args.events, args.batch, args.gap_ms)))
     return 0
 
 
@@ -87,4 +96,6 @@ def register(groups: dict) -> None:
     p.add_argument("--warm", type=int, default=15_000, help="events applied first, in batches of 500")
     p.add_argument("--events", type=int, default=2_000, help="events timed")
     p.add_argument("--batch", type=int, default=1, help="events per timed batch (1: each event alone)")
+    p.add_argument("--gap-ms", type=float, default=0.0,
+                   help="idle before each timed batch (not timed), as between events arriving apart")  # fmt: skip
     p.set_defaults(func=_cmd_bench_hotpath)

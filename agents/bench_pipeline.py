@@ -392,20 +392,59 @@ async def worker_summary(workers: WorkerGroup) -> dict:
     }  # fmt: skip
 
 
-def fresh_topics(settings: Settings) -> Settings:
-    """The same settings on new topics, a new consumer group and new Redis keys (a log without the probes')."""
-    return settings.model_copy(update={"topic_prefix": f"{settings.topic_prefix}-latency",
-                                       "consumer_group": f"{settings.consumer_group}-latency"})  # fmt: skip
+def fresh_topics(settings: Settings, run: int = 1) -> Settings:
+    """The same settings on new topics, a new consumer group and new Redis keys (a log without the probes'); each
+    ``run`` number its own."""
+    suffix = "-latency" if run == 1 else f"-latency{run}"
+    return settings.model_copy(update={"topic_prefix": f"{settings.topic_prefix}{suffix}",
+                                       "consumer_group": f"{settings.consumer_group}{suffix}"})  # fmt: skip
+
+
+async def latency_on_fresh_topics(
+    settings: Settings, svc: Services, events: list, latency_events: list, rate: float, latency_s: float,
+    n_workers: int,
+) -> dict:  # fmt: skip
+    """A new worker group on ``settings``' (fresh) topics drains the backlog ``events`` (the same state as the
+    first group), then the latency phase at ``rate``."""
+    await ensure_topics(settings, svc.bootstrap)
+    async with WorkerGroup(settings, svc, n_workers) as workers:
+        again = await drain_backlog(settings, svc, workers, events)
+        out = {"latency_backlog_events_per_s": again["pipeline_events_per_s"]}
+        out.update(await latency_phase(settings, svc, workers, rate, latency_events, latency_s))
+        out.update(await worker_summary(workers))
+    return out
+
+
+def repeat_summary(runs: list[dict]) -> dict:
+    """Each run's figures (``latency_repeats``) and the spread of p50 / p99 over them."""
+    # the backlog each run's group drained first (the first group's with --rate)
+    rows = [{"backlog_events_per_s": r.get("latency_backlog_events_per_s", r.get("pipeline_events_per_s")),
+             "p50_ms": r["p50_ms"], "p99_ms": r["p99_ms"],
+             "p99_by_third_ms": [third["p99_ms"] for third in r["latency_by_third"]],
+             "consume_delay_p99_ms": r["consume_delay_p99_ms"], "worker_p99_ms": r["worker_p99_ms"],
+             "worker_cores": r["cpu_during_latency"].get("workers"),
+             "checkpoint_stall_max_ms": r["checkpoints"]["stall_max_ms"]} for r in runs]  # fmt: skip
+    spread = {}
+    for key in ("p50_ms", "p99_ms"):
+        values = np.asarray([row[key] for row in rows], dtype=np.float64)
+        spread[key] = {"min": round(float(values.min()), 2), "median": round(float(np.median(values)), 2),
+                       "max": round(float(values.max()), 2)}  # fmt: skip
+    return {"latency_repeats": rows, "over_repeats": spread}
 
 
 async def run(
     settings: Settings, svc: Services, events: list, pools: dict[str, list], rate: float | None, latency_s: float,
-    n_workers: int = 1,
+    n_workers: int = 1, repeats: int = 1,
 ) -> dict:  # fmt: skip
     """With ``rate``: backlog, plain loop and the latency phase at ``rate``. Without: backlog, plain loop and the
     probes with one worker group; then a second group on fresh topics drains the same backlog (the same state)
     and runs the latency phase at half the sustained rate, on a log that holds only the backlog and the phase's
-    own events, as far as fetch costs go what Apache Kafka's offset index gives every fetch."""
+    own events, as far as fetch costs go what Apache Kafka's offset index gives every fetch.
+
+    ``repeats`` > 1: the latency phase again, ``repeats - 1`` more times, each by a new group on its own fresh
+    topics after the same backlog, with the same paced events at the same rate: the same work, so what differs
+    between the runs is the machine. The top-level figures stay the first run's; ``latency_repeats`` lists every
+    run and ``over_repeats`` the min / median / max of p50 and p99."""
     await ensure_topics(settings, svc.bootstrap)
     out: dict = {}
     # The workers join first, on empty topics, so the backlog is drained by all of them from its first record
@@ -422,15 +461,18 @@ async def run(
         else:
             out.update(await latency_phase(settings, svc, workers, rate, pools["latency"], latency_s))
             out.update(await worker_summary(workers))
-    if "sustained_events_per_s" in out:
-        fresh = fresh_topics(settings)
-        await ensure_topics(fresh, svc.bootstrap)
-        async with WorkerGroup(fresh, svc, n_workers) as workers:
-            again = await drain_backlog(fresh, svc, workers, events)
-            out["latency_backlog_events_per_s"] = again["pipeline_events_per_s"]
-            out.update(await latency_phase(fresh, svc, workers, rate, pools["latency"], latency_s))
-            out.update(await worker_summary(workers))
-    out["latency_on_fresh_topics"] = "sustained_events_per_s" in out
+    fresh_runs = 1 if "sustained_events_per_s" in out else 0
+    if fresh_runs:
+        out.update(await latency_on_fresh_topics(fresh_topics(settings), svc, events, pools["latency"], rate,
+                                                 latency_s, n_workers))  # fmt: skip
+    out["latency_on_fresh_topics"] = bool(fresh_runs)
+    if repeats > 1:
+        runs = [out]
+        for number in range(fresh_runs + 1, fresh_runs + repeats):
+            print(f"bench pipeline: latency run {len(runs) + 1} of {repeats} on fresh topics", file=sys.stderr)
+            runs.append(await latency_on_fresh_topics(fresh_topics(settings, number), svc, events, pools["latency"],
+                                                      rate, latency_s, n_workers))  # fmt: skip
+        out.update(repeat_summary(runs))
     out.update(ratio=round(out["pipeline_events_per_s"] / out["plain_loop_events_per_s"], 3),
                partitions=settings.partitions, workers=n_workers,
                # True: every event was ranked on its own (KAIROS_RECOMMEND_EVERY_EVENT), recs_per_event is 1.
@@ -440,11 +482,13 @@ async def run(
 
 def bench_pipeline_main(
     settings: Settings, data_dir, source: str, n_events: int, rate: float | None, latency_s: float = LATENCY_SECONDS,
-    n_workers: int = 1,
+    n_workers: int = 1, repeats: int = 1,
 ) -> dict:
     """``n_events`` fill the backlog; then up to ``n_events`` for the rate probes, up to ``n_events`` (at most
     ``latency_s`` seconds' worth) for the latency phase, and up to ``n_events / 2`` each (as long) for half the
     sustained rate behind the probes and for half the backlog rate, all distinct events of the same source."""
+    if repeats < 1:
+        raise ValueError(f"--latency-repeats must be at least 1, not {repeats}")
     picked = pick_source(data_dir, source, 4 * n_events)
     stream = picked.events
     events = stream[:n_events]
@@ -458,6 +502,6 @@ def bench_pipeline_main(
     print(f"bench pipeline: {len(events)} backlog events from {picked.label}, {len(stream) - n_events} paced",
           file=sys.stderr)  # fmt: skip
     with services(settings) as svc:
-        result = asyncio.run(run(settings, svc, events, pools, rate, latency_s, n_workers))
+        result = asyncio.run(run(settings, svc, events, pools, rate, latency_s, n_workers, repeats))
     result["source"] = picked.label
     return result

@@ -71,7 +71,7 @@ def _cmd_bench_pipeline(args: argparse.Namespace) -> int:
     settings = load_settings(partitions=args.partitions) if args.partitions else load_settings()
     return _print_json_last(
         bench_pipeline_main(settings, args.data_dir, args.source, args.events, args.rate, args.latency_seconds,
-                            args.workers)  # fmt: skip
+                            args.workers, args.latency_repeats)  # fmt: skip
     )
 
 
@@ -130,6 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="latency phase length at most (the embedded broker's fetch cost grows with the log)")  # fmt: skip
     bench.add_argument("--workers", type=int, default=1,
                        help="hot-path worker processes in the consumer group (one per core: 2 on a 2-core machine)")  # fmt: skip
+    bench.add_argument("--latency-repeats", type=int, default=1,
+                       help="run the latency phase this many times, each on fresh topics after the same backlog, "
+                            "and report the spread")  # fmt: skip
     bench.set_defaults(func=_cmd_bench_pipeline)
 
     export = groups["schemas"].add_parser("export", help="write JSON Schema files for every record")

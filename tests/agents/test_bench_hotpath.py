@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from kairos.agents.bench_hotpath import bench_hotpath
 from kairos.agents.cli import build_parser
 from kairos.agents.settings import Settings
@@ -29,6 +31,18 @@ def test_bench_hotpath_ranks_every_event_when_asked(tmp_path) -> None:
     assert coalesced["recs_per_event"] < 1.0
 
 
+def test_bench_hotpath_idles_before_each_batch_without_timing_the_idle(tmp_path) -> None:
+    (tmp_path / "no-models").mkdir()
+    settings = Settings(kafka_bootstrap_servers=None, redis_url=None, model_dir=tmp_path / "no-models", data_dir=None)
+    started = time.perf_counter()
+    result = bench_hotpath(settings, None, "simulated", warm=200, events=10, batch=1, gap_ms=150.0)
+    assert time.perf_counter() - started >= 10 * 0.150  # ten idles of 150 ms, one before each event
+    assert result["gap_ms"] == 150.0 and result["events"] == 10
+    assert result["batch_p50_ms"] < 150.0 and result["ms_per_event"] < 150.0  # the idle is not in the timings
+
+
 def test_bench_hotpath_is_a_kairos_command() -> None:
     args = build_parser().parse_args(["bench", "hotpath", "--warm", "10", "--events", "5", "--batch", "2"])
-    assert (args.warm, args.events, args.batch, args.source) == (10, 5, 2, "taobao")
+    assert (args.warm, args.events, args.batch, args.source, args.gap_ms) == (10, 5, 2, "taobao", 0.0)
+    args = build_parser().parse_args(["bench", "hotpath", "--gap-ms", "5"])
+    assert args.gap_ms == 5.0
