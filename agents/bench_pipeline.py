@@ -461,15 +461,15 @@ async def run(
         else:
             out.update(await latency_phase(settings, svc, workers, rate, pools["latency"], latency_s))
             out.update(await worker_summary(workers))
-    fresh_runs = 1 if "sustained_events_per_s" in out else 0
-    if fresh_runs:
+    out["latency_on_fresh_topics"] = "sustained_events_per_s" in out
+    if out["latency_on_fresh_topics"]:
         out.update(await latency_on_fresh_topics(fresh_topics(settings), svc, events, pools["latency"], rate,
                                                  latency_s, n_workers))  # fmt: skip
-    out["latency_on_fresh_topics"] = bool(fresh_runs)
     if repeats > 1:
         runs = [out]
-        for number in range(fresh_runs + 1, fresh_runs + repeats):
-            print(f"bench pipeline: latency run {len(runs) + 1} of {repeats} on fresh topics", file=sys.stderr)
+        while len(runs) < repeats:
+            number = len(runs) + 1  # run 1's topics: fresh_topics(settings) without --rate, the first group's with
+            print(f"bench pipeline: latency run {number} of {repeats} on fresh topics", file=sys.stderr)
             runs.append(await latency_on_fresh_topics(fresh_topics(settings, number), svc, events, pools["latency"],
                                                       rate, latency_s, n_workers))  # fmt: skip
         out.update(repeat_summary(runs))
