@@ -378,15 +378,20 @@ async def worker_summary(workers: WorkerGroup) -> dict:
     """The workers' run as a whole: fetch waits, checkpoints, counts, ranker, peak RSS."""
     totals = await workers.totals()
     stalls = np.asarray(totals["checkpoint_stalls_ms"], dtype=np.float64)  # this group's whole run, every partition
+    slices = np.asarray(totals["checkpoint_slices_ms"], dtype=np.float64)
     return {
         # where each worker's adaptive fetch wait ended, and how often it had to be raised
         "fetch_wait_ms": totals["fetch_wait_ms"], "fetch_stalls": totals["fetch_stalls"],
-        # checkpoints taken (each a stall: a fork, or a build on the loop), of which forks (agents/snapshot.py)
-        "checkpoints": {"in_child": totals["checkpoint_in_child"], "count": len(stalls), "forks": totals["checkpoint_forks"],
+        # checkpoints taken (each a stall: the snapshot of a build in slices, a fork, or a whole build on the
+        # loop), of which forks (agents/snapshot.py); the slices of the builds in slices, each a stall of its own
+        "checkpoints": {"sliced": totals["checkpoint_sliced"], "in_child": totals["checkpoint_in_child"],
+                        "count": len(stalls), "forks": totals["checkpoint_forks"],
                         "stall_p50_ms": _percentiles(stalls)[0],
                         "stall_max_ms": round(float(stalls.max()), 2) if len(stalls) else None,
                         # each stall in the order taken (per worker), the last 20
-                        "stalls_ms": [round(float(s), 1) for s in stalls[-20:]]},
+                        "stalls_ms": [round(float(s), 1) for s in stalls[-20:]],
+                        "slices": len(slices), "slice_p50_ms": _percentiles(slices)[0],
+                        "slice_max_ms": round(float(slices.max()), 2) if len(slices) else None},
         "recommendations": totals["recommendations"], "dead_letters": totals["dead_letters"], "ranker": totals["ranker"],
         "worker_rss_mb": totals["rss_mb"],
     }  # fmt: skip
@@ -423,7 +428,8 @@ def repeat_summary(runs: list[dict]) -> dict:
              "p99_by_third_ms": [third["p99_ms"] for third in r["latency_by_third"]],
              "consume_delay_p99_ms": r["consume_delay_p99_ms"], "worker_p99_ms": r["worker_p99_ms"],
              "worker_cores": r["cpu_during_latency"].get("workers"),
-             "checkpoint_stall_max_ms": r["checkpoints"]["stall_max_ms"]} for r in runs]  # fmt: skip
+             "checkpoint_stall_max_ms": r["checkpoints"]["stall_max_ms"],
+             "checkpoint_slice_max_ms": r["checkpoints"]["slice_max_ms"]} for r in runs]  # fmt: skip
     spread = {}
     for key in ("p50_ms", "p99_ms"):
         values = np.asarray([row[key] for row in rows], dtype=np.float64)

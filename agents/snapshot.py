@@ -1,4 +1,10 @@
-"""A partition's global checkpoint serialised in a forked child, off the event loop.
+"""A partition's global checkpoint built without holding the event loop for the whole build.
+
+By default (``checkpoint_slice_ms`` > 0) it is built on the loop a slice at a time between batches
+(:class:`SlicedSnapshot`, engine/checkpoint.py): the loop stops for the part that must be atomic (copying the small
+parts, opening a copy-on-write snapshot of the co-occurrence rows) and then for slices of at most about
+``checkpoint_slice_ms``. With ``checkpoint_slice_ms`` 0, the arrangement below: a forked child, or one build in place
+when it is expected to be short.
 
 Building the checkpoint (``PartitionState.global_blob``: the global model, the online models, the ad and feedback
 state) holds the worker's event loop for as long as it takes, and that grows with the state: 13 ms per partition
@@ -28,8 +34,11 @@ import asyncio
 import gc
 import os
 import signal
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+
+from kairos.engine.checkpoint import CheckpointBuild
 
 #: Added to the child's niceness: the scheduler then gives the worker (and a broker on the same cores) the CPU first.
 CHILD_NICENESS = 10
@@ -182,6 +191,53 @@ class ChildSnapshot:
         if not self._discarded:
             self._discarded = True
             self._child.release()
+
+
+class SlicedSnapshot:
+    """One partition's checkpoint built on the event loop a slice at a time (engine/checkpoint.py), with the
+    interface of :class:`ChildSnapshot` that the worker reads: ``ready``, then ``blob`` (None: the build failed),
+    ``offsets``, ``previous_checkpoint``, ``discard()``. The worker calls :meth:`advance` between batches."""
+
+    def __init__(self, partition: int, build: CheckpointBuild, offsets: Mapping[str, int], previous_checkpoint: float):
+        self.partition = partition
+        self.offsets = dict(offsets)
+        self.previous_checkpoint = previous_checkpoint
+        self._build = build
+        self.error: BaseException | None = None
+        #: How long each slice held the loop (ms).
+        self.slices_ms: list[float] = []
+
+    @property
+    def ready(self) -> bool:
+        return self._build.done or self.error is not None
+
+    @property
+    def blob(self) -> bytes | None:
+        return self._build.blob if self.error is None else None
+
+    @property
+    def exit_code(self) -> str | None:
+        """What went wrong, for the worker's log (the name :class:`ChildSnapshot` reports it under)."""
+        return None if self.error is None else repr(self.error)
+
+    def advance(self, slice_ms: float) -> float:
+        """Build for about ``slice_ms`` (one piece at least); returns how long it held the loop, ms. A build that
+        raises is over: ``ready``, with no blob (the worker then builds its checkpoints whole)."""
+        if self.ready:
+            return 0.0
+        t0 = time.perf_counter()
+        try:
+            self._build.step(t0 + slice_ms / 1000.0)
+        except Exception as exc:  # noqa: BLE001 - a failed build is a checkpoint not taken, not a dead worker
+            self.error = exc
+            self._build.abort()
+        ms = (time.perf_counter() - t0) * 1000.0
+        self.slices_ms.append(ms)
+        return ms
+
+    def discard(self) -> None:
+        if not self._build.done:
+            self._build.abort()
 
 
 def _split(data: bytes, count: int) -> list[bytes]:

@@ -26,7 +26,7 @@ from kairos.agents.kafka_config import consumer_options, producer_options
 from kairos.agents.outputs import KafkaOutputs
 from kairos.agents.pipeline import BatchPipeline, InputRecord
 from kairos.agents.settings import Settings
-from kairos.agents.snapshot import ChildSnapshot, InlineBudget, fork_available
+from kairos.agents.snapshot import ChildSnapshot, InlineBudget, SlicedSnapshot, fork_available
 from kairos.engine import metrics
 from kairos.engine.config import EngineConfig
 from kairos.engine.partition import PartitionState
@@ -137,8 +137,13 @@ class IngestWorker:
         self.checkpoint_stalls_ms: deque[float] = deque(maxlen=10_000)
         #: Children forked to build checkpoints (the other stalls are checkpoints built on the loop).
         self.checkpoint_forks = 0
-        #: Global checkpoints being built in forked children, by partition (agents/snapshot.py).
-        self._snapshots: dict[int, ChildSnapshot] = {}
+        #: Global checkpoints being built, in slices on the loop or in forked children, by partition
+        #: (agents/snapshot.py).
+        self._snapshots: dict[int, ChildSnapshot | SlicedSnapshot] = {}
+        #: Checkpoints built in slices between batches (the default); False after a build failed: whole builds then.
+        self.checkpoint_sliced = settings.checkpoint_slice_ms > 0 and settings.global_checkpoint_interval_s > 0
+        #: How long each slice of those builds held the loop (ms; the benchmark reports them).
+        self.checkpoint_slices_ms: deque[float] = deque(maxlen=10_000)
         self.checkpoint_in_child = (
             settings.checkpoint_in_child and fork_available() and settings.global_checkpoint_interval_s > 0
         )
@@ -206,7 +211,8 @@ class IngestWorker:
         down), so the idle tick writes it soon; otherwise :data:`IDLE_POLL_MS`."""
         writing = self._finalizing is not None and not self._finalizing.done()
         pending = self._uncommitted or any(state.has_pending for state in self.partitions.values())
-        if writing or not self.redis_healthy or pending:
+        building = any(isinstance(s, SlicedSnapshot) and not s.ready for s in self._snapshots.values())
+        if writing or not self.redis_healthy or pending or building:
             return max(self.settings.batch_max_wait_ms, 1)
         return IDLE_POLL_MS
 
@@ -310,11 +316,19 @@ class IngestWorker:
         commits = [c for c in (self._prepare_commit(p) for p in sorted(due)) if c is not None]
         await self._settle()  # one batch in flight at most: its outputs, then its commit, in order
         self._finalizing = asyncio.create_task(self._finalize(sent, result, len(records), commits, covers_all))
+        self._advance_snapshots()
         await self._maybe_commit_kafka()
         await self._maybe_publish_trending()
         self._maybe_trim()
         if self.on_batch is not None:
             self.on_batch(self, len(records))
+
+    def _advance_snapshots(self) -> None:
+        """One slice of the checkpoint being built on the loop, if one is (after a batch, and in the idle tick)."""
+        for snapshot in self._snapshots.values():
+            if isinstance(snapshot, SlicedSnapshot) and not snapshot.ready:
+                self.checkpoint_slices_ms.append(snapshot.advance(self.settings.checkpoint_slice_ms))
+                metrics.STEP_LATENCY.labels("checkpoint_slice").observe(self.checkpoint_slices_ms[-1] / 1000.0)
 
     def _due_commits(self, touched: set[int], ready: set[int]) -> tuple[set[int], bool]:
         """The partitions to commit after this batch, and whether that covers every change so far: every changed
@@ -444,10 +458,11 @@ class IngestWorker:
             await self._write_commit(*prepared)
 
     def _prepare_commit(self, partition: int, force_checkpoint: bool = False):
-        """The partition's commit of what changed, and its global checkpoint when one is due or ready: built in a
-        forked child (agents/snapshot.py) when the settings allow, carried by the first commit after the child is
-        done; built here, holding the event loop, when forced (a release), without fork, after a child failed, or
-        when it is expected to take less than ``checkpoint_inline_max_ms`` (``InlineBudget``).
+        """The partition's commit of what changed, and its global checkpoint when one is due or ready: begun here
+        and built in slices between batches (``checkpoint_slice_ms``), or built in a forked child
+        (agents/snapshot.py) when the settings allow, either carried by the first commit after it is done; built
+        here, holding the event loop, when forced (a release), after a sliced build failed, without fork, after a
+        child failed, or when it is expected to take less than ``checkpoint_inline_max_ms`` (``InlineBudget``).
         Returns (partition, commit, when the checkpoint before this one was taken) or None."""
         state = self.partitions.get(partition)
         if state is None:
@@ -468,6 +483,14 @@ class IngestWorker:
         if due and snapshot is not None:
             due = False  # one is being built
         t0 = time.perf_counter()
+        if due and self.checkpoint_sliced and not force_checkpoint:
+            commit = state.build_commit(with_global_checkpoint=False)
+            if self._snapshots:  # one build at a time (its slices, its kept rows): due again next batch
+                return partition, commit, previous
+            self._snapshots[partition] = SlicedSnapshot(partition, state.begin_global_checkpoint(), state.offsets, previous)
+            self._last_checkpoint[partition] = now
+            self._checkpoint_stall(t0)  # the snapshot's atomic part
+            return partition, commit, previous
         if due and self.checkpoint_in_child and not force_checkpoint and not self.inline_budget.inline(partition):
             if self._snapshots:  # one child at a time (each one's copied pages cost memory): due again next batch
                 return partition, state.build_commit(with_global_checkpoint=False), previous
@@ -504,7 +527,11 @@ class IngestWorker:
         another partition's checkpoint is built in it too), or its child failed, after which checkpoints are built
         in-process."""
         snapshot.discard()
-        if failed:
+        if failed and isinstance(snapshot, SlicedSnapshot):
+            log.warning("checkpoint of partition %d failed in slices (%s): checkpoints are built whole from now on",
+                        snapshot.partition, snapshot.exit_code)  # fmt: skip
+            self.checkpoint_sliced = False
+        elif failed:
             log.warning("checkpoint child of partition %d exited with %s: checkpoints are built in-process from now on",
                         snapshot.partition, snapshot.exit_code)  # fmt: skip
             self.checkpoint_in_child = False
@@ -560,6 +587,7 @@ class IngestWorker:
             changed = partition in self._uncommitted or state.has_pending
             if (changed and due) or not self.redis_healthy or (snapshot is not None and snapshot.ready):
                 await self._commit_partition(partition)
+        self._advance_snapshots()
         if due:
             self._last_state_commit = now
         self._uncommitted &= set(self.partitions)  # revoked meanwhile: their new owner reads them

@@ -115,5 +115,7 @@ class DecayedScores:
         kept = heapq.nlargest(keep, self._scores.items(), key=itemgetter(1))
         self._scores = dict(kept)
 
-    def to_state(self) -> dict:
-        return {"ref": self._ref, "s": self._scores}
+    def to_state(self, copy: bool = False) -> dict:
+        """The stored scores and their reference time; ``copy``: scores that later updates do not change (a flat
+        dict of floats, so one ``dict.copy``: what a checkpoint built in slices keeps, engine/checkpoint.py)."""
+        return {"ref": self._ref, "s": self._scores.copy() if copy else self._scores}

@@ -55,6 +55,9 @@ class GlobalModel:
         self._category_top_cache: dict[str, tuple[tuple[int, int], list[str]]] = {}
         #: A row grows a quarter past ``max_neighbours`` before it is cut back (amortises the sort; bounds memory).
         self._prune_at = config.max_neighbours + max(config.max_neighbours // 4, 1)
+        #: While a checkpoint is built in slices (engine/checkpoint.py): co-occurrence row -> its version when the
+        #: snapshot was opened, kept the first time the row changes or goes (None: the row did not exist then).
+        self._kept_rows: dict[str, dict[str, float] | None] | None = None
 
     def observe(self, user: UserInterest, interactions: list[Interaction]) -> None:
         """Learn from one user's interactions; call it *before* the user's state absorbs them, so the
@@ -101,8 +104,11 @@ class GlobalModel:
             info.price = it.price
 
     def _link(self, a: str, b: str, weight: float) -> None:
+        kept = self._kept_rows
         for x, y in ((a, b), (b, a)):
             row = self.neighbours.get(x)
+            if kept is not None and x not in kept:  # a snapshot is open: keep the row as it was (copy on write)
+                kept[x] = None if row is None else dict(row)
             if row is None:
                 if x not in self.catalog:
                     continue  # forgotten (unpopular): no row until it is seen again
@@ -122,10 +128,16 @@ class GlobalModel:
         tracked = self.popular.keys()
         for item in [i for i in self.catalog if i not in tracked]:
             del self.catalog[item]
-            self.neighbours.pop(item, None)
+            self._drop_row(item)
             self._column_rows.pop(item, None)
         for item in [i for i in self.neighbours if i not in tracked]:
-            del self.neighbours[item]
+            self._drop_row(item)
+
+    def _drop_row(self, item: str) -> None:
+        row = self.neighbours.pop(item, None)
+        kept = self._kept_rows
+        if kept is not None and item not in kept:
+            kept[item] = row
 
     def _forget_small_categories(self) -> None:
         tracked = self.category_popular.keys()
@@ -223,6 +235,32 @@ class GlobalModel:
         return row
 
     # --- persistence ---
+
+    def open_row_snapshot(self) -> tuple[list[str], dict[str, dict[str, float] | None]]:
+        """Start keeping the co-occurrence rows as they are now: returns the row keys now and the map in which
+        each row's current version is kept the first time it changes or goes (a key missing from it: the row is
+        unchanged, read it from :attr:`neighbours`). One snapshot at a time; :meth:`close_row_snapshot` ends it."""
+        if self._kept_rows is not None:
+            raise RuntimeError("a row snapshot is already open")
+        self._kept_rows = {}
+        return list(self.neighbours), self._kept_rows
+
+    def close_row_snapshot(self) -> None:
+        self._kept_rows = None
+
+    def snapshot_state(self) -> dict:
+        """:meth:`to_state` as it is now, except ``"nb"`` (None: the rows are read through
+        :meth:`open_row_snapshot`), with nothing later updates change: the flat score maps copied, the catalog
+        and the per-category maps rebuilt. The same keys in the same order as :meth:`to_state`."""
+        return {
+            "trend": self.trend.to_state(copy=True),
+            "popular": self.popular.to_state(copy=True),
+            "catpop": self.category_popular.to_state(copy=True),
+            "nb": None,
+            "cat": {k: [v.category_id, v.name, v.price] for k, v in self.catalog.items()},
+            "catitems": {k: v.to_state(copy=True) for k, v in self.category_items.items()},
+            "events": self.events,
+        }
 
     def to_state(self) -> dict:
         return {

@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable, Mapping
 
 import orjson
 
+from kairos.engine.checkpoint import CheckpointBuild
 from kairos.engine.config import EngineConfig
 from kairos.engine.global_model import GlobalModel
 from kairos.engine.selection import Selector
@@ -158,6 +159,11 @@ class PartitionState:
                 "clock": self.latest_ts,
             }
         )
+
+    def begin_global_checkpoint(self) -> CheckpointBuild:
+        """:meth:`global_blob` as of now, built a slice at a time while the state moves on (engine/checkpoint.py)."""
+        selector = self.selector
+        return CheckpointBuild(selector.model, selector.online.to_state(), selector.to_state(), self.latest_ts)
 
     @classmethod
     def restore(

@@ -17,7 +17,7 @@ from kairos.engine.simulator import ShopperSimulator
 def _run(p50: float, p99: float) -> dict:
     return {"latency_backlog_events_per_s": 500.0, "p50_ms": p50, "p99_ms": p99, "latency_by_third": [{"p50_ms": p50, "p99_ms": p99}] * 3,
             "consume_delay_p99_ms": 1.0, "worker_p99_ms": 2.0, "cpu_during_latency": {"workers": 0.5},
-            "checkpoints": {"stall_max_ms": 3.0}}  # fmt: skip
+            "checkpoints": {"stall_max_ms": 3.0, "slice_max_ms": 2.1}}  # fmt: skip
 
 
 def test_the_spread_over_repeats_is_min_median_max_of_each_run():
@@ -26,6 +26,7 @@ def test_the_spread_over_repeats_is_min_median_max_of_each_run():
     assert summary["latency_repeats"][1]["p99_by_third_ms"] == [55, 55, 55]
     assert summary["over_repeats"]["p99_ms"] == {"min": 24.0, "median": 30.0, "max": 55.0}
     assert summary["over_repeats"]["p50_ms"] == {"min": 9.0, "median": 10.0, "max": 12.0}
+    assert [(r["checkpoint_stall_max_ms"], r["checkpoint_slice_max_ms"]) for r in summary["latency_repeats"]] == [(3.0, 2.1)] * 3
 
 
 def test_each_repeat_gets_its_own_topics_group_and_keys(make_settings):

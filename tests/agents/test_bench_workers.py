@@ -48,6 +48,9 @@ def test_two_worker_processes_split_the_partitions_and_count_every_event(make_se
     checkpoints = summary["checkpoints"]
     assert checkpoints["count"] >= 2 and len(checkpoints["stalls_ms"]) == min(checkpoints["count"], 20)
     assert all(0 <= ms <= checkpoints["stall_max_ms"] + 0.05 for ms in checkpoints["stalls_ms"])
+    # built in slices (the default): each build's slices after its snapshot
+    assert checkpoints["sliced"] and checkpoints["forks"] == 0 and checkpoints["slices"] >= checkpoints["count"]
+    assert 0 < checkpoints["slice_p50_ms"] <= checkpoints["slice_max_ms"]
 
 
 def test_more_workers_than_partitions_is_refused(make_settings, redis_url):

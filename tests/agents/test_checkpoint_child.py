@@ -1,8 +1,8 @@
-"""The worker's global checkpoints built in forked children (agents/snapshot.py), with a real broker and Redis: every
-checkpoint Redis holds reflects exactly the offsets stored with it, while events keep arriving (the parent goes on
-changing the state the child serialises), so the replay after a crash starts from the right records; a child that
-fails switches the worker to checkpoints built in-process, which go on matching their offsets; and checkpoints small
-enough for the loop are built there, with no child at all."""
+"""The worker's global checkpoints built in slices between batches and in forked children (agents/snapshot.py), with
+a real broker and Redis: every checkpoint Redis holds reflects exactly the offsets stored with it, while events keep
+arriving (the worker goes on changing the state being serialised), so the replay after a crash starts from the
+right records; a build in slices or a child that fails switches the worker to whole builds in-process, which go on
+matching their offsets; and whole checkpoints small enough for the loop are built there, with no child at all."""
 
 from __future__ import annotations
 
@@ -26,13 +26,15 @@ from agents_helpers import state_store
 pytestmark = pytest.mark.integration
 
 
-def _settings(make_settings, redis_url: str, tmp_path, inline_max_ms: float = 0.0) -> Settings:
-    """A checkpoint due every 0.3 s; the built-in creative inventory, no models. These states are small: every
-    checkpoint would be built on the loop unless ``inline_max_ms`` is 0."""
+def _settings(make_settings, redis_url: str, tmp_path, inline_max_ms: float = 0.0, slice_ms: float = 0.0) -> Settings:
+    """A checkpoint due every 0.3 s; the built-in creative inventory, no models. Whole builds unless ``slice_ms``
+    (the default arrangement builds in slices); these states are small: every whole checkpoint would be built on
+    the loop unless ``inline_max_ms`` is 0."""
     (tmp_path / "no-data").mkdir()
     (tmp_path / "no-models").mkdir()
     return make_settings(redis_url=redis_url, global_checkpoint_interval_s=0.3, data_dir=tmp_path / "no-data",
-                         model_dir=tmp_path / "no-models", checkpoint_inline_max_ms=inline_max_ms)  # fmt: skip
+                         model_dir=tmp_path / "no-models", checkpoint_inline_max_ms=inline_max_ms,
+                         checkpoint_slice_ms=slice_ms)  # fmt: skip
 
 
 def _children_started(monkeypatch) -> list:
@@ -166,3 +168,53 @@ def test_small_checkpoints_are_built_on_the_loop_without_a_child(make_settings, 
     assert len(stalls) >= 4  # built in place, each timed
     assert sizes and all(size > 0 for size in sizes.values())  # the next decision knows each partition's size
     assert seen and [events for events, _ in seen] == [records for _, records in seen]
+
+
+@pytest.mark.timeout(120)
+def test_checkpoints_built_in_slices_match_their_offsets(make_settings, broker, redis_url, tmp_path, monkeypatch):
+    settings = _settings(make_settings, redis_url, tmp_path, slice_ms=0.05)  # a few pieces per slice
+    monkeypatch.setattr("kairos.engine.checkpoint.ROWS_PER_CHUNK", 4)  # many slices: events arrive between them
+    started = _children_started(monkeypatch)
+    events = _clicks(1500, users=23)
+
+    seen, worker = asyncio.run(_checkpoints_while_streaming(settings, broker, redis_url, events, settle_s=1.0))
+    assert worker.checkpoint_sliced, "a build failed and the worker fell back to whole builds"
+    assert started == []  # no child
+    slices = list(worker.checkpoint_slices_ms)
+    assert len(slices) > 3 * len(worker.checkpoint_stalls_ms) > 0  # each build took several slices
+    assert len(seen) >= 4
+    # Every click is a new event of the global model: a checkpoint holds as many as the records below its offsets.
+    assert [events for events, _ in seen] == [records for _, records in seen]
+    assert max(records for _, records in seen) > len(events) // 4
+
+
+@pytest.mark.timeout(120)
+def test_a_failing_build_in_slices_switches_the_worker_to_whole_builds(make_settings, broker, redis_url, tmp_path,
+                                                                       monkeypatch):  # fmt: skip
+    settings = _settings(make_settings, redis_url, tmp_path, slice_ms=0.05)
+
+    def fails(self, deadline, clock=None):
+        raise MemoryError("the build could not go on")
+
+    monkeypatch.setattr("kairos.engine.checkpoint.CheckpointBuild.step", fails)
+    events = _clicks(400, users=11)
+
+    async def scenario():
+        await ensure_topics(settings, broker)
+        store = state_store(settings)
+        async with running_app(settings, Services(broker, redis_url, False, False), roles=frozenset({"ingest"})) as app:
+            worker = app.ingest_worker
+            await _produce_steadily(broker, settings, events)
+            assert await wait_for(lambda: not worker.checkpoint_sliced, 30), "the failed build went unnoticed"
+            assert await wait_for(lambda: worker.stats["events"] >= len(events), 60)
+            await asyncio.sleep(1.0)  # whole builds go on
+            model = next(iter(worker.partitions.values())).selector.model
+            assert model._kept_rows is None  # the failed build's row snapshot was closed
+        checkpoints = await _checkpoints(store, settings)
+        await store.close()
+        return checkpoints
+
+    checkpoints = asyncio.run(scenario())
+    assert len(checkpoints) == settings.partitions
+    assert all(events_in == records for events_in, records in checkpoints)
+    assert sum(records for _, records in checkpoints) == len(events)

@@ -1,0 +1,112 @@
+"""A partition's global checkpoint built a slice at a time, consistent at the moment it was begun.
+
+``PartitionState.global_blob`` encodes the partition's global model, online ranker and selection state in one call,
+holding the worker's event loop for all of it: 3-26 ms per partition at the benchmark's state sizes (2 MB), more
+as the state grows, while events wait behind it (docs/performance.md). Most of that time is walking a large
+structure whose memory the loop's own work has pushed out of the CPU's caches, and half the bytes are the
+co-occurrence rows (``GlobalModel.neighbours``: ~6,600 rows, 66,000 entries per partition there).
+
+:class:`CheckpointBuild` splits it:
+
+- :meth:`CheckpointBuild.__init__` (on the loop, the only part that must be atomic): the online ranker and the
+  selection state (small) are encoded at once; the popularity maps are flat dicts of floats, copied with one
+  ``dict.copy`` each; the catalog rows and the per-category maps are rebuilt (``GlobalModel.snapshot_state``); the
+  co-occurrence rows are not copied at all: the model opens a *row snapshot* (``GlobalModel.open_row_snapshot``)
+  and, until it closes, keeps the current version of each row the first time the stream changes or drops it
+  (copy on write, a few rows per event);
+- :meth:`CheckpointBuild.step` (on the loop, between batches): encodes the copied parts, then the rows in chunks
+  (each row as kept, or as it still is when it was not touched), until a deadline;
+- the last step joins the pieces with ``orjson.Fragment`` and closes the row snapshot.
+
+The result is byte for byte what ``global_blob`` returned when the build began
+(``tests/agents/test_checkpoint_build.py``), so restoring it needs nothing new, and the offsets taken with it hold.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import orjson
+
+from kairos.engine.global_model import GlobalModel
+
+#: Co-occurrence rows encoded per piece (~10 entries each: a fraction of a millisecond).
+ROWS_PER_CHUNK = 256
+
+
+class CheckpointBuild:
+    """One partition's global checkpoint in progress. ``step`` until it returns True, then read :attr:`blob`;
+    :meth:`abort` if it is not wanted any more (the model's row snapshot must not stay open)."""
+
+    def __init__(self, model: GlobalModel, ranker_state: dict, selection_state: dict, clock: float) -> None:
+        # encoded now: small, and they reference live objects
+        self._ranker = orjson.dumps(ranker_state)
+        self._selection = orjson.dumps(selection_state)
+        self._clock = clock
+        self._model = model
+        self._parts = model.snapshot_state()
+        self._keys, self._kept = model.open_row_snapshot()
+        self._pending = [key for key, value in self._parts.items() if key not in ("nb", "events")]
+        self._encoded: dict[str, bytes] = {}
+        self._rows: list[bytes] = []
+        self._next_row = 0
+        self.blob: bytes | None = None
+        self.pieces = 0
+
+    @property
+    def done(self) -> bool:
+        return self.blob is not None
+
+    def step(self, deadline: float, clock: Callable[[], float] = time.perf_counter) -> bool:
+        """Encode pieces until ``clock()`` reaches ``deadline`` (one piece at least); True once :attr:`blob` is
+        complete."""
+        while self.blob is None:
+            self._piece()
+            self.pieces += 1
+            if clock() >= deadline:
+                break
+        return self.blob is not None
+
+    def abort(self) -> None:
+        self._model.close_row_snapshot()
+        self._parts = self._kept = {}
+        self._keys = self._rows = []
+
+    def _piece(self) -> None:
+        if self._pending:
+            key = self._pending.pop(0)
+            self._encoded[key] = orjson.dumps(self._parts[key])
+            self._parts[key] = None  # the copy can go
+            return
+        if self._next_row < len(self._keys):
+            chunk = self._keys[self._next_row : self._next_row + ROWS_PER_CHUNK]
+            self._next_row += len(chunk)
+            kept, current = self._kept, self._model.neighbours
+            rows = {}
+            for key in chunk:
+                row = kept.get(key)
+                rows[key] = current[key] if row is None else row  # not kept: unchanged since the build began
+            self._rows.append(orjson.dumps(rows)[1:-1])  # the members, without the braces
+            return
+        self._finish()
+
+    def _finish(self) -> None:
+        rows = b"{" + b",".join(self._rows) + b"}"
+        model: dict = {}
+        for key, value in self._parts.items():  # to_state's keys, in its order
+            if key == "nb":
+                model[key] = orjson.Fragment(rows)
+            elif key in self._encoded:
+                model[key] = orjson.Fragment(self._encoded[key])
+            else:
+                model[key] = value  # the event count
+        self.blob = orjson.dumps(
+            {
+                "model": model,
+                "ranker": orjson.Fragment(self._ranker),
+                "selection": orjson.Fragment(self._selection),
+                "clock": self._clock,
+            }
+        )
+        self.abort()
