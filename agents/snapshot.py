@@ -196,13 +196,15 @@ class ChildSnapshot:
 class SlicedSnapshot:
     """One partition's checkpoint built on the event loop a slice at a time (engine/checkpoint.py), with the
     interface of :class:`ChildSnapshot` that the worker reads: ``ready``, then ``blob`` (None: the build failed),
-    ``offsets``, ``previous_checkpoint``, ``discard()``. The worker calls :meth:`advance` between batches."""
+    ``offsets``, ``previous_checkpoint``, ``discard()``. The worker calls :meth:`advance` when no records wait."""
 
     def __init__(self, partition: int, build: CheckpointBuild, offsets: Mapping[str, int], previous_checkpoint: float):
         self.partition = partition
         self.offsets = dict(offsets)
         self.previous_checkpoint = previous_checkpoint
         self._build = build
+        #: When the build began (monotonic).
+        self.started = time.monotonic()
         self.error: BaseException | None = None
         #: How long each slice held the loop (ms).
         self.slices_ms: list[float] = []

@@ -46,6 +46,9 @@ MEMORY_TRIM_INTERVAL_S = 30.0
 #: How long a poll waits when nothing is left to write. ``getmany`` returns as soon as a fetch brings records, so
 #: this only sets how often an idle loop wakes: at the 5 ms batch wait an idle worker kept 11-20% of a core busy.
 IDLE_POLL_MS = 100
+#: A checkpoint built in slices gets them when no records wait; once it has been open this long (a worker that is
+#: never idle), also one after every batch.
+SLICE_AFTER_BATCH_S = 0.5
 
 
 def load_ranker(settings: Settings):
@@ -144,6 +147,7 @@ class IngestWorker:
         self.checkpoint_sliced = settings.checkpoint_slice_ms > 0 and settings.global_checkpoint_interval_s > 0
         #: How long each slice of those builds held the loop (ms; the benchmark reports them).
         self.checkpoint_slices_ms: deque[float] = deque(maxlen=10_000)
+        self._last_idle_tick = 0.0
         self.checkpoint_in_child = (
             settings.checkpoint_in_child and fork_available() and settings.global_checkpoint_interval_s > 0
         )
@@ -196,13 +200,19 @@ class IngestWorker:
     async def _loop(self) -> None:
         assert self.consumer is not None
         while not self._stopping.is_set():
+            # While a checkpoint is built in slices, the loop does not wait for records: it looks for them and,
+            # when there are none, builds a slice, so the build fills the time the worker would spend waiting.
+            building = self._building() is not None
             batches = await self.consumer.getmany(
-                timeout_ms=self._poll_timeout_ms(), max_records=self.settings.batch_max_records
+                timeout_ms=0 if building else self._poll_timeout_ms(), max_records=self.settings.batch_max_records
             )
-            if self.fetch_wait is not None:
+            if self.fetch_wait is not None and (batches or not building):
                 await self.fetch_wait.after_poll(bool(batches))
             if batches:
                 await self._handle(batches)
+            elif building and time.monotonic() - self._last_idle_tick < self.settings.batch_max_wait_ms / 1000.0:
+                self._advance_snapshots()
+                await asyncio.sleep(0)  # the fetcher's turn: a response that came meanwhile is read now
             else:
                 await self._idle_tick()
 
@@ -211,8 +221,7 @@ class IngestWorker:
         down), so the idle tick writes it soon; otherwise :data:`IDLE_POLL_MS`."""
         writing = self._finalizing is not None and not self._finalizing.done()
         pending = self._uncommitted or any(state.has_pending for state in self.partitions.values())
-        building = any(isinstance(s, SlicedSnapshot) and not s.ready for s in self._snapshots.values())
-        if writing or not self.redis_healthy or pending or building:
+        if writing or not self.redis_healthy or pending:
             return max(self.settings.batch_max_wait_ms, 1)
         return IDLE_POLL_MS
 
@@ -316,19 +325,29 @@ class IngestWorker:
         commits = [c for c in (self._prepare_commit(p) for p in sorted(due)) if c is not None]
         await self._settle()  # one batch in flight at most: its outputs, then its commit, in order
         self._finalizing = asyncio.create_task(self._finalize(sent, result, len(records), commits, covers_all))
-        self._advance_snapshots()
+        self._advance_snapshots(after_batch=True)
         await self._maybe_commit_kafka()
         await self._maybe_publish_trending()
         self._maybe_trim()
         if self.on_batch is not None:
             self.on_batch(self, len(records))
 
-    def _advance_snapshots(self) -> None:
-        """One slice of the checkpoint being built on the loop, if one is (after a batch, and in the idle tick)."""
+    def _building(self) -> SlicedSnapshot | None:
+        """The checkpoint being built in slices, if one is (one at a time)."""
         for snapshot in self._snapshots.values():
             if isinstance(snapshot, SlicedSnapshot) and not snapshot.ready:
-                self.checkpoint_slices_ms.append(snapshot.advance(self.settings.checkpoint_slice_ms))
-                metrics.STEP_LATENCY.labels("checkpoint_slice").observe(self.checkpoint_slices_ms[-1] / 1000.0)
+                return snapshot
+        return None
+
+    def _advance_snapshots(self, after_batch: bool = False) -> None:
+        """One slice of the checkpoint being built in slices, if one is: when no records wait (``_loop``), and in
+        the idle tick; after a batch only once the build has waited ``SLICE_AFTER_BATCH_S`` for idle time (a
+        worker that is never idle still finishes its checkpoints, a slice per batch)."""
+        snapshot = self._building()
+        if snapshot is None or (after_batch and time.monotonic() - snapshot.started < SLICE_AFTER_BATCH_S):
+            return
+        self.checkpoint_slices_ms.append(snapshot.advance(self.settings.checkpoint_slice_ms))
+        metrics.STEP_LATENCY.labels("checkpoint_slice").observe(self.checkpoint_slices_ms[-1] / 1000.0)
 
     def _due_commits(self, touched: set[int], ready: set[int]) -> tuple[set[int], bool]:
         """The partitions to commit after this batch, and whether that covers every change so far: every changed
@@ -576,6 +595,7 @@ class IngestWorker:
                 await asyncio.sleep(0.5)
 
     async def _idle_tick(self) -> None:
+        self._last_idle_tick = time.monotonic()
         await self._settle()
         # Changes wait for ``commit_interval_ms`` here too: a stream with gaps longer than the poll wait between its
         # batches would otherwise commit after nearly every batch.

@@ -3,20 +3,20 @@
 ``PartitionState.global_blob`` encodes the partition's global model, online ranker and selection state in one call,
 holding the worker's event loop for all of it: 3-26 ms per partition at the benchmark's state sizes (2 MB), more
 as the state grows, while events wait behind it (docs/performance.md). Most of that time is walking a large
-structure whose memory the loop's own work has pushed out of the CPU's caches, and half the bytes are the
-co-occurrence rows (``GlobalModel.neighbours``: ~6,600 rows, 66,000 entries per partition there).
+structure whose memory the loop's own work has pushed out of the CPU's caches; most of the bytes are keyed maps:
+the co-occurrence rows (``GlobalModel.neighbours``, ~6,600 rows and 66,000 entries per partition there), the
+catalog and the per-category item scores.
 
 :class:`CheckpointBuild` splits it:
 
 - :meth:`CheckpointBuild.__init__` (on the loop, the only part that must be atomic): the online ranker and the
   selection state (small) are encoded at once; the popularity maps are flat dicts of floats, copied with one
-  ``dict.copy`` each; the catalog rows and the per-category maps are rebuilt (``GlobalModel.snapshot_state``); the
-  co-occurrence rows are not copied at all: the model opens a *row snapshot* (``GlobalModel.open_row_snapshot``)
-  and, until it closes, keeps the current version of each row the first time the stream changes or drops it
-  (copy on write, a few rows per event);
-- :meth:`CheckpointBuild.step` (on the loop, between batches): encodes the copied parts, then the rows in chunks
-  (each row as kept, or as it still is when it was not touched), until a deadline;
-- the last step joins the pieces with ``orjson.Fragment`` and closes the row snapshot.
+  ``dict.copy`` each; the keyed maps are not copied at all: the model opens a *snapshot*
+  (``GlobalModel.open_snapshot``: their keys now) and, until it closes, keeps the state of a row, a catalog entry
+  or a category's map the first time the stream changes or drops it (copy on write, a few keys per event);
+- :meth:`CheckpointBuild.step` (on the loop, between batches): encodes the copied maps, then the keyed maps
+  ``ROWS_PER_CHUNK`` keys at a time (each as kept, or as it still is when it was not touched), until a deadline;
+- the last step joins the pieces with ``orjson.Fragment`` and closes the snapshot.
 
 The result is byte for byte what ``global_blob`` returned when the build began
 (``tests/agents/test_checkpoint_build.py``), so restoring it needs nothing new, and the offsets taken with it hold.
@@ -31,13 +31,13 @@ import orjson
 
 from kairos.engine.global_model import GlobalModel
 
-#: Co-occurrence rows encoded per piece (~10 entries each: a fraction of a millisecond).
+#: Keys (co-occurrence rows, catalog entries, categories) encoded per piece: a fraction of a millisecond.
 ROWS_PER_CHUNK = 256
 
 
 class CheckpointBuild:
     """One partition's global checkpoint in progress. ``step`` until it returns True, then read :attr:`blob`;
-    :meth:`abort` if it is not wanted any more (the model's row snapshot must not stay open)."""
+    :meth:`abort` if it is not wanted any more (the model's snapshot must not stay open)."""
 
     def __init__(self, model: GlobalModel, ranker_state: dict, selection_state: dict, clock: float) -> None:
         # encoded now: small, and they reference live objects
@@ -46,11 +46,11 @@ class CheckpointBuild:
         self._clock = clock
         self._model = model
         self._parts = model.snapshot_state()
-        self._keys, self._kept = model.open_row_snapshot()
-        self._pending = [key for key, value in self._parts.items() if key not in ("nb", "events")]
+        self._keyed = model.open_snapshot()
+        self._pending = [key for key, value in self._parts.items() if value is not None and key != "events"]
         self._encoded: dict[str, bytes] = {}
-        self._rows: list[bytes] = []
-        self._next_row = 0
+        self._members: list[bytes] = []  # of the keyed part being encoded
+        self._part = self._next_key = 0
         self.blob: bytes | None = None
         self.pieces = 0
 
@@ -69,9 +69,8 @@ class CheckpointBuild:
         return self.blob is not None
 
     def abort(self) -> None:
-        self._model.close_row_snapshot()
-        self._parts = self._kept = {}
-        self._keys = self._rows = []
+        self._model.close_snapshot()
+        self._parts, self._keyed, self._members = {}, [], []
 
     def _piece(self) -> None:
         if self._pending:
@@ -79,28 +78,26 @@ class CheckpointBuild:
             self._encoded[key] = orjson.dumps(self._parts[key])
             self._parts[key] = None  # the copy can go
             return
-        if self._next_row < len(self._keys):
-            chunk = self._keys[self._next_row : self._next_row + ROWS_PER_CHUNK]
-            self._next_row += len(chunk)
-            kept, current = self._kept, self._model.neighbours
-            rows = {}
-            for key in chunk:
-                row = kept.get(key)
-                rows[key] = current[key] if row is None else row  # not kept: unchanged since the build began
-            self._rows.append(orjson.dumps(rows)[1:-1])  # the members, without the braces
+        if self._part < len(self._keyed):
+            name, keys, kept, current = self._keyed[self._part]
+            chunk = keys[self._next_key : self._next_key + ROWS_PER_CHUNK]
+            self._next_key += len(chunk)
+            if chunk:
+                members = {}
+                for key in chunk:
+                    value = kept.get(key)
+                    members[key] = current(key) if value is None else value  # not kept: unchanged since the start
+                self._members.append(orjson.dumps(members)[1:-1])  # without the braces
+            if self._next_key >= len(keys):
+                self._encoded[name] = b"{" + b",".join(self._members) + b"}"
+                self._members, self._part, self._next_key = [], self._part + 1, 0
             return
         self._finish()
 
     def _finish(self) -> None:
-        rows = b"{" + b",".join(self._rows) + b"}"
         model: dict = {}
         for key, value in self._parts.items():  # to_state's keys, in its order
-            if key == "nb":
-                model[key] = orjson.Fragment(rows)
-            elif key in self._encoded:
-                model[key] = orjson.Fragment(self._encoded[key])
-            else:
-                model[key] = value  # the event count
+            model[key] = orjson.Fragment(self._encoded[key]) if key in self._encoded else value  # else: the count
         self.blob = orjson.dumps(
             {
                 "model": model,

@@ -11,7 +11,7 @@ No batch job: every interaction updates it in O(window). See docs/state.md for h
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from itertools import repeat
 from operator import itemgetter
@@ -32,6 +32,10 @@ class ItemInfo:
     category_id: str | None = None
     name: str | None = None
     price: float | None = None
+
+
+def _item_state(info: ItemInfo) -> list:
+    return [info.category_id, info.name, info.price]
 
 
 class GlobalModel:
@@ -55,9 +59,12 @@ class GlobalModel:
         self._category_top_cache: dict[str, tuple[tuple[int, int], list[str]]] = {}
         #: A row grows a quarter past ``max_neighbours`` before it is cut back (amortises the sort; bounds memory).
         self._prune_at = config.max_neighbours + max(config.max_neighbours // 4, 1)
-        #: While a checkpoint is built in slices (engine/checkpoint.py): co-occurrence row -> its version when the
-        #: snapshot was opened, kept the first time the row changes or goes (None: the row did not exist then).
+        #: While a snapshot is open (a checkpoint built in slices, engine/checkpoint.py): per keyed part of the
+        #: state (co-occurrence rows, catalog entries, per-category maps), key -> its state when the snapshot was
+        #: opened, kept the first time it changes or goes (None: it did not exist then). None: no snapshot.
         self._kept_rows: dict[str, dict[str, float] | None] | None = None
+        self._kept_items: dict[str, list | None] | None = None
+        self._kept_categories: dict[str, dict | None] | None = None
 
     def observe(self, user: UserInterest, interactions: list[Interaction]) -> None:
         """Learn from one user's interactions; call it *before* the user's state absorbs them, so the
@@ -85,6 +92,9 @@ class GlobalModel:
         self.trend.add(it.item_id, weight, it.ts)
         self.popular.add(it.item_id, weight, it.ts)
         info = self.catalog.get(it.item_id)
+        kept = self._kept_items
+        if kept is not None and it.item_id not in kept:  # a snapshot is open: keep the entry as it was
+            kept[it.item_id] = None if info is None else _item_state(info)
         if info is None:
             info = self.catalog[it.item_id] = ItemInfo()
             if len(self.catalog) > self.config.max_items:
@@ -93,6 +103,9 @@ class GlobalModel:
             info.category_id = it.category_id
             self.category_popular.add(it.category_id, weight, it.ts)
             items = self.category_items.get(it.category_id)
+            kept_categories = self._kept_categories
+            if kept_categories is not None and it.category_id not in kept_categories:
+                kept_categories[it.category_id] = None if items is None else items.to_state(copy=True)
             if items is None:
                 items = self.category_items[it.category_id] = DecayedScores(self.config.popularity_half_life_s, 64)
                 if len(self.category_items) > MAX_CATEGORIES:
@@ -126,8 +139,11 @@ class GlobalModel:
         """Drop what the popularity map no longer tracks (it evicts its weakest tenth at capacity): catalog
         entries, co-occurrence rows and cached item columns."""
         tracked = self.popular.keys()
+        kept = self._kept_items
         for item in [i for i in self.catalog if i not in tracked]:
-            del self.catalog[item]
+            info = self.catalog.pop(item)
+            if kept is not None and item not in kept:
+                kept[item] = _item_state(info)
             self._drop_row(item)
             self._column_rows.pop(item, None)
         for item in [i for i in self.neighbours if i not in tracked]:
@@ -141,8 +157,11 @@ class GlobalModel:
 
     def _forget_small_categories(self) -> None:
         tracked = self.category_popular.keys()
+        kept = self._kept_categories
         for category in [c for c in self.category_items if c not in tracked]:
-            del self.category_items[category]
+            items = self.category_items.pop(category)
+            if kept is not None and category not in kept:
+                kept[category] = items.to_state(copy=True)
 
     def neighbours_of(self, item_id: str, n: int) -> list[tuple[str, float]]:
         row = self.neighbours.get(item_id)
@@ -236,29 +255,34 @@ class GlobalModel:
 
     # --- persistence ---
 
-    def open_row_snapshot(self) -> tuple[list[str], dict[str, dict[str, float] | None]]:
-        """Start keeping the co-occurrence rows as they are now: returns the row keys now and the map in which
-        each row's current version is kept the first time it changes or goes (a key missing from it: the row is
-        unchanged, read it from :attr:`neighbours`). One snapshot at a time; :meth:`close_row_snapshot` ends it."""
+    def open_snapshot(self) -> list[tuple[str, list[str], dict, Callable[[str], object]]]:
+        """Start keeping the keyed parts of :meth:`to_state` (``"nb"``, ``"cat"``, ``"catitems"``) as they are now.
+        Returns, per part, (its name, its keys now, the map in which each key's state of now is kept the first
+        time it changes or goes, and the key's current state): a key missing from the map is unchanged, its state
+        is the current one. One snapshot at a time; :meth:`close_snapshot` ends it."""
         if self._kept_rows is not None:
-            raise RuntimeError("a row snapshot is already open")
-        self._kept_rows = {}
-        return list(self.neighbours), self._kept_rows
+            raise RuntimeError("a snapshot is already open")
+        self._kept_rows, self._kept_items, self._kept_categories = {}, {}, {}
+        catalog, categories = self.catalog, self.category_items
+        return [
+            ("nb", list(self.neighbours), self._kept_rows, self.neighbours.__getitem__),
+            ("cat", list(catalog), self._kept_items, lambda item: _item_state(catalog[item])),
+            ("catitems", list(categories), self._kept_categories, lambda category: categories[category].to_state()),
+        ]
 
-    def close_row_snapshot(self) -> None:
-        self._kept_rows = None
+    def close_snapshot(self) -> None:
+        self._kept_rows = self._kept_items = self._kept_categories = None
 
     def snapshot_state(self) -> dict:
-        """:meth:`to_state` as it is now, except ``"nb"`` (None: the rows are read through
-        :meth:`open_row_snapshot`), with nothing later updates change: the flat score maps copied, the catalog
-        and the per-category maps rebuilt. The same keys in the same order as :meth:`to_state`."""
+        """:meth:`to_state`'s keys in its order, with what later updates do not change: the flat score maps
+        copied, the event count; None for the keyed parts (read through :meth:`open_snapshot`)."""
         return {
             "trend": self.trend.to_state(copy=True),
             "popular": self.popular.to_state(copy=True),
             "catpop": self.category_popular.to_state(copy=True),
             "nb": None,
-            "cat": {k: [v.category_id, v.name, v.price] for k, v in self.catalog.items()},
-            "catitems": {k: v.to_state(copy=True) for k, v in self.category_items.items()},
+            "cat": None,
+            "catitems": None,
             "events": self.events,
         }
 
@@ -268,7 +292,7 @@ class GlobalModel:
             "popular": self.popular.to_state(),
             "catpop": self.category_popular.to_state(),
             "nb": self.neighbours,
-            "cat": {k: [v.category_id, v.name, v.price] for k, v in self.catalog.items()},
+            "cat": {k: _item_state(v) for k, v in self.catalog.items()},
             "catitems": {k: v.to_state() for k, v in self.category_items.items()},
             "events": self.events,
         }

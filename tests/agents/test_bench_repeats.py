@@ -15,7 +15,7 @@ from kairos.engine.simulator import ShopperSimulator
 
 
 def _run(p50: float, p99: float) -> dict:
-    return {"latency_backlog_events_per_s": 500.0, "p50_ms": p50, "p99_ms": p99, "latency_by_third": [{"p50_ms": p50, "p99_ms": p99}] * 3,
+    return {"latency_backlog_events_per_s": 500.0, "p50_ms": p50, "p99_ms": p99, "p999_ms": p99 + 10, "latency_by_third": [{"p50_ms": p50, "p99_ms": p99}] * 3,
             "consume_delay_p99_ms": 1.0, "worker_p99_ms": 2.0, "cpu_during_latency": {"workers": 0.5},
             "checkpoints": {"stall_max_ms": 3.0, "slice_max_ms": 2.1}}  # fmt: skip
 
@@ -23,6 +23,7 @@ def _run(p50: float, p99: float) -> dict:
 def test_the_spread_over_repeats_is_min_median_max_of_each_run():
     summary = repeat_summary([_run(9, 30), _run(12, 55), _run(10, 24)])
     assert [r["p99_ms"] for r in summary["latency_repeats"]] == [30, 55, 24]
+    assert [r["p999_ms"] for r in summary["latency_repeats"]] == [40, 65, 34]
     assert summary["latency_repeats"][1]["p99_by_third_ms"] == [55, 55, 55]
     assert summary["over_repeats"]["p99_ms"] == {"min": 24.0, "median": 30.0, "max": 55.0}
     assert summary["over_repeats"]["p50_ms"] == {"min": 9.0, "median": 10.0, "max": 12.0}
@@ -54,6 +55,7 @@ def test_the_latency_phase_is_repeated_on_fresh_topics_with_the_same_events(make
     assert len(runs) == 2
     # the first run is the top-level one; both ranked the same 40 paced events (1 s at 40/s), one recommendation each
     assert runs[0]["p99_ms"] == out["p99_ms"] and out["latency_events"] == 40
+    assert out["p99_ms"] <= out["p999_ms"] <= out["max_ms"] and runs[0]["p999_ms"] == out["p999_ms"]
     assert all(r["p50_ms"] > 0 and r["p99_ms"] >= r["p50_ms"] and len(r["p99_by_third_ms"]) == 3 for r in runs)
     assert out["over_repeats"]["p99_ms"]["min"] <= out["over_repeats"]["p99_ms"]["max"]
     # the second group drained the same backlog on its own topics before its run

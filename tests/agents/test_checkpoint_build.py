@@ -1,6 +1,6 @@
 """A global checkpoint built in slices (engine/checkpoint.py) is the state of the moment it began, byte for byte,
-however the stream changes the state between its slices: rows changed, created and dropped meanwhile, the
-popularity maps, the catalog and the per-category maps updated, an event count that moved on. No broker: the
+however the stream changes the state between its slices: co-occurrence rows, catalog entries and category maps
+changed, created and dropped meanwhile, the popularity maps updated, an event count that moved on. No broker: the
 worker's pipeline over one partition (the worker end to end is in tests/agents/test_checkpoint_child.py)."""
 
 from __future__ import annotations
@@ -23,12 +23,14 @@ def _state(config: EngineConfig) -> tuple[PartitionState, BatchPipeline, InputLo
     return state, BatchPipeline(TOPICS, {0: state}, 1, config.top_n), InputLog()
 
 
-def _events(start: int, n: int, items: int = 53) -> list:
+def _events(start: int, n: int, items: int = 53, categories: tuple[str, int] = ("c", 5)) -> list:
     out = []
+    prefix, n_categories = categories
     for k in range(start, start + n):
-        item, category = f"c{k % 5}-i{(k * 7) % items}", f"c{k % 5}"
+        category = f"{prefix}{k % n_categories}"
+        item = f"{category}-i{(k * 7) % items}"
         if k % 9 == 0:
-            out.append(purchase(user=f"u{k % 13}", items=((item, category, 3.0), (f"c{k % 5}-i{k % items}", category, 2.0)),
+            out.append(purchase(user=f"u{k % 13}", items=((item, category, 3.0), (f"{category}-i{k % items}", category, 2.0)),
                                 ts=T0 + k))  # fmt: skip
         else:
             out.append(click(user=f"u{k % 13}", item=item, category=category, ts=T0 + k))
@@ -51,33 +53,40 @@ def test_a_build_with_nothing_changing_is_the_blob_of_the_moment():
         steps += 1
     assert build.blob == expected
     assert steps > 3  # really in pieces: the score maps, the catalog, the per-category maps, the rows
-    assert state.selector.model._kept_rows is None  # the row snapshot closed with the last piece
+    assert state.selector.model._kept_rows is None  # the snapshot closed with the last piece
 
 
-@pytest.mark.parametrize("max_items", [50_000, 40])
-def test_a_build_is_the_state_it_began_with_while_the_stream_changes_it(max_items, monkeypatch):
-    """With 40 items at most, the catalog overflows while the build runs: unpopular items and their rows go."""
-    monkeypatch.setattr("kairos.engine.checkpoint.ROWS_PER_CHUNK", 3)  # many row pieces, events between them
-    config = EngineConfig(top_n=5, max_items=max_items)
+@pytest.mark.parametrize("max_items, max_categories", [(50_000, 50_000), (40, 3)])
+def test_a_build_is_the_state_it_began_with_while_the_stream_changes_it(max_items, max_categories, monkeypatch):
+    """With 40 items and 3 categories at most, the catalog and the category maps overflow while the build runs:
+    unpopular items, their rows and small categories go (there popularity halves every minute and the stream
+    resumes half an hour later, so the new category outweighs the old ones at once)."""
+    monkeypatch.setattr("kairos.engine.checkpoint.ROWS_PER_CHUNK", 3)  # many pieces, events between them
+    monkeypatch.setattr("kairos.engine.global_model.MAX_CATEGORIES", max_categories)
+    half_life = 14 * 86_400.0 if max_items == 50_000 else 60.0
+    config = EngineConfig(top_n=5, max_items=max_items, popularity_half_life_s=half_life)
     state, pipeline, log = _state(config)
     _apply(pipeline, log, _events(0, 500, items=37))
-    expected, rows_then = state.global_blob(), orjson.loads(state.global_blob())["model"]["nb"]
+    expected = state.global_blob()
+    then = orjson.loads(expected)["model"]
 
     build = state.begin_global_checkpoint()
-    next_event, applied = 500, 0
+    next_event, applied = (500 if max_items == 50_000 else 2_300), 0
+    # new items, new and changed rows; in one new category, which outgrows the old ones when only 3 are kept
     while not build.step(deadline=-1.0):
-        _apply(pipeline, log, _events(next_event, 7, items=61))  # new items, new and changed rows
-        next_event, applied = next_event + 7, applied + 7
+        _apply(pipeline, log, _events(next_event, 7, items=61) + _events(next_event, 7, categories=("d", 1)))
+        next_event, applied = next_event + 7, applied + 14
     assert applied > 50
     assert build.blob == expected
 
     now = orjson.loads(state.global_blob())["model"]
-    assert now["events"] == orjson.loads(expected)["model"]["events"] + applied
-    changed = [k for k in rows_then if now["nb"].get(k) != rows_then[k]]
-    assert changed, "the stream changed no row the build had to keep"
-    assert set(now["nb"]) - set(rows_then), "no row was created meanwhile"
+    assert now["events"] == then["events"] + applied
+    for part in ("nb", "cat", "catitems"):  # each keyed part had keys changed that the build had to keep
+        assert [k for k in then[part] if now[part].get(k) != then[part][k]], part
+    assert set(now["nb"]) - set(then["nb"]) and set(now["cat"]) - set(then["cat"]), "nothing was created meanwhile"
     if max_items == 40:
-        assert set(rows_then) - set(now["nb"]), "no row was dropped meanwhile"
+        assert set(then["nb"]) - set(now["nb"]) and set(then["cat"]) - set(now["cat"]), "no item was dropped"
+        assert set(then["catitems"]) - set(now["catitems"]), "no category was dropped meanwhile"
 
 
 def test_the_blob_restores_the_state_it_was_built_from():
@@ -94,13 +103,13 @@ def test_the_blob_restores_the_state_it_was_built_from():
     assert data["model"]["events"] == 300
 
 
-def test_an_aborted_build_closes_the_row_snapshot_and_one_build_at_a_time():
+def test_an_aborted_build_closes_the_snapshot_and_one_build_at_a_time():
     config = EngineConfig(top_n=5)
     state, pipeline, log = _state(config)
     _apply(pipeline, log, _events(0, 100))
     build = state.begin_global_checkpoint()
     with pytest.raises(RuntimeError):
-        state.begin_global_checkpoint()  # the model keeps one version of its rows, for one build
+        state.begin_global_checkpoint()  # the model keeps one version of its keyed state, for one build
     build.step(deadline=-1.0)
     build.abort()
     assert state.selector.model._kept_rows is None

@@ -209,7 +209,7 @@ def test_a_failing_build_in_slices_switches_the_worker_to_whole_builds(make_sett
             assert await wait_for(lambda: worker.stats["events"] >= len(events), 60)
             await asyncio.sleep(1.0)  # whole builds go on
             model = next(iter(worker.partitions.values())).selector.model
-            assert model._kept_rows is None  # the failed build's row snapshot was closed
+            assert model._kept_rows is None  # the failed build's snapshot was closed
         checkpoints = await _checkpoints(store, settings)
         await store.close()
         return checkpoints
