@@ -1,7 +1,7 @@
 """A global checkpoint built in slices (engine/checkpoint.py) is the state of the moment it began, byte for byte,
 however the stream changes the state between its slices: co-occurrence rows, catalog entries and category maps
 changed, created and dropped meanwhile, the popularity maps updated, an event count that moved on. No broker: the
-worker's pipeline over one partition (the worker end to end is in tests/agents/test_checkpoint_child.py)."""
+worker's pipeline over one partition (the worker end to end is in tests/agents/test_checkpoint_child.py; when the worker runs the slices, below)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ from factories import T0, click, purchase
 from test_product_restart import TOPICS, InputLog
 
 from kairos.agents.pipeline import BatchPipeline
+from kairos.agents.snapshot import SlicedSnapshot
+from kairos.agents.worker import SLICE_AFTER_BATCH_S, IngestWorker
 from kairos.engine.checkpoint import CheckpointBuild
 from kairos.engine.config import EngineConfig
 from kairos.engine.global_model import GlobalModel
@@ -130,3 +132,33 @@ def test_a_step_stops_at_its_deadline_after_one_piece_at_least():
     assert build.pieces == 4 and not build.done
     build.step(deadline=float("inf"))
     assert build.done and build.blob == state.global_blob()
+
+
+def test_the_worker_slices_a_build_in_idle_time_and_after_batches_only_once_it_waited(make_settings):
+    """``IngestWorker._advance_snapshots``: a slice whenever the loop finds no records; after a batch only for a
+    build open ``SLICE_AFTER_BATCH_S`` already (a worker that is never idle still finishes its checkpoints)."""
+    config = EngineConfig(top_n=5)
+    state, pipeline, log = _state(config)
+    _apply(pipeline, log, _events(0, 300))
+    worker = IngestWorker(make_settings(checkpoint_slice_ms=0.01), "127.0.0.1:9", store=None,
+                          make_selector=lambda c: Selector(c, exploration=False))  # fmt: skip
+    snapshot = SlicedSnapshot(0, state.begin_global_checkpoint(), state.offsets, previous_checkpoint=0.0)
+    worker._snapshots[0] = snapshot
+    assert worker._building() is snapshot
+
+    worker._advance_snapshots(after_batch=True)
+    assert len(worker.checkpoint_slices_ms) == 0  # just begun: its slices wait for idle time
+    worker._advance_snapshots()
+    assert len(worker.checkpoint_slices_ms) == 1
+    snapshot.started -= SLICE_AFTER_BATCH_S
+    worker._advance_snapshots(after_batch=True)
+    assert len(worker.checkpoint_slices_ms) == 2
+    at_begin, moved_on = dict(log.ends), 300
+    while not snapshot.ready:
+        _apply(pipeline, log, _events(moved_on, 2))
+        moved_on += 2
+        worker._advance_snapshots()
+    assert snapshot.blob is not None and worker._building() is None
+    # the offsets the blob reflects are those of the snapshot, not of the state now
+    assert snapshot.offsets == at_begin == {TOPICS.clicks: 266, TOPICS.purchases: 34} != state.offsets
+    assert orjson.loads(snapshot.blob)["model"]["events"] == 300
