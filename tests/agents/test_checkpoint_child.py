@@ -102,6 +102,25 @@ async def _checkpoints(store, settings: Settings) -> list[tuple[int, int]]:
     return out
 
 
+async def _after_a_failure(settings: Settings, broker: str, redis_url: str, events: list, fell_back, inspect=None):
+    """An ingest worker through ``events`` while its checkpoint builds fail: waits until ``fell_back(worker)`` (the
+    failure noticed) and every event is counted, then a second more (the whole builds go on). Returns the
+    checkpoints Redis holds after the worker stopped (the last ones built whole at the release) and what
+    ``inspect(worker)`` said before the stop (``fell_back``'s answer by default)."""
+    await ensure_topics(settings, broker)
+    store = state_store(settings)
+    async with running_app(settings, Services(broker, redis_url, False, False), roles=frozenset({"ingest"})) as app:
+        worker = app.ingest_worker
+        await _produce_steadily(broker, settings, events)
+        assert await wait_for(lambda: fell_back(worker), 30), "the failed build went unnoticed"
+        assert await wait_for(lambda: worker.stats["events"] >= len(events), 60)
+        await asyncio.sleep(1.0)
+        seen = (inspect or fell_back)(worker)
+    checkpoints = await _checkpoints(store, settings)
+    await store.close()
+    return checkpoints, seen
+
+
 @pytest.mark.timeout(120)
 def test_checkpoints_built_in_children_match_their_offsets(make_settings, broker, redis_url, tmp_path, monkeypatch):
     settings = _settings(make_settings, redis_url, tmp_path)
@@ -133,22 +152,9 @@ def test_a_failing_child_switches_the_worker_to_checkpoints_built_in_process(mak
     monkeypatch.setattr(PartitionState, "global_blob", fails_in_a_child)
     events = _clicks(400, users=11)
 
-    async def scenario() -> tuple[bool, list[tuple[int, int]]]:
-        await ensure_topics(settings, broker)
-        store = state_store(settings)
-        async with running_app(settings, Services(broker, redis_url, False, False), roles=frozenset({"ingest"})) as app:
-            worker = app.ingest_worker
-            await _produce_steadily(broker, settings, events)
-            assert await wait_for(lambda: not worker.checkpoint_in_child, 30), "the failed child went unnoticed"
-            assert await wait_for(lambda: worker.stats["events"] >= len(events), 60)
-            await asyncio.sleep(1.0)  # in-process checkpoints go on
-            in_child = worker.checkpoint_in_child
-        checkpoints = await _checkpoints(store, settings)  # the last ones written in-process at the release
-        await store.close()
-        return in_child, checkpoints
-
-    in_child, checkpoints = asyncio.run(scenario())
-    assert not in_child
+    checkpoints, in_process = asyncio.run(_after_a_failure(settings, broker, redis_url, events,
+                                                           lambda worker: not worker.checkpoint_in_child))  # fmt: skip
+    assert in_process  # still, a second after the failure
     assert len(checkpoints) == settings.partitions
     assert all(events_in == records for events_in, records in checkpoints)
     assert sum(records for _, records in checkpoints) == len(events)
@@ -199,22 +205,11 @@ def test_a_failing_build_in_slices_switches_the_worker_to_whole_builds(make_sett
     monkeypatch.setattr("kairos.engine.checkpoint.CheckpointBuild.step", fails)
     events = _clicks(400, users=11)
 
-    async def scenario():
-        await ensure_topics(settings, broker)
-        store = state_store(settings)
-        async with running_app(settings, Services(broker, redis_url, False, False), roles=frozenset({"ingest"})) as app:
-            worker = app.ingest_worker
-            await _produce_steadily(broker, settings, events)
-            assert await wait_for(lambda: not worker.checkpoint_sliced, 30), "the failed build went unnoticed"
-            assert await wait_for(lambda: worker.stats["events"] >= len(events), 60)
-            await asyncio.sleep(1.0)  # whole builds go on
-            model = next(iter(worker.partitions.values())).selector.model
-            assert model._kept_rows is None  # the failed build's snapshot was closed
-        checkpoints = await _checkpoints(store, settings)
-        await store.close()
-        return checkpoints
-
-    checkpoints = asyncio.run(scenario())
+    checkpoints, closed = asyncio.run(_after_a_failure(
+        settings, broker, redis_url, events, lambda worker: not worker.checkpoint_sliced,
+        lambda worker: all(s.selector.model._kept_rows is None for s in worker.partitions.values()),
+    ))  # fmt: skip
+    assert closed  # the failed build's snapshot was closed
     assert len(checkpoints) == settings.partitions
     assert all(events_in == records for events_in, records in checkpoints)
     assert sum(records for _, records in checkpoints) == len(events)
