@@ -10,13 +10,13 @@ catalog and the per-category item scores.
 :class:`CheckpointBuild` splits it:
 
 - :meth:`CheckpointBuild.__init__` (on the loop, the only part that must be atomic): the online ranker and the
-  selection state (small) are encoded at once; the popularity maps are flat dicts of floats, copied with one
-  ``dict.copy`` each; the keyed maps are not copied at all: the model opens a *snapshot*
+  selection state (small) are encoded at once; the three popularity maps are flat dicts of floats, copied with
+  one ``dict.copy`` each; the keyed maps are not copied at all: the model opens a *snapshot*
   (``GlobalModel.open_snapshot``: their keys now) and, until it closes, keeps the state of a row, a catalog entry
   or a category's map the first time the stream changes or drops it (copy on write, a few keys per event);
-- :meth:`CheckpointBuild.step` (on the loop, between batches): encodes the copied maps, then the keyed maps
-  ``ROWS_PER_CHUNK`` keys at a time (each as kept, or as it still is when it was not touched), until a deadline;
-- the last step joins the pieces with ``orjson.Fragment`` and closes the snapshot.
+- :meth:`CheckpointBuild.step` (on the loop, when the worker has nothing else to do): encodes the maps
+  ``ENTRIES_PER_PIECE`` entries at a time (each key as kept, or as it still is when it was not touched), until a
+  deadline; the last piece joins the bytes and closes the snapshot.
 
 The result is byte for byte what ``global_blob`` returned when the build began
 (``tests/agents/test_checkpoint_build.py``), so restoring it needs nothing new, and the offsets taken with it hold.
@@ -31,8 +31,30 @@ import orjson
 
 from kairos.engine.global_model import GlobalModel
 
-#: Keys (co-occurrence rows, catalog entries, categories) encoded per piece: a fraction of a millisecond.
-ROWS_PER_CHUNK = 256
+#: Map entries encoded per piece (a co-occurrence row counts its neighbours, a category its items): a fraction of a
+#: millisecond, however the entries are spread over keys.
+ENTRIES_PER_PIECE = 2048
+
+
+class _Map:
+    """A JSON object to encode in pieces: its keys in order, a key's value, a value's weight in entries."""
+
+    __slots__ = ("keys", "value_of", "weight", "next")
+
+    def __init__(self, keys: list[str], value_of: Callable[[str], object], weight: Callable[[object], int]) -> None:
+        self.keys, self.value_of, self.weight, self.next = keys, value_of, weight, 0
+
+
+def _kept_or_current(kept: dict, current: Callable[[str], object]) -> Callable[[str], object]:
+    def value_of(key: str) -> object:
+        value = kept.get(key)
+        return current(key) if value is None else value  # not kept: unchanged since the snapshot
+
+    return value_of
+
+
+def _one(_value) -> int:
+    return 1
 
 
 class CheckpointBuild:
@@ -40,17 +62,25 @@ class CheckpointBuild:
     :meth:`abort` if it is not wanted any more (the model's snapshot must not stay open)."""
 
     def __init__(self, model: GlobalModel, ranker_state: dict, selection_state: dict, clock: float) -> None:
-        # encoded now: small, and they reference live objects
-        self._ranker = orjson.dumps(ranker_state)
-        self._selection = orjson.dumps(selection_state)
-        self._clock = clock
         self._model = model
-        self._parts = model.snapshot_state()
-        self._keyed = model.open_snapshot()
-        self._pending = [key for key, value in self._parts.items() if value is not None and key != "events"]
-        self._encoded: dict[str, bytes] = {}
-        self._members: list[bytes] = []  # of the keyed part being encoded
-        self._part = self._next_key = 0
+        # The blob as a sequence of bytes and of maps still to encode, in ``global_blob``'s order and format.
+        todo: list[bytes | _Map] = [b'{"model":{']
+        for n, (name, kind, payload) in enumerate(model.open_snapshot()):
+            todo.append((b"," if n else b"") + orjson.dumps(name) + b":")
+            if kind == "scores":
+                todo += [b'{"ref":' + orjson.dumps(payload["ref"]) + b',"s":',
+                         _Map(list(payload["s"]), payload["s"].__getitem__, _one), b"}"]  # fmt: skip
+            elif kind == "keyed":
+                keys, kept, current, weight = payload
+                todo.append(_Map(keys, _kept_or_current(kept, current), weight))
+            else:
+                todo.append(orjson.dumps(payload))
+        # encoded now: small, and they reference live objects
+        todo.append(b'},"ranker":' + orjson.dumps(ranker_state) + b',"selection":' + orjson.dumps(selection_state)
+                    + b',"clock":' + orjson.dumps(clock) + b"}")  # fmt: skip
+        self._todo = todo
+        self._at = 0
+        self._out: list[bytes] = []
         self.blob: bytes | None = None
         self.pieces = 0
 
@@ -70,40 +100,29 @@ class CheckpointBuild:
 
     def abort(self) -> None:
         self._model.close_snapshot()
-        self._parts, self._keyed, self._members = {}, [], []
+        self._todo, self._out = [], []
 
     def _piece(self) -> None:
-        if self._pending:
-            key = self._pending.pop(0)
-            self._encoded[key] = orjson.dumps(self._parts[key])
-            self._parts[key] = None  # the copy can go
+        """The bytes up to the next map, and up to ``ENTRIES_PER_PIECE`` entries of it; or the end."""
+        todo, out = self._todo, self._out
+        while self._at < len(todo) and isinstance(todo[self._at], bytes):
+            out.append(todo[self._at])
+            self._at += 1
+        if self._at == len(todo):
+            blob = b"".join(out)
+            self.abort()
+            self.blob = blob
             return
-        if self._part < len(self._keyed):
-            name, keys, kept, current = self._keyed[self._part]
-            chunk = keys[self._next_key : self._next_key + ROWS_PER_CHUNK]
-            self._next_key += len(chunk)
-            if chunk:
-                members = {}
-                for key in chunk:
-                    value = kept.get(key)
-                    members[key] = current(key) if value is None else value  # not kept: unchanged since the start
-                self._members.append(orjson.dumps(members)[1:-1])  # without the braces
-            if self._next_key >= len(keys):
-                self._encoded[name] = b"{" + b",".join(self._members) + b"}"
-                self._members, self._part, self._next_key = [], self._part + 1, 0
-            return
-        self._finish()
-
-    def _finish(self) -> None:
-        model: dict = {}
-        for key, value in self._parts.items():  # to_state's keys, in its order
-            model[key] = orjson.Fragment(self._encoded[key]) if key in self._encoded else value  # else: the count
-        self.blob = orjson.dumps(
-            {
-                "model": model,
-                "ranker": orjson.Fragment(self._ranker),
-                "selection": orjson.Fragment(self._selection),
-                "clock": self._clock,
-            }
-        )
-        self.abort()
+        job = todo[self._at]
+        assert isinstance(job, _Map)
+        members, budget, keys = {}, ENTRIES_PER_PIECE, job.keys
+        while job.next < len(keys) and budget > 0:
+            key = keys[job.next]
+            job.next += 1
+            value = members[key] = job.value_of(key)
+            budget -= job.weight(value)
+        first, last = job.next == len(members), job.next == len(keys)
+        body = orjson.dumps(members)[1:-1] if members else b""  # the members without the braces
+        out.append((b"{" if first else b",") + body + (b"}" if last else b""))
+        if last:
+            self._at += 1

@@ -38,6 +38,10 @@ def _item_state(info: ItemInfo) -> list:
     return [info.category_id, info.name, info.price]
 
 
+def _scores_weight(state: dict) -> int:
+    return len(state["s"]) + 1
+
+
 class GlobalModel:
     def __init__(self, config: EngineConfig) -> None:
         self.config = config
@@ -255,36 +259,31 @@ class GlobalModel:
 
     # --- persistence ---
 
-    def open_snapshot(self) -> list[tuple[str, list[str], dict, Callable[[str], object]]]:
-        """Start keeping the keyed parts of :meth:`to_state` (``"nb"``, ``"cat"``, ``"catitems"``) as they are now.
-        Returns, per part, (its name, its keys now, the map in which each key's state of now is kept the first
-        time it changes or goes, and the key's current state): a key missing from the map is unchanged, its state
-        is the current one. One snapshot at a time; :meth:`close_snapshot` ends it."""
+    def open_snapshot(self) -> list[tuple[str, str, tuple]]:
+        """:meth:`to_state`'s parts in its order, for a checkpoint built in pieces while the model moves on
+        (engine/checkpoint.py), and start keeping the keyed maps as they are now. Each part is ``(name, kind,
+        payload)``: ``"scores"``: a score map's state with its scores copied (flat dicts of floats: one
+        ``dict.copy``); ``"keyed"``: (the keys now, the map in which a key's state of now is kept the first time
+        it changes or goes, the key's current state, the weight of a state in map entries) of the co-occurrence
+        rows, the catalog and the per-category maps (a key missing from the map is unchanged: its current state is
+        the one of now); ``"value"``: the event count. One snapshot at a time; :meth:`close_snapshot` ends it."""
         if self._kept_rows is not None:
             raise RuntimeError("a snapshot is already open")
         self._kept_rows, self._kept_items, self._kept_categories = {}, {}, {}
         catalog, categories = self.catalog, self.category_items
+        scores = [(name, "scores", m.to_state(copy=True))
+                  for name, m in (("trend", self.trend), ("popular", self.popular), ("catpop", self.category_popular))]  # fmt: skip
         return [
-            ("nb", list(self.neighbours), self._kept_rows, self.neighbours.__getitem__),
-            ("cat", list(catalog), self._kept_items, lambda item: _item_state(catalog[item])),
-            ("catitems", list(categories), self._kept_categories, lambda category: categories[category].to_state()),
-        ]
+            *scores,
+            ("nb", "keyed", (list(self.neighbours), self._kept_rows, self.neighbours.__getitem__, len)),
+            ("cat", "keyed", (list(catalog), self._kept_items, lambda item: _item_state(catalog[item]), len)),
+            ("catitems", "keyed", (list(categories), self._kept_categories,
+                                   lambda category: categories[category].to_state(), _scores_weight)),
+            ("events", "value", self.events),
+        ]  # fmt: skip
 
     def close_snapshot(self) -> None:
         self._kept_rows = self._kept_items = self._kept_categories = None
-
-    def snapshot_state(self) -> dict:
-        """:meth:`to_state`'s keys in its order, with what later updates do not change: the flat score maps
-        copied, the event count; None for the keyed parts (read through :meth:`open_snapshot`)."""
-        return {
-            "trend": self.trend.to_state(copy=True),
-            "popular": self.popular.to_state(copy=True),
-            "catpop": self.category_popular.to_state(copy=True),
-            "nb": None,
-            "cat": None,
-            "catitems": None,
-            "events": self.events,
-        }
 
     def to_state(self) -> dict:
         return {

@@ -63,7 +63,7 @@ def test_a_build_is_the_state_it_began_with_while_the_stream_changes_it(max_item
     """With 40 items and 3 categories at most, the catalog and the category maps overflow while the build runs:
     unpopular items, their rows and small categories go (there popularity halves every minute and the stream
     resumes half an hour later, so the new category outweighs the old ones at once)."""
-    monkeypatch.setattr("kairos.engine.checkpoint.ROWS_PER_CHUNK", 3)  # many pieces, events between them
+    monkeypatch.setattr("kairos.engine.checkpoint.ENTRIES_PER_PIECE", 5)  # many pieces, events between them
     monkeypatch.setattr("kairos.engine.global_model.MAX_CATEGORIES", max_categories)
     half_life = 14 * 86_400.0 if max_items == 50_000 else 60.0
     config = EngineConfig(top_n=5, max_items=max_items, popularity_half_life_s=half_life)

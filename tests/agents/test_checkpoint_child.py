@@ -179,7 +179,7 @@ def test_small_checkpoints_are_built_on_the_loop_without_a_child(make_settings, 
 @pytest.mark.timeout(120)
 def test_checkpoints_built_in_slices_match_their_offsets(make_settings, broker, redis_url, tmp_path, monkeypatch):
     settings = _settings(make_settings, redis_url, tmp_path, slice_ms=0.05)  # a few pieces per slice
-    monkeypatch.setattr("kairos.engine.checkpoint.ROWS_PER_CHUNK", 4)  # many slices: events arrive between them
+    monkeypatch.setattr("kairos.engine.checkpoint.ENTRIES_PER_PIECE", 20)  # many slices: events arrive between them
     started = _children_started(monkeypatch)
     events = _clicks(1500, users=23)
 
