@@ -10,8 +10,8 @@ catalog and the per-category item scores.
 :class:`CheckpointBuild` splits it:
 
 - :meth:`CheckpointBuild.__init__` (on the loop, the only part that must be atomic): the online ranker and the
-  selection state (small) are encoded at once; the three popularity maps are flat dicts of floats, copied with
-  one ``dict.copy`` each; the keyed maps are not copied at all: the model opens a *snapshot*
+  selection state (small) are encoded at once; the three score maps (trend, popularity, category popularity) are
+  flat dicts of floats, copied with one ``dict.copy`` each; the keyed maps are not copied at all: the model opens a *snapshot*
   (``GlobalModel.open_snapshot``: their keys now) and, until it closes, keeps the state of a row, a catalog entry
   or a category's map the first time the stream changes or drops it (copy on write, a few keys per event);
 - :meth:`CheckpointBuild.step` (on the loop, when the worker has nothing else to do): encodes the maps
@@ -31,8 +31,8 @@ import orjson
 
 from kairos.engine.global_model import GlobalModel
 
-#: Map entries encoded per piece (a co-occurrence row counts its neighbours, a category its items): a fraction of a
-#: millisecond, however the entries are spread over keys.
+#: Map entries encoded per piece (a co-occurrence row counts its neighbours, a category its items): 0.5-2.5 ms on
+#: the worker however the entries are spread over keys (docs/performance.md, 2026-12-04).
 ENTRIES_PER_PIECE = 2048
 
 
