@@ -83,10 +83,10 @@ class Settings(BaseSettings):
     #: first commit after the interval; after a crash, the records since the last one are replayed into the global
     #: model only (docs/state.md). 0 writes one with every commit (tests).
     global_checkpoint_interval_s: float = Field(default=30.0, ge=0, le=3600)
-    #: Build those checkpoints on the event loop in slices of about this long, between batches (agents/snapshot.py,
-    #: engine/checkpoint.py): the loop stops for ~1-3 ms to take the snapshot (the co-occurrence rows copy-on-write)
-    #: and for one slice at a time after it, instead of 3-26 ms for a whole build at the benchmark's state sizes
-    #: (docs/performance.md). 0: whole builds, in a forked child or in place (the two settings below).
+    #: Build those checkpoints on the event loop in slices of about this long, while no records wait
+    #: (agents/snapshot.py, engine/checkpoint.py): the loop stops for 0.4-2.6 ms to take the snapshot (the keyed
+    #: maps copy-on-write) and for one slice at a time after it, instead of 3-26 ms for a whole build at the
+    #: benchmark's state sizes (docs/performance.md). 0: whole builds, in a forked child or in place (the two settings below).
     checkpoint_slice_ms: float = Field(default=2.0, ge=0, le=1_000)
     #: Build those checkpoints in a forked child (agents/snapshot.py): the event loop stops for the fork instead of
     #: the serialisation, which grows with the state. Ignored where os.fork is missing and with an interval of 0.

@@ -1,10 +1,10 @@
 """A partition's global checkpoint built without holding the event loop for the whole build.
 
-By default (``checkpoint_slice_ms`` > 0) it is built on the loop a slice at a time between batches
-(:class:`SlicedSnapshot`, engine/checkpoint.py): the loop stops for the part that must be atomic (copying the small
-parts, opening a copy-on-write snapshot of the co-occurrence rows) and then for slices of at most about
-``checkpoint_slice_ms``. With ``checkpoint_slice_ms`` 0, the arrangement below: a forked child, or one build in place
-when it is expected to be short.
+By default (``checkpoint_slice_ms`` > 0) it is built on the loop a slice at a time while no records wait
+(:class:`SlicedSnapshot`, engine/checkpoint.py): the loop stops for the part that must be atomic (copying the score
+maps, opening a copy-on-write snapshot of the keyed maps) and then for slices of about ``checkpoint_slice_ms``.
+With ``checkpoint_slice_ms`` 0, the arrangement below: a forked child, or one build in place when it is expected to
+be short.
 
 Building the checkpoint (``PartitionState.global_blob``: the global model, the online models, the ad and feedback
 state) holds the worker's event loop for as long as it takes, and that grows with the state: 13 ms per partition
@@ -206,8 +206,6 @@ class SlicedSnapshot:
         #: When the build began (monotonic).
         self.started = time.monotonic()
         self.error: BaseException | None = None
-        #: How long each slice held the loop (ms).
-        self.slices_ms: list[float] = []
 
     @property
     def ready(self) -> bool:
@@ -233,9 +231,7 @@ class SlicedSnapshot:
         except Exception as exc:  # noqa: BLE001 - a failed build is a checkpoint not taken, not a dead worker
             self.error = exc
             self._build.abort()
-        ms = (time.perf_counter() - t0) * 1000.0
-        self.slices_ms.append(ms)
-        return ms
+        return (time.perf_counter() - t0) * 1000.0
 
     def discard(self) -> None:
         if not self._build.done:

@@ -143,7 +143,7 @@ class IngestWorker:
         #: Global checkpoints being built, in slices on the loop or in forked children, by partition
         #: (agents/snapshot.py).
         self._snapshots: dict[int, ChildSnapshot | SlicedSnapshot] = {}
-        #: Checkpoints built in slices between batches (the default); False after a build failed: whole builds then.
+        #: Checkpoints built in slices while no records wait (the default); False after a build failed: whole builds.
         self.checkpoint_sliced = settings.checkpoint_slice_ms > 0 and settings.global_checkpoint_interval_s > 0
         #: How long each slice of those builds held the loop (ms; the benchmark reports them).
         self.checkpoint_slices_ms: deque[float] = deque(maxlen=10_000)
@@ -478,7 +478,7 @@ class IngestWorker:
 
     def _prepare_commit(self, partition: int, force_checkpoint: bool = False):
         """The partition's commit of what changed, and its global checkpoint when one is due or ready: begun here
-        and built in slices between batches (``checkpoint_slice_ms``), or built in a forked child
+        and built in slices while no records wait (``checkpoint_slice_ms``), or built in a forked child
         (agents/snapshot.py) when the settings allow, either carried by the first commit after it is done; built
         here, holding the event loop, when forced (a release), after a sliced build failed, without fork, after a
         child failed, or when it is expected to take less than ``checkpoint_inline_max_ms`` (``InlineBudget``).
