@@ -26,6 +26,7 @@ from kairos.engine.evaluation import (
     ReplayResult,
     SelectorBackend,
     SelectorLoopArm,
+    ShardedBackend,
     loop_summary,
     simulate_closed_loop,
 )
@@ -73,8 +74,18 @@ def replay_command(args: argparse.Namespace) -> int:
     use_selector = args.engine == "selector" and Selector is not None
     if args.engine == "selector" and Selector is None:
         _say("engine.selection is not importable: evaluating the plain Recommender")
-    backend = (SelectorBackend(Selector(config, exploration=False, seed=args.seed)) if use_selector
-               else RecommenderBackend(Recommender(config, seed=args.seed)))
+    def make_backend():
+        return (SelectorBackend(Selector(config, exploration=False, seed=args.seed)) if use_selector
+                else RecommenderBackend(Recommender(config, seed=args.seed)))
+
+    if args.partitions > 1:
+        # As deployed: each input partition's engine learns from the shoppers the Kafka key routes to it.
+        from kairos.agents.pipeline import partition_for
+
+        shards = args.partitions
+        backend = ShardedBackend([make_backend() for _ in range(shards)], lambda user: partition_for(user, shards))
+    else:
+        backend = make_backend()
     arms = ReplayArms(config, backend)
     replay = PrequentialReplay(arms.rankers(), arms.learners(), k=args.k)
     started = time.perf_counter()
@@ -89,7 +100,8 @@ def replay_command(args: argparse.Namespace) -> int:
     result = replay.run(islice(events, args.limit), progress=lambda r: _progress(r, started), progress_every=2_000)
     _say(report.summary())
     out = result.to_dict()
-    out.update(engine_kind="selector" if use_selector else "recommender", k=args.k, seconds=round(time.perf_counter() - started, 1))
+    out.update(engine_kind="selector" if use_selector else "recommender", k=args.k, partitions=args.partitions,
+               seconds=round(time.perf_counter() - started, 1))
     return _print_result(out)
 
 
@@ -185,6 +197,9 @@ def register(groups: dict) -> None:
     p.add_argument("--engine", choices=["selector", "recommender"], default="selector")
     p.add_argument("--k", type=int, default=10)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--partitions", type=int, default=1,
+                   help="split the engine into P partitions by the shopper's Kafka key, as a deployment with P input "
+                        "partitions runs it (default 1: one engine sees every shopper)")
     p.set_defaults(func=replay_command)
 
     p = evaluation.add_parser("ope", help="off-policy evaluation of the engine policy on Open Bandit logs")
