@@ -74,6 +74,9 @@ def replay_command(args: argparse.Namespace) -> int:
     use_selector = args.engine == "selector" and Selector is not None
     if args.engine == "selector" and Selector is None:
         _say("engine.selection is not importable: evaluating the plain Recommender")
+    if args.partitions < 1:
+        raise SystemExit("--partitions must be at least 1")
+
     def make_backend():
         return (SelectorBackend(Selector(config, exploration=False, seed=args.seed)) if use_selector
                 else RecommenderBackend(Recommender(config, seed=args.seed)))
