@@ -86,7 +86,8 @@ def replay_command(args: argparse.Namespace) -> int:
         from kairos.agents.pipeline import partition_for
 
         shards = args.partitions
-        backend = ShardedBackend([make_backend() for _ in range(shards)], lambda user: partition_for(user, shards))
+        backend = ShardedBackend([make_backend() for _ in range(shards)], lambda user: partition_for(user, shards),
+                                 shared_discovery=args.shared_discovery)
     else:
         backend = make_backend()
     arms = ReplayArms(config, backend)
@@ -104,6 +105,7 @@ def replay_command(args: argparse.Namespace) -> int:
     _say(report.summary())
     out = result.to_dict()
     out.update(engine_kind="selector" if use_selector else "recommender", k=args.k, partitions=args.partitions,
+               shared_discovery=args.partitions > 1 and args.shared_discovery,
                seconds=round(time.perf_counter() - started, 1))
     return _print_result(out)
 
@@ -203,6 +205,9 @@ def register(groups: dict) -> None:
     p.add_argument("--partitions", type=int, default=1,
                    help="split the engine into P partitions by the shopper's Kafka key, as a deployment with P input "
                         "partitions runs it (default 1: one engine sees every shopper)")
+    p.add_argument("--no-shared-discovery", dest="shared_discovery", action="store_false",
+                   help="with --partitions: each partition's discovery model learns only its own shoppers' orders "
+                        "(KAIROS_SHARED_DISCOVERY=false); by default every partition learns every order, as deployed")
     p.set_defaults(func=replay_command)
 
     p = evaluation.add_parser("ope", help="off-policy evaluation of the engine policy on Open Bandit logs")

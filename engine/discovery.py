@@ -29,6 +29,7 @@ from __future__ import annotations
 import heapq
 import math
 from collections.abc import Collection
+from dataclasses import dataclass
 from operator import itemgetter
 
 from kairos.engine.catalogue import ProductCatalogue
@@ -74,6 +75,11 @@ class PurchaseGraph:
         #: User-kNN ("shoppers who bought like you"), used when ``discovery_shopper_weight`` > 0.
         self.shoppers = SimilarShoppers(config) if config.discovery_shopper_weight > 0 else None
         self.observed = 0
+        #: Shared discovery (orders of other partitions' shoppers, ``learn_peer``): the highest source offset learned
+        #: per "partition:topic" of the source, and the next offset to read per partition of the topic they come on.
+        #: Both are checkpointed with the rest, so a restart re-reads exactly what the checkpoint has not learned.
+        self.peer_sources: dict[str, int] = {}
+        self.peer_positions: dict[int, int] = {}
         self._prune_at = config.discovery_max_neighbours + max(config.discovery_max_neighbours // 2, 1)
         self._neighbour_cache: dict[str, tuple[int, list[tuple[str, float]]]] = {}
         self._popular_cache: dict[str, tuple[int, float, list[tuple[str, float]]]] = {}
@@ -82,17 +88,40 @@ class PurchaseGraph:
 
     def observe(self, user: UserInterest, interactions: list[Interaction]) -> None:
         """Learn from one order (other interactions are ignored); call it before ``user`` absorbs the order."""
-        basket = list(dict.fromkeys(it.item_id for it in interactions if it.action == "purchase"))
-        if not basket:
-            return
-        ts = interactions[0].ts
-        first_order = not user.purchased
-        discovers = not (first_order and self.config.discovery_returning_only)
+        facts = self.facts(user, interactions)
+        if facts is not None:
+            self.learn(facts)
+
+    def facts(self, user: UserInterest, interactions: list[Interaction]) -> "OrderFacts | None":
+        """What :meth:`learn` needs from an order and the state of its shopper before it, or None when the event is
+        not an order (a click, a return). Computed by the partition that owns the shopper; another partition
+        learns the same order from these facts alone (``docs/state.md``, shared discovery)."""
+        names: dict[str, str | None] = {}
+        for it in interactions:
+            if it.action == "purchase" and (it.item_id not in names or names[it.item_id] is None):
+                names[it.item_id] = it.name
+        if not names:
+            return None
+        purchased = user.purchased
+        return OrderFacts(
+            user_id=user.user_id,
+            ts=interactions[0].ts,
+            lines=tuple(names.items()),
+            first_order=not purchased,
+            known=frozenset(item for item in names if item in purchased),
+            previous=tuple(_latest(purchased, self.config.discovery_history_links)),
+        )
+
+    def learn(self, facts: "OrderFacts") -> None:
+        """Learn one order from its facts (this partition's shopper or, shared, another partition's)."""
+        basket = [item for item, _ in facts.lines]
+        ts, known = facts.ts, facts.known
+        discovers = not (facts.first_order and self.config.discovery_returning_only)
         for item in basket:
             self.popular_now.add(item, 1.0, ts)
-            if first_order:
+            if facts.first_order:
                 self.first_orders_now.add(item, 1.0, ts)
-            if discovers and item not in user.purchased:  # re-stocking says little about what others will find
+            if discovers and item not in known:  # re-stocking says little about what others will find
                 self.discovered_now.add(item, 1.0, ts)
             self.orders[item] = self.orders.get(item, 0.0) + 1.0
         lines = basket[: self.config.basket_lines]
@@ -100,23 +129,32 @@ class PurchaseGraph:
         for n, item in enumerate(lines):
             for other in lines[max(0, n - links) : n]:
                 self._link(item, other, 1.0)
-        self._link_to_history(user, lines)
+        self._link_to_history(facts.previous, [item for item in lines if item not in known])
         if self.shoppers is not None:
-            self.shoppers.observe(user.user_id, lines)
+            self.shoppers.observe(facts.user_id, lines)
         if self.catalogue is not None:
-            self.catalogue.observe(interactions)
+            self.catalogue.observe(Interaction(item, None, "purchase", 0.0, ts, name=name) for item, name in facts.lines)
         self.observed += 1
         if len(self.orders) > self.max_items:
             self._forget_rare()
 
-    def _link_to_history(self, user: UserInterest, lines: list[str]) -> None:
+    def learn_peer(self, facts: "OrderFacts", source: str, offset: int) -> bool:
+        """Learn an order another partition applied, at most once: ``source`` names the partition and input topic
+        it was read from, ``offset`` its record there. A source that restarts from its checkpoint applies (and
+        publishes) its uncommitted records again, so anything at or below the highest offset already learned from
+        that source is skipped. Returns whether it was learned."""
+        if offset <= self.peer_sources.get(source, -1):
+            return False
+        self.peer_sources[source] = offset
+        self.learn(facts)
+        return True
+
+    def _link_to_history(self, previous: tuple[str, ...], new: list[str]) -> None:
         """Items bought for the first time are linked to what the shopper bought before (across orders)."""
-        previous = _latest(user.purchased, self.config.discovery_history_links)
         if not previous:
             return
-        new = [item for item in lines if item not in user.purchased][: self.config.discovery_history_links]
         share = self.config.discovery_history_weight
-        for item in new:
+        for item in new[: self.config.discovery_history_links]:
             for other in previous:
                 self._link(item, other, share)
 
@@ -254,6 +292,7 @@ class PurchaseGraph:
             "popular": self.popular_now.to_state(), "discovered": self.discovered_now.to_state(),
             "orders": self.orders, "links": self.links, "observed": self.observed,
             "first_orders": self.first_orders_now.to_state(),
+            "peer_sources": self.peer_sources, "peer_positions": sorted(self.peer_positions.items()),
         }  # fmt: skip
         if self.shoppers is not None:
             state["shoppers"] = self.shoppers.to_state()
@@ -269,12 +308,49 @@ class PurchaseGraph:
         # Checkpoints written before the first-order counts and the catalogue have neither: both relearn.
         first_half_life = self.config.discovery_first_order_half_life_s
         self.first_orders_now = DecayedScores(first_half_life, cap, data.get("first_orders"))
+        self.peer_sources = dict(data.get("peer_sources", {}))
+        self.peer_positions = {int(p): int(offset) for p, offset in data.get("peer_positions", [])}
         if self.shoppers is not None and "shoppers" in data:
             self.shoppers.load_state(data["shoppers"])
         if self.catalogue is not None and "catalogue" in data:
             self.catalogue.load_state(data["catalogue"])
         self._neighbour_cache.clear()
         self._popular_cache.clear()
+
+
+@dataclass(frozen=True, slots=True)
+class OrderFacts:
+    """One order as the discovery model learns it, without the shopper's state: what the partition that owns the
+    shopper publishes so that every other partition learns the order too (``PurchaseGraph.facts``)."""
+
+    user_id: str
+    ts: float
+    #: The distinct items bought, in line order, with their names (None when the event had none).
+    lines: tuple[tuple[str, str | None], ...]
+    #: The shopper had bought nothing before (in this engine's memory of them).
+    first_order: bool
+    #: The lines the shopper had bought before (re-stocking).
+    known: frozenset[str]
+    #: The shopper's latest purchases before this order (``discovery_history_links`` of them).
+    previous: tuple[str, ...]
+
+    def to_json(self) -> dict:
+        return {
+            "user_id": self.user_id, "ts": self.ts, "lines": [list(line) for line in self.lines],
+            "first_order": self.first_order, "known": sorted(self.known), "previous": list(self.previous),
+        }  # fmt: skip
+
+    @classmethod
+    def from_json(cls, data: dict) -> "OrderFacts":
+        """Raises ``KeyError``, ``TypeError`` or ``ValueError`` on a malformed record."""
+        lines = tuple((str(item), None if name is None else str(name)) for item, name in data["lines"])
+        if not lines:
+            raise ValueError("an order without lines")
+        return cls(
+            user_id=str(data["user_id"]), ts=float(data["ts"]), lines=lines, first_order=bool(data["first_order"]),
+            known=frozenset(str(item) for item in data["known"]),
+            previous=tuple(str(item) for item in data["previous"]),
+        )  # fmt: skip
 
 
 def _latest(purchased: dict[str, float], n: int) -> list[str]:

@@ -27,7 +27,7 @@ import numpy as np
 
 from kairos.engine.config import EngineConfig
 from kairos.engine.recommender import Recommender
-from kairos.engine.state import UserInterest
+from kairos.engine.state import UserInterest, interactions_of
 from kairos.schemas.events import ClickEvent, ImpressionEvent, PurchaseEvent
 
 Event = ClickEvent | PurchaseEvent | ImpressionEvent
@@ -297,13 +297,20 @@ class ShardedBackend:
     """The engine split as it is deployed: one backend per input partition, each learning only from the shoppers
     its partition owns (users are routed by ``partition_of(user_id)``, the Kafka key's partition), so each one's
     item-level models (co-occurrence, discovery, user-kNN) see a share of the stream. ``kairos eval replay
-    --partitions P`` measures what that split costs against one engine that sees everything."""
+    --partitions P`` measures what that split costs against one engine that sees everything.
 
-    def __init__(self, shards: Sequence[EngineBackend], partition_of: Callable[[str], int]) -> None:
+    ``shared_discovery`` (the deployed default, ``KAIROS_SHARED_DISCOVERY``): every order's discovery facts
+    (``PurchaseGraph.facts``, computed by the shopper's partition) are learned by every other partition's discovery
+    model too, as the worker does with the orders other partitions publish on the discovery topic."""
+
+    def __init__(
+        self, shards: Sequence[EngineBackend], partition_of: Callable[[str], int], shared_discovery: bool = False
+    ) -> None:
         if not shards:
             raise ValueError("at least one shard")
         self.shards = list(shards)
         self.partition_of = partition_of
+        self.shared_discovery = shared_discovery
         self.recommender = self.shards[0].recommender
 
     def shard(self, user_id: str) -> EngineBackend:
@@ -313,7 +320,15 @@ class ShardedBackend:
         return self.shard(user_id).recommender
 
     def observe(self, user: UserInterest, event: Event) -> None:
-        self.shard(user.user_id).observe(user, event)
+        owner = self.shard(user.user_id)
+        facts = None
+        if self.shared_discovery and isinstance(event, PurchaseEvent) and not user.has_applied(event.event_id):
+            facts = owner.recommender.discovery.facts(user, interactions_of(event, user.config))
+        owner.observe(user, event)
+        if facts is not None:
+            for shard in self.shards:
+                if shard is not owner:
+                    shard.recommender.discovery.learn(facts)
 
     def ranked(self, user: UserInterest, now: float, n: int, exclude: Collection[str] = ()) -> list[str]:
         return self.shard(user.user_id).ranked(user, now, n, exclude)

@@ -128,3 +128,77 @@ def test_discovery_model_rides_in_the_selection_checkpoint():
     assert after.similar_shoppers_scores(shopper, 5, set()) == before.similar_shoppers_scores(shopper, 5, set())
     legacy = {"corrector": {}, "examples": 0}  # a checkpoint from before the discovery model
     Selector(EngineConfig(), exploration=False).load_state(legacy)
+
+
+# --- shared discovery: another partition learns an order from its published facts ---
+
+
+def _two_partitions(orders):
+    """One engine whose discovery model learns every order itself, and a second one (another partition) that
+    learns the same orders only from the facts the first one computes, through JSON as they travel."""
+    import json
+
+    from kairos.engine.discovery import OrderFacts
+    from kairos.engine.state import interactions_of
+
+    owner, peer, users = Recommender(EngineConfig()), PurchaseGraph(EngineConfig()), {}
+    for offset, (user_id, items, ts) in enumerate(orders):
+        user = users.setdefault(user_id, UserInterest.new(user_id, owner.config))
+        event = purchase(user=user_id, items=[(i, "c", 1.0) for i in items], ts=ts)
+        facts = owner.discovery.facts(user, interactions_of(event, owner.config))
+        owner.observe(user, event)
+        wire = OrderFacts.from_json(json.loads(json.dumps(facts.to_json())))
+        assert wire == facts
+        assert peer.learn_peer(wire, "0:kairos.purchases", offset)
+    return owner, peer, users
+
+
+def test_an_order_learned_from_its_facts_teaches_what_the_order_itself_does():
+    orders = [(f"s{n % 7}", ["a", "b", f"z{n % 5}", f"y{n % 3}"][: 2 + n % 3], T0 + n * 3600) for n in range(60)]
+    import json
+
+    owner, peer, users = _two_partitions(orders)
+    mine = PurchaseGraph(EngineConfig())  # the owner's model without its read caches (refreshed per 1,000 orders)
+    mine.load_state(json.loads(json.dumps(owner.discovery.to_state())))
+    assert peer.to_state()["links"] == mine.links and peer.orders == mine.orders
+    for counts in ("popular_now", "discovered_now", "first_orders_now"):
+        assert getattr(peer, counts).top(20, T0 + 1e6) == getattr(mine, counts).top(20, T0 + 1e6)
+    shopper = users["s3"]
+    assert peer.scores(shopper, T0 + 1e6, 10, set()) == mine.scores(shopper, T0 + 1e6, 10, set())
+    assert peer.similar_shoppers_scores(shopper, 10, set()) == mine.similar_shoppers_scores(shopper, 10, set())
+    assert peer.catalogue.tokens == mine.catalogue.tokens
+
+
+def test_a_peer_order_published_twice_is_learned_once():
+    """A source partition that restarts from its checkpoint applies its uncommitted records again and publishes
+    their facts again: the highest offset learned per source (kept in the checkpoint) drops the copies."""
+    _, peer, _ = _two_partitions([("u", ["a", "b"], T0), ("v", ["a", "c"], T0 + 1)])
+    from kairos.engine.discovery import OrderFacts
+
+    again = OrderFacts("v", T0 + 1, (("a", None), ("c", None)), True, frozenset(), ())
+    assert not peer.learn_peer(again, "0:kairos.purchases", 1)  # the same record, published again
+    assert not peer.learn_peer(again, "0:kairos.purchases", 0)
+    assert peer.orders["a"] == 2.0
+    assert peer.learn_peer(again, "0:kairos.events.by-user", 0)  # another source topic: its own offsets
+    assert peer.orders["a"] == 3.0
+    restored = PurchaseGraph(EngineConfig())
+    peer.peer_positions[2] = 17
+    import json
+
+    restored.load_state(json.loads(json.dumps(peer.to_state())))
+    assert restored.peer_sources == {"0:kairos.purchases": 1, "0:kairos.events.by-user": 0}
+    assert restored.peer_positions == {2: 17}
+    assert not restored.learn_peer(again, "0:kairos.purchases", 1)
+
+
+def test_malformed_facts_are_refused():
+    import pytest
+
+    from kairos.engine.discovery import OrderFacts
+
+    good = {"user_id": "u", "ts": T0, "lines": [["a", "A"]], "first_order": False, "known": [], "previous": ["b"]}
+    assert OrderFacts.from_json(good).lines == (("a", "A"),)
+    for bad in ({**good, "lines": []}, {**good, "ts": "soon"}, {k: v for k, v in good.items() if k != "known"},
+                {**good, "lines": [["a"]]}):
+        with pytest.raises((KeyError, TypeError, ValueError)):
+            OrderFacts.from_json(bad)

@@ -187,6 +187,21 @@ def test_sharded_backend_learns_only_from_the_shoppers_of_its_partition():
     assert {"x", "y"} <= set(whole.engine("b1", T0 + 60, 10, ()))
 
 
+def test_shared_discovery_teaches_every_partition_what_sells_while_the_rest_stays_split():
+    """Shared discovery, as deployed by default: an order of partition 0's shopper reaches partition 1's discovery
+    model (a newcomer there is offered it), while the co-occurrence model and the shoppers' states stay split."""
+    config = EngineConfig()
+    shards = [RecommenderBackend(Recommender(config)) for _ in range(2)]
+    arms = ReplayArms(config, ShardedBackend(shards, lambda user: 0 if user.startswith("a") else 1, shared_discovery=True))
+    arms.learn(order("a1", ["x", "y"], T0))
+    arms.learn(order("a1", ["z"], T0 + 30))
+    other = shards[1].recommender
+    assert other.discovery.orders == shards[0].recommender.discovery.orders == {"x": 1.0, "y": 1.0, "z": 1.0}
+    assert "z" in other.discovery.links and set(other.discovery.links["z"]) == {"x", "y"}  # linked to a1's history
+    assert not other.model.catalog  # the global model is still the partition's own
+    assert {"x", "y", "z"} <= set(arms.engine("b1", T0 + 60, 10, ()))
+
+
 # --- closed loop ---------------------------------------------------------------------------------------------------
 
 
