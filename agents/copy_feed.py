@@ -8,7 +8,7 @@ import logging
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from kairos.agents.kafka_config import kafka_client_options, stop_reader
+from kairos.agents.kafka_config import kafka_client_options, stop_reader, topic_partitions
 from kairos.agents.settings import Settings
 from kairos.engine.copywriting import CopyBook
 
@@ -34,21 +34,10 @@ class CopyFeed:
             **kafka_client_options(self.settings),
         )  # fmt: skip
         await self._consumer.start()
-        ids = await self._partitions(topic)
+        ids = await topic_partitions(self._consumer, topic)
         self._consumer.assign([TopicPartition(topic, p) for p in sorted(ids)])
         await self._consumer.seek_to_beginning()
         self._task = asyncio.create_task(self._run(), name="copy-feed")
-
-    async def _partitions(self, topic: str, timeout_s: float = 10.0) -> set[int]:
-        assert self._consumer is not None
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_s
-        while True:
-            ids = self._consumer.partitions_for_topic(topic)
-            if ids or loop.time() > deadline:
-                return ids or set()
-            await self._consumer.topics()  # refreshes the metadata
-            await asyncio.sleep(0.1)
 
     async def _run(self) -> None:
         assert self._consumer is not None

@@ -68,6 +68,19 @@ def producer_options(settings: Settings) -> dict:
     return {**kafka_client_options(settings), "linger_ms": 2, "acks": "all", "max_batch_size": 512 * 1024}
 
 
+async def topic_partitions(consumer: AIOKafkaConsumer, topic: str, timeout_s: float = 10.0) -> set[int]:
+    """The partition ids of ``topic`` (empty when it is still unknown after ``timeout_s``): a reader that assigns
+    itself every partition of a topic (no consumer group) needs them."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while True:
+        ids = consumer.partitions_for_topic(topic)
+        if ids or loop.time() > deadline:
+            return ids or set()
+        await consumer.topics()  # refreshes the metadata
+        await asyncio.sleep(0.1)
+
+
 async def stop_reader(task: asyncio.Task | None, consumer: AIOKafkaConsumer | None) -> None:
     """Stop a background reading task, then its consumer (the task may be mid-fetch: cancel, then wait)."""
     if task is not None:

@@ -136,6 +136,7 @@ def worker_environment(settings: Settings, log_level: str = "INFO") -> dict[str,
         KAIROS_CHECKPOINT_IN_CHILD=str(settings.checkpoint_in_child).lower(),
         KAIROS_CHECKPOINT_INLINE_MAX_MS=str(settings.checkpoint_inline_max_ms),
         KAIROS_RECOMMEND_EVERY_EVENT=str(settings.recommend_every_event).lower(),
+        KAIROS_SHARED_DISCOVERY=str(settings.shared_discovery).lower(),
         KAIROS_ONNX_THREADS=str(settings.onnx_threads),
         # the hot path's shape: a worker child must rank and fetch as its parent's settings say
         KAIROS_MAX_CANDIDATES=str(settings.max_candidates),

@@ -6,7 +6,11 @@
       -> apply to user state        (global-only below the user checkpoint after a restart)
       -> recommend once per touched user (after its last event of the batch), or with ``every_event`` once per
          event: the batch is cut before an event whose user was already touched in it
-      -> Outputs: recommendations, dead letters, re-keyed events, serving records
+      -> Outputs: recommendations, dead letters, re-keyed events, serving records, and (shared discovery) each
+         applied order's discovery facts for the other partitions
+
+``apply_peer_orders``: records of the discovery topic (other partitions' orders) into the owned partitions'
+discovery models, each at most once (read positions and source offsets in the partitions' checkpoints).
 """
 
 from __future__ import annotations
@@ -19,10 +23,12 @@ import orjson
 from aiokafka.partitioner import murmur2
 
 from kairos.engine import metrics
+from kairos.engine.discovery import OrderFacts
 from kairos.engine.partition import PartitionState
+from kairos.engine.state import interactions_of
 from kairos.engine.store import ServingRecord
 from kairos.schemas.codec import InvalidEvent, decode_ad_request, decode_event
-from kairos.schemas.events import ImpressionEvent
+from kairos.schemas.events import ImpressionEvent, PurchaseEvent
 from kairos.schemas.topics import Topics
 
 
@@ -60,6 +66,9 @@ class BatchResult:
     rekeyed: int = 0
     duplicates: int = 0
     ad_decisions: int = 0
+    #: Other partitions' orders learned by an owned partition (``apply_peer_orders``; one order counts once per
+    #: owned partition that learned it).
+    peer_orders: int = 0
 
 
 def _kinds_by_topic(topics: Topics) -> dict[str, frozenset[str] | None]:
@@ -92,6 +101,7 @@ class BatchPipeline:
         n_partitions: int,
         top_n: int,
         every_event: bool = False,
+        share_discovery: bool = False,
     ) -> None:
         self.topics = topics
         self.partitions = partitions
@@ -106,6 +116,9 @@ class BatchPipeline:
         #: gets its own recommendation, computed on the state right after it (``KAIROS_RECOMMEND_EVERY_EVENT``);
         #: the users touched so far are ranked, in one ranker call, before a user's second event is applied.
         self.every_event = every_event
+        #: Publish each applied order's discovery facts on the discovery topic (shared discovery; the worker sets
+        #: it from ``KAIROS_SHARED_DISCOVERY`` when there is more than one partition).
+        self.share_discovery = share_discovery
         self._flush_s = 0.0
 
     def process(self, records: Iterable[InputRecord]) -> BatchResult:
@@ -196,7 +209,10 @@ class BatchPipeline:
             return
         key = (record.partition, event.user_id)
         self._flush_before(key, touched, result)
+        facts = self._order_facts(state, user, event) if self.share_discovery else None
         selector.observe(user, event, self.record_source(record))
+        if facts is not None:
+            self._publish_order(record, facts, result)
         state.mark_dirty(user.user_id)
         result.applied += 1
         metrics.EVENTS_APPLIED.labels(event.kind).inc()
@@ -205,6 +221,54 @@ class BatchPipeline:
         origin = touched.get(key)
         first_ms = origin.first_timestamp_ms if origin else record.timestamp_ms
         touched[key] = _Touched(record.topic, record.partition, record.offset, event.event_id, event.ts, first_ms)
+
+    @staticmethod
+    def _order_facts(state: PartitionState, user, event) -> OrderFacts | None:
+        """What the discovery model learns from ``event`` if it is an order, read before the user absorbs it."""
+        if not isinstance(event, PurchaseEvent) or event.is_return:
+            return None
+        return state.selector.recommender.discovery.facts(user, interactions_of(event, state.config))
+
+    def _publish_order(self, record: InputRecord, facts: OrderFacts, result: BatchResult) -> None:
+        """The order for the other partitions, keyed by the shopper (so on the discovery partition numbered like
+        the source when the topic has as many partitions), with the record it was applied from: a source that
+        restarts publishes its uncommitted orders again, and readers skip what they learned (``learn_peer``)."""
+        value = {
+            "schema_version": 1,
+            "source": {"partition": record.partition, "topic": record.topic, "offset": record.offset},
+            "order": facts.to_json(),
+        }
+        result.outputs.append(OutputRecord(self.topics.discovery, facts.user_id.encode(), orjson.dumps(value)))
+
+    def apply_peer_orders(self, records: Iterable[InputRecord], result: BatchResult) -> set[int]:
+        """Discovery-topic records into every owned partition's discovery model, except the source partition's own
+        (it learned the order when it applied it). Each owned partition keeps its next offset per discovery
+        partition (``PurchaseGraph.peer_positions``) and skips records below it, so a reader rewound for a newly
+        owned partition does not feed the others twice; ``learn_peer`` drops a source's re-publications. A
+        malformed record is dead-lettered once, by the owner of the partition numbered like it. Returns the owned
+        partitions whose discovery state moved (their checkpoint holds the positions)."""
+        moved: set[int] = set()
+        for record in records:
+            decoded = _decode_peer_order(record)
+            if isinstance(decoded, str):
+                metrics.PEER_ORDERS.labels("invalid").inc()
+                if record.partition in self.partitions:
+                    self._dead_letter(record, "invalid_peer_order", decoded, result)
+            for partition, state in self.partitions.items():
+                discovery = state.selector.recommender.discovery
+                if record.offset < discovery.peer_positions.get(record.partition, 0):
+                    continue
+                discovery.peer_positions[record.partition] = record.offset + 1
+                moved.add(partition)
+                if isinstance(decoded, str) or decoded[0] == partition:
+                    continue
+                source_partition, source, offset, facts = decoded
+                if discovery.learn_peer(facts, source, offset):
+                    result.peer_orders += 1
+                    metrics.PEER_ORDERS.labels("learned").inc()
+                else:
+                    metrics.PEER_ORDERS.labels("duplicate").inc()
+        return moved
 
     def record_source(self, record: InputRecord) -> int:
         """The record an event is applied from, as one integer kept with its id in the user's state: offset x 8 +
@@ -309,6 +373,19 @@ class BatchPipeline:
         result.outputs.append(OutputRecord(self.topics.rekeyed, user_id.encode(), record.value or b""))
         result.rekeyed += 1
         metrics.EVENTS_REKEYED.inc()
+
+
+def _decode_peer_order(record: InputRecord) -> tuple[int, str, int, OrderFacts] | str:
+    """(source partition, "partition:topic" of the source, source offset, facts), or why the record is invalid."""
+    try:
+        data = orjson.loads(record.value or b"")
+        source = data["source"]
+        partition, topic, offset = int(source["partition"]), str(source["topic"]), int(source["offset"])
+        return partition, f"{partition}:{topic}", offset, OrderFacts.from_json(data["order"])
+    except orjson.JSONDecodeError as exc:
+        return f"not JSON: {exc}"
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        return f"not a discovery record: {type(exc).__name__}: {exc}"
 
 
 def _observe_timings(selector) -> None:

@@ -18,7 +18,7 @@ def all_topics(settings: Settings) -> list[str]:
     t = settings.topics
     return [
         t.clicks, t.purchases, t.impressions, t.rekeyed, t.recommendations,
-        t.dead_letters, t.ad_requests, t.ad_scores, t.copy_requests, t.copies,
+        t.dead_letters, t.ad_requests, t.ad_scores, t.copy_requests, t.copies, t.discovery,
     ]  # fmt: skip
 
 

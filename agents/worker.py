@@ -22,9 +22,9 @@ from redis.exceptions import RedisError
 
 from kairos.agents import memory
 from kairos.agents.fetch_wait import FetchWait, FetchWaitTuner
-from kairos.agents.kafka_config import consumer_options, producer_options
+from kairos.agents.kafka_config import consumer_options, kafka_client_options, producer_options, stop_reader, topic_partitions
 from kairos.agents.outputs import KafkaOutputs
-from kairos.agents.pipeline import BatchPipeline, InputRecord
+from kairos.agents.pipeline import BatchPipeline, BatchResult, InputRecord
 from kairos.agents.settings import Settings
 from kairos.agents.snapshot import ChildSnapshot, InlineBudget, SlicedSnapshot, fork_available
 from kairos.engine import metrics
@@ -49,6 +49,14 @@ IDLE_POLL_MS = 100
 #: A checkpoint built in slices gets them when no records wait; once it has been open this long (a worker that is
 #: never idle), also one after every batch.
 SLICE_AFTER_BATCH_S = 0.5
+#: Other partitions' orders (shared discovery) applied per loop turn, after the batch or in an idle turn: each is
+#: learned once per owned partition (0.1-0.3 ms each), so a long backlog of them is spread over many turns instead
+#: of holding the hot path for one.
+PEER_ORDERS_PER_TURN = 16
+#: An idle turn goes on reading them until none are left or this much time was spent (s).
+PEER_ORDERS_IDLE_BUDGET_S = 0.01
+#: The discovery reader's fetch wait: its orders are not latency-critical, and each fetch costs the broker.
+PEER_FETCH_WAIT_MS = 200
 
 
 def load_ranker(settings: Settings):
@@ -128,10 +136,15 @@ class IngestWorker:
             settings.topics, self.partitions, self.n_partitions, self.config.top_n, settings.recommend_every_event
         )
         self.consumer: AIOKafkaConsumer | None = None
+        #: Shared discovery: reads every partition of the discovery topic (no group; ``_apply_peer_orders``).
+        self.peer_consumer: AIOKafkaConsumer | None = None
         self.fetch_wait: FetchWaitTuner | None = None
         self.producer: AIOKafkaProducer | None = None
         self.outputs: KafkaOutputs | None = None
-        self.stats = {"events": 0, "recommendations": 0, "dead_letters": 0, "rekeyed": 0, "duplicates": 0, "ads": 0}
+        self.stats = {
+            "events": 0, "recommendations": 0, "dead_letters": 0, "rekeyed": 0, "duplicates": 0, "ads": 0,
+            "peer_orders": 0,
+        }  # fmt: skip
         self._last_trending = 0.0
         self.redis_healthy = True
         self._stopping = asyncio.Event()
@@ -187,7 +200,26 @@ class IngestWorker:
         self.consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, **options)
         await self.consumer.start()
         self.fetch_wait = FetchWaitTuner(self.consumer, FetchWait(floor, ceiling))
+        self.pipeline.share_discovery = self.settings.shared_discovery and n_partitions > 1
+        if self.pipeline.share_discovery:
+            await self._start_peer_reader()
         self.consumer.subscribe(list(self.settings.topics.inputs()), listener=_Rebalance(self))
+
+    async def _start_peer_reader(self) -> None:
+        """The discovery topic's reader: every partition assigned (each owned partition learns every other one's
+        orders), paused until partitions are owned and it is placed at their positions (``_seek_peer_orders``)."""
+        topic = self.settings.topics.discovery
+        self.peer_consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.bootstrap, enable_auto_commit=False, auto_offset_reset="earliest",
+            fetch_max_wait_ms=PEER_FETCH_WAIT_MS, **kafka_client_options(self.settings),
+        )  # fmt: skip
+        await self.peer_consumer.start()
+        ids = await topic_partitions(self.peer_consumer, topic)
+        if not ids:
+            raise RuntimeError(f"shared discovery: topic {topic} not found (KAIROS_SHARED_DISCOVERY=false to run without)")
+        assigned = [TopicPartition(topic, p) for p in sorted(ids)]
+        self.peer_consumer.assign(assigned)
+        self.peer_consumer.pause(*assigned)
 
     async def run(self) -> None:
         assert self.consumer is not None
@@ -210,6 +242,7 @@ class IngestWorker:
                 await self.fetch_wait.after_poll(bool(batches))
             if batches:
                 await self._handle(batches)
+                await self._apply_peer_orders()
             elif building and time.monotonic() - self._last_idle_tick < self.settings.batch_max_wait_ms / 1000.0:
                 self._advance_snapshots()
                 await asyncio.sleep(0)  # the fetcher's turn: a response that came meanwhile is read now
@@ -233,6 +266,7 @@ class IngestWorker:
         await self.release(set(self.partitions))
         if self.consumer is not None:
             await self.consumer.stop()
+        await stop_reader(None, self.peer_consumer)
         if self.producer is not None:
             await self.producer.stop()
 
@@ -269,9 +303,53 @@ class IngestWorker:
                 self.consumer.seek(tp, offset)
             else:
                 await self.consumer.seek_to_beginning(tp)
+        self._seek_peer_orders()
         metrics.PARTITIONS_OWNED.set(len(self.partitions))
         log.info("owning partitions %s", sorted(self.partitions))
         self.ready.set()
+
+    def _seek_peer_orders(self) -> None:
+        """Place the discovery reader at the oldest position any owned partition needs (each skips what it has
+        learned: ``BatchPipeline.apply_peer_orders``); paused while nothing is owned."""
+        consumer = self.peer_consumer
+        if consumer is None:
+            return
+        assigned = list(consumer.assignment())
+        if not self.partitions:
+            consumer.pause(*assigned)
+            return
+        discoveries = [state.selector.recommender.discovery for state in self.partitions.values()]
+        for tp in assigned:
+            consumer.seek(tp, min(d.peer_positions.get(tp.partition, 0) for d in discoveries))
+        consumer.resume(*assigned)
+
+    async def _apply_peer_orders(self) -> bool:
+        """Up to :data:`PEER_ORDERS_PER_TURN` of the other partitions' orders into the owned partitions' discovery
+        models. The partitions they moved are committed with the next due commit, and their global checkpoint,
+        which holds the read positions, follows as for any change."""
+        consumer = self.peer_consumer
+        if consumer is None or not self.partitions:
+            return False
+        batches = await consumer.getmany(timeout_ms=0, max_records=PEER_ORDERS_PER_TURN)
+        if not batches:
+            return False
+        records = [
+            InputRecord(tp.topic, tp.partition, r.offset, r.key, r.value, r.timestamp)
+            for tp, batch in batches.items()
+            for r in batch
+        ]
+        result = BatchResult()
+        t0 = time.perf_counter()
+        self._uncommitted |= self.pipeline.apply_peer_orders(records, result)
+        metrics.STEP_LATENCY.labels("peer_orders").observe(time.perf_counter() - t0)
+        self.stats["peer_orders"] += result.peer_orders
+        if result.outputs:  # dead letters of malformed records: acked before going on, as rare as they should be
+            assert self.outputs is not None
+            for out in result.outputs:
+                self.outputs.add(out.topic, out.key, out.value)
+            await asyncio.gather(*await self.outputs.enqueue(self.outputs.take()))
+            self.stats["dead_letters"] += result.dead_letters
+        return True
 
     async def release(self, partitions: set[int]) -> None:
         owned = [p for p in partitions if p in self.partitions]
@@ -282,6 +360,8 @@ class IngestWorker:
         self._uncommitted.difference_update(owned)
         if not self._uncommitted:
             self._count_written()
+        if not self.partitions and self.peer_consumer is not None:
+            self.peer_consumer.pause(*self.peer_consumer.assignment())
         metrics.PARTITIONS_OWNED.set(len(self.partitions))
 
     # --- the loop body ---
@@ -597,6 +677,9 @@ class IngestWorker:
     async def _idle_tick(self) -> None:
         self._last_idle_tick = time.monotonic()
         await self._settle()
+        deadline = time.perf_counter() + PEER_ORDERS_IDLE_BUDGET_S
+        while await self._apply_peer_orders() and time.perf_counter() < deadline:
+            pass
         # Changes wait for ``commit_interval_ms`` here too: a stream with gaps longer than the poll wait between its
         # batches would otherwise commit after nearly every batch.
         now = time.monotonic()

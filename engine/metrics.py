@@ -18,6 +18,10 @@ EVENTS_REKEYED = Counter("kairos_events_rekeyed_total", "Valid events forwarded 
 EVENTS_OUT = Counter("kairos_events_out_total", "Records produced to output topics", ["topic"])
 DEAD_LETTERS = Counter("kairos_dead_letters_total", "Input records sent to the dead-letter topic", ["reason"])
 RECOMMENDATIONS = Counter("kairos_recommendations_total", "Recommendations produced")
+PEER_ORDERS = Counter(
+    "kairos_peer_orders_total", "Other partitions' orders read from the discovery topic, per owned partition",
+    ["outcome"],
+)  # outcomes: learned, duplicate (published again by a source that restarted), invalid (dead-lettered)
 RANKER_FALLBACKS = Counter("kairos_ranker_fallbacks_total", "Rankings that fell back from the configured ranker")
 
 STEP_LATENCY = Histogram(

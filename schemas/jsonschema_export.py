@@ -8,7 +8,7 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from kairos.schemas.events import ClickEvent, ImpressionEvent, PurchaseEvent
-from kairos.schemas.outputs import DeadLetter, Recommendation
+from kairos.schemas.outputs import DeadLetter, DiscoveryOrder, Recommendation
 
 
 def records() -> dict[str, type[BaseModel]]:
@@ -18,6 +18,7 @@ def records() -> dict[str, type[BaseModel]]:
         "impression_event": ImpressionEvent,
         "recommendation": Recommendation,
         "dead_letter": DeadLetter,
+        "discovery_order": DiscoveryOrder,
     }
     try:  # the ad records arrive with the ads feature
         from kairos.schemas.ads import AdRequest, ScoredCreative

@@ -1,4 +1,4 @@
-"""Versioned output records: recommendations (to Kafka and Redis) and dead letters."""
+"""Versioned output records: recommendations (to Kafka and Redis), dead letters and the orders of shared discovery."""
 
 from __future__ import annotations
 
@@ -68,3 +68,40 @@ class DeadLetter(BaseModel):
     attempts: int = 1
 
     model_config = ConfigDict(extra="forbid", frozen=True, ser_json_bytes="base64", val_json_bytes="base64")
+
+
+class OrderSource(BaseModel):
+    """The input record an order was applied from (readers learn each source record once)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    partition: int = Field(ge=0)
+    topic: str
+    offset: int = Field(ge=0)
+
+
+class DiscoveryOrderFacts(BaseModel):
+    """What the discovery model learns from one order, without the shopper's state (``engine.discovery.OrderFacts``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    user_id: Id
+    ts: float
+    #: The distinct items bought, in line order: [item id, name or null].
+    lines: list[tuple[Id, str | None]] = Field(min_length=1)
+    first_order: bool
+    #: The lines the shopper had bought before.
+    known: list[Id]
+    #: The shopper's latest purchases before this order.
+    previous: list[Id]
+
+
+class DiscoveryOrder(BaseModel):
+    """An order on the discovery topic: published by the shopper's partition for every other partition's discovery
+    model (shared discovery, docs/state.md)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    schema_version: Literal[1] = 1
+    source: OrderSource
+    order: DiscoveryOrderFacts

@@ -19,6 +19,9 @@ class Topics:
     copy_requests: str = "kairos.copy-requests"
     #: Generated copy, keyed by item|segment (compacted on real Kafka): every worker's copy book reads it.
     copies: str = "kairos.copies"
+    #: What the discovery model learns from each order (``PurchaseGraph.facts``), published by the shopper's
+    #: partition, read in full by every worker (shared discovery, docs/state.md).
+    discovery: str = "kairos.discovery"
 
     def inputs(self) -> tuple[str, ...]:
         """Topics the worker consumes, in the order of their priority when rebalancing."""
