@@ -279,10 +279,15 @@ class IngestWorker:
         a shopper's duplicate window no longer lists would be applied twice)."""
         assert self.consumer is not None
         self.consumer.pause(*assigned)
+        if self.peer_consumer is not None:
+            # The discovery reader too: a state restored here must not learn newer records before the reader is
+            # placed at its (older) position, or it would skip the ones in between.
+            self.peer_consumer.pause(*self.peer_consumer.assignment())
         try:
             await self._restore_and_seek(assigned)
         finally:
             self.consumer.resume(*[tp for tp in assigned if tp in self.consumer.assignment()])
+            self._seek_peer_orders()
 
     async def _restore_and_seek(self, assigned: list[TopicPartition]) -> None:
         assert self.consumer is not None
@@ -303,7 +308,6 @@ class IngestWorker:
                 self.consumer.seek(tp, offset)
             else:
                 await self.consumer.seek_to_beginning(tp)
-        self._seek_peer_orders()
         metrics.PARTITIONS_OWNED.set(len(self.partitions))
         log.info("owning partitions %s", sorted(self.partitions))
         self.ready.set()
