@@ -7,6 +7,10 @@ pipeline benchmark calls the worker's share, minus Kafka and Redis. ``KAIROS_REC
 event (``recs_per_event`` 1); by default a shopper's events in one batch are ranked once, after the last. The last
 line printed is one JSON object.
 
+With ``KAIROS_SHARED_DISCOVERY`` (the default) every batch publishes its orders as the worker does, and they are
+then applied to the other partitions (``BatchPipeline.apply_peer_orders``) as the worker's discovery reader would,
+timed apart (``peer_*``: what the worker spends on them after its batches, outside the event's latency).
+
 ``--gap-ms G`` idles G ms (``time.sleep``) before each timed batch, as a worker waits for the next fetch when events
 arrive a few milliseconds apart; the idle is not timed. Back to back, an event finds the data and code the previous
 one used still in the CPU's caches; after an idle on a shared machine it finds less of them (docs/performance.md).
@@ -23,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from kairos.agents.demo import pick_source
-from kairos.agents.pipeline import BatchPipeline, InputRecord, partition_for
+from kairos.agents.pipeline import BatchPipeline, BatchResult, InputRecord, partition_for
 from kairos.agents.settings import Settings, load_settings
 from kairos.agents.worker import default_selector_factory
 from kairos.engine.partition import PartitionState
@@ -41,28 +45,58 @@ def _records(settings: Settings, events: list, first_offset: int) -> list[InputR
     ]
 
 
+class _PeerOrders:
+    """The discovery topic without a broker: a batch's published orders get the offsets the topic would give them
+    (per partition, keyed by shopper) and go straight back through ``apply_peer_orders``."""
+
+    def __init__(self, pipeline: BatchPipeline) -> None:
+        self.pipeline = pipeline
+        self.ends: dict[int, int] = {}
+
+    def apply(self, result) -> int:
+        topic = self.pipeline.topics.discovery
+        records = []
+        for out in result.outputs:
+            if out.topic == topic:
+                partition = partition_for(out.key.decode(), PARTITIONS)
+                offset = self.ends.get(partition, 0)
+                self.ends[partition] = offset + 1
+                records.append(InputRecord(topic, partition, offset, out.key, out.value, 0))
+        if not records:
+            return 0
+        learned = BatchResult()
+        self.pipeline.apply_peer_orders(records, learned)
+        return learned.peer_orders
+
+
 def bench_hotpath(
     settings: Settings, data_dir: Path | None, source: str, warm: int, events: int, batch: int, gap_ms: float = 0.0
 ) -> dict:
     config = settings.engine_config()
     make = default_selector_factory(settings)
     states = {p: PartitionState(p, config, make(config)) for p in range(PARTITIONS)}
-    pipeline = BatchPipeline(settings.topics, states, PARTITIONS, config.top_n, settings.recommend_every_event)
+    pipeline = BatchPipeline(settings.topics, states, PARTITIONS, config.top_n, settings.recommend_every_event,
+                             share_discovery=settings.shared_discovery)  # fmt: skip
+    peers = _PeerOrders(pipeline)
     picked = pick_source(data_dir, source, warm + events)
     warm_records = _records(settings, picked.events[:warm], 0)
     for start in range(0, len(warm_records), 500):
-        pipeline.process(warm_records[start : start + 500])
+        peers.apply(pipeline.process(warm_records[start : start + 500]))
     timed = _records(settings, picked.events[warm : warm + events], warm)
-    batch_ms, recommendations = [], 0
+    batch_ms, peer_ms, recommendations, learned = [], [], 0, 0
     for start in range(0, len(timed), batch):
         if gap_ms > 0:
             time.sleep(gap_ms / 1000.0)
         t0 = time.perf_counter()
         result = pipeline.process(timed[start : start + batch])
-        batch_ms.append((time.perf_counter() - t0) * 1000.0)
+        t1 = time.perf_counter()
+        learned += peers.apply(result)
+        batch_ms.append((t1 - t0) * 1000.0)
+        peer_ms.append((time.perf_counter() - t1) * 1000.0)
         recommendations += len(result.source_times_ms)
     times = np.asarray(batch_ms)
     p50, p99 = (np.percentile(times, [50, 99]) if len(times) else (float("nan"), float("nan")))
+    peer_times = np.asarray(peer_ms)
     return {
         "ms_per_event": round(float(times.sum()) / max(len(timed), 1), 3),
         "batch_p50_ms": round(float(p50), 2),
@@ -75,6 +109,11 @@ def bench_hotpath(
         "warm_events": len(warm_records),
         "events": len(timed),
         "candidates": config.max_candidates,
+        "shared_discovery": settings.shared_discovery,
+        # Other partitions' orders learned (one order counts once per partition that learned it) and the time.
+        "peer_orders": learned,
+        "peer_ms_per_event": round(float(peer_times.sum()) / max(len(timed), 1), 3),
+        "peer_p99_ms": round(float(np.percentile(peer_times, 99)), 2) if len(peer_times) else float("nan"),
         "ranker": states[0].selector.model_version,
         "source": picked.label,
     }
