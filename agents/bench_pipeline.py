@@ -491,7 +491,9 @@ async def run(
     out.update(ratio=round(out["pipeline_events_per_s"] / out["plain_loop_events_per_s"], 3),
                partitions=settings.partitions, workers=n_workers,
                # True: every event was ranked on its own (KAIROS_RECOMMEND_EVERY_EVENT), recs_per_event is 1.
-               recommend_every_event=settings.recommend_every_event)  # fmt: skip
+               recommend_every_event=settings.recommend_every_event,
+               # True: the orders were published and every partition learned every order (KAIROS_SHARED_DISCOVERY).
+               shared_discovery=settings.shared_discovery and settings.partitions > 1)  # fmt: skip
     return out
 
 
