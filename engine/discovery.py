@@ -22,6 +22,10 @@ Memory is bounded: at most ``max_items`` items (the ones in the fewest orders ar
 most ``discovery_max_neighbours`` links; the user-kNN maps have their own caps (``engine/shoppers.py``).
 Checkpointed with the partition's global state (inside the Selector's entry, ``Selector.to_state``); the
 catch-up replay after a restart (``Recommender.observe_global_only``) feeds it as it feeds the global model.
+
+Shared across partitions (``KAIROS_SHARED_DISCOVERY``, docs/state.md): :meth:`PurchaseGraph.facts` is what
+:meth:`PurchaseGraph.learn` needs from an order and its shopper; the shopper's partition publishes it and every
+other partition learns it with :meth:`PurchaseGraph.learn_peer`, at most once per source record.
 """
 
 from __future__ import annotations
