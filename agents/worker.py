@@ -322,10 +322,14 @@ class IngestWorker:
         if not self.partitions:
             consumer.pause(*assigned)
             return
-        discoveries = [state.selector.recommender.discovery for state in self.partitions.values()]
         for tp in assigned:
-            consumer.seek(tp, min(d.peer_positions.get(tp.partition, 0) for d in discoveries))
+            consumer.seek(tp, self._oldest_peer_position(tp.partition))
         consumer.resume(*assigned)
+
+    def _oldest_peer_position(self, discovery_partition: int) -> int:
+        """The next discovery record of ``discovery_partition`` that the owned partition furthest behind needs."""
+        states = self.partitions.values()
+        return min(state.selector.recommender.discovery.peer_positions.get(discovery_partition, 0) for state in states)
 
     async def _apply_peer_orders(self) -> bool:
         """Up to :data:`PEER_ORDERS_PER_TURN` of the other partitions' orders into the owned partitions' discovery
@@ -354,6 +358,18 @@ class IngestWorker:
             await asyncio.gather(*await self.outputs.enqueue(self.outputs.take()))
             self.stats["dead_letters"] += result.dead_letters
         return True
+
+    def _report_peer_lag(self) -> None:
+        """The discovery reader's lag per discovery partition, as the input topics' (``kairos_consumer_lag``): the
+        records the owned partition furthest behind has still to learn (0 when it is not shared)."""
+        consumer = self.peer_consumer
+        if consumer is None or not self.partitions:
+            return
+        for tp in consumer.assignment():
+            highwater = consumer.highwater(tp)
+            if highwater is not None:
+                behind = highwater - self._oldest_peer_position(tp.partition)
+                metrics.CONSUMER_LAG.labels(tp.topic, str(tp.partition)).set(max(behind, 0))
 
     async def release(self, partitions: set[int]) -> None:
         owned = [p for p in partitions if p in self.partitions]
@@ -742,6 +758,7 @@ class IngestWorker:
                 highwater = self.consumer.highwater(tp)
                 if highwater is not None:
                     metrics.CONSUMER_LAG.labels(tp.topic, str(tp.partition)).set(max(highwater - offsets[tp], 0))
+        self._report_peer_lag()
         if offsets:
             try:
                 await self.consumer.commit(offsets)

@@ -168,3 +168,43 @@ async def test_every_partition_learns_every_order_once_across_a_worker_restart(
     finally:
         await producer.stop()
         await store.close()
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(90)
+async def test_a_worker_learns_each_other_partitions_order_once_and_reports_its_discovery_lag(
+    make_settings, redis_url, broker
+):
+    """In process, one worker owning both partitions: every order is learned by the one partition that did not
+    apply it (no more, no less), and ``kairos_consumer_lag`` for the discovery topic comes down to 0."""
+    from prometheus_client import REGISTRY
+    from test_faults import store_for, worker_in_process
+
+    settings = make_settings(redis_url=redis_url, partitions=2, commit_interval_ms=0)
+    topics = settings.topics
+    store = store_for(settings)
+    async with worker_in_process(settings, broker, store) as (worker, _task, producer):
+        orders = 0
+        for n in range(24):
+            user = f"buyer{n % 6}"
+            event = purchase(user=user, items=[(f"i{n % 5}", "c", 1.0), (f"j{n % 3}", "c", 1.0)], ts=T0 + n)
+            await producer.send_and_wait(topics.purchases, encode(event), key=user.encode())
+            orders += 1
+
+        async def all_learned() -> bool:
+            return worker.stats["peer_orders"] >= orders
+
+        await apoll_until(all_learned, 30, "the worker to learn every order in the other partition")
+
+        def discovery_lag() -> list[float | None]:
+            return [REGISTRY.get_sample_value("kairos_consumer_lag", {"topic": topics.discovery, "partition": str(p)})
+                    for p in range(2)]  # fmt: skip
+
+        async def caught_up() -> bool:
+            return discovery_lag() == [0.0, 0.0]
+
+        await apoll_until(caught_up, 10, "the discovery lag to be reported as 0")
+        assert worker.stats["peer_orders"] == orders
+        models = [worker.partitions[p].selector.recommender.discovery for p in (0, 1)]
+        assert models[0].orders == models[1].orders and sum(models[0].orders.values()) == 2 * orders
+    await store.close()
