@@ -30,6 +30,7 @@ other partition learns it with :meth:`PurchaseGraph.learn_peer`, at most once pe
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import math
 from collections.abc import Collection
@@ -42,6 +43,9 @@ from kairos.engine.decay import DecayedScores, decay_factor
 from kairos.engine.shoppers import SimilarShoppers
 from kairos.engine.state import Interaction, UserInterest
 
+#: Source offsets remembered per source of shared discovery (``PurchaseGraph.learn_peer``): more than a source
+#: worker ever re-publishes after a crash in practice (its records since its last commit, ~50 ms of them).
+PEER_OFFSETS_KEPT = 256
 #: Cached neighbour lists and the popular-now lists are refreshed after this many observed orders (recomputing an
 #: anchor's list on most requests was most of the read path's cost).
 _REFRESH_EVERY = 1000
@@ -79,10 +83,11 @@ class PurchaseGraph:
         #: User-kNN ("shoppers who bought like you"), used when ``discovery_shopper_weight`` > 0.
         self.shoppers = SimilarShoppers(config) if config.discovery_shopper_weight > 0 else None
         self.observed = 0
-        #: Shared discovery (orders of other partitions' shoppers, ``learn_peer``): the highest source offset learned
-        #: per "partition:topic" of the source, and the next offset to read per partition of the topic they come on.
-        #: Both are checkpointed with the rest, so a restart re-reads exactly what the checkpoint has not learned.
-        self.peer_sources: dict[str, int] = {}
+        #: Shared discovery (orders of other partitions' shoppers, ``learn_peer``): the latest source offsets learned
+        #: per "partition:topic" of the source (ascending, at most ``PEER_OFFSETS_KEPT``), and the next offset to read
+        #: per partition of the topic they come on. Both are checkpointed with the rest, so a restart re-reads
+        #: exactly what the checkpoint has not learned.
+        self.peer_sources: dict[str, list[int]] = {}
         self.peer_positions: dict[int, int] = {}
         self._prune_at = config.discovery_max_neighbours + max(config.discovery_max_neighbours // 2, 1)
         self._neighbour_cache: dict[str, tuple[int, list[tuple[str, float]]]] = {}
@@ -145,11 +150,17 @@ class PurchaseGraph:
     def learn_peer(self, facts: "OrderFacts", source: str, offset: int) -> bool:
         """Learn an order another partition applied, at most once: ``source`` names the partition and input topic
         it was read from, ``offset`` its record there. A source that restarts from its checkpoint applies (and
-        publishes) its uncommitted records again, so anything at or below the highest offset already learned from
-        that source is skipped. Returns whether it was learned."""
-        if offset <= self.peer_sources.get(source, -1):
+        publishes) its uncommitted records again: a record among the latest ``PEER_OFFSETS_KEPT`` learned from the
+        source is skipped, and so is one older than all of them once that many are kept. One that was never
+        learned is learned even when it comes after later ones (its first publication failed, a later one of the
+        source's records was written, and the source restarted). Returns whether it was learned."""
+        learned = self.peer_sources.setdefault(source, [])
+        at = bisect.bisect_left(learned, offset)
+        if (at < len(learned) and learned[at] == offset) or (at == 0 and len(learned) >= PEER_OFFSETS_KEPT):
             return False
-        self.peer_sources[source] = offset
+        learned.insert(at, offset)
+        if len(learned) > PEER_OFFSETS_KEPT:
+            del learned[0]
         self.learn(facts)
         return True
 
@@ -312,7 +323,7 @@ class PurchaseGraph:
         # Checkpoints written before the first-order counts and the catalogue have neither: both relearn.
         first_half_life = self.config.discovery_first_order_half_life_s
         self.first_orders_now = DecayedScores(first_half_life, cap, data.get("first_orders"))
-        self.peer_sources = dict(data.get("peer_sources", {}))
+        self.peer_sources = {source: list(offsets) for source, offsets in data.get("peer_sources", {}).items()}
         self.peer_positions = {int(p): int(offset) for p, offset in data.get("peer_positions", [])}
         if self.shoppers is not None and "shoppers" in data:
             self.shoppers.load_state(data["shoppers"])

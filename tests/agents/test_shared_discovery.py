@@ -77,7 +77,7 @@ def test_an_order_reaches_the_other_partition_once_and_its_own_partition_only_on
     republished = [InputRecord(r.topic, r.partition, r.offset + 2, r.key, r.value, 0) for r in records]
     pipeline.apply_peer_orders(republished, again)  # published again by a source that restarted
     assert again.peer_orders == 0 and other.orders == {"staple": 2.0, "found": 1.0}
-    assert other.peer_positions == {0: 4} and other.peer_sources == {f"0:{TOPICS.purchases}": 1}
+    assert other.peer_positions == {0: 4} and other.peer_sources == {f"0:{TOPICS.purchases}": [0, 1]}
 
 
 def test_a_malformed_discovery_record_is_dead_lettered_once_and_skipped():
@@ -142,7 +142,7 @@ async def test_every_partition_learns_every_order_once_across_a_worker_restart(
         await order(1, ["b1", "a0"], T0 + 2)
         learned = {"a0": 2.0, "b0": 1.0, "a1": 1.0, "b1": 1.0}
         zero, one = await apoll_until(lambda: both_know(learned), 40, "both checkpoints to hold every order")
-        assert zero["peer_sources"] == {f"1:{topics.purchases}": 1} and one["peer_sources"] == {f"0:{topics.purchases}": 0}
+        assert zero["peer_sources"] == {f"1:{topics.purchases}": [0, 1]} and one["peer_sources"] == {f"0:{topics.purchases}": [0]}
         first.kill()
 
         # What a source that restarted from its checkpoint does: publish an order it had published already.
@@ -163,7 +163,7 @@ async def test_every_partition_learns_every_order_once_across_a_worker_restart(
         await order(0, ["c0"], T0 + 3)
         after = {**learned, "c0": 1.0}
         zero, one = await apoll_until(lambda: both_know(after), 40, "both checkpoints to hold the order after the restart")
-        assert one["peer_sources"] == {f"0:{topics.purchases}": 1}  # the second order of partition 0's records
+        assert one["peer_sources"] == {f"0:{topics.purchases}": [0, 1]}  # partition 0's two orders
         assert zero["peer_positions"] == [[0, 2], [1, 3]]  # every record read, the re-published one included
     finally:
         await producer.stop()

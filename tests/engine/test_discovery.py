@@ -186,7 +186,7 @@ def test_a_peer_order_published_twice_is_learned_once():
     import json
 
     restored.load_state(json.loads(json.dumps(peer.to_state())))
-    assert restored.peer_sources == {"0:kairos.purchases": 1, "0:kairos.events.by-user": 0}
+    assert restored.peer_sources == {"0:kairos.purchases": [0, 1], "0:kairos.events.by-user": [0]}
     assert restored.peer_positions == {2: 17}
     assert not restored.learn_peer(again, "0:kairos.purchases", 1)
 
@@ -202,3 +202,22 @@ def test_malformed_facts_are_refused():
                 {**good, "lines": [["a"]]}):
         with pytest.raises((KeyError, TypeError, ValueError)):
             OrderFacts.from_json(bad)
+
+
+def test_a_peer_order_missed_before_later_ones_is_still_learned_and_the_memory_is_bounded():
+    """A source's record whose first publication failed while a later one was written comes back when the source
+    restarts: it is learned then, once. Only the latest PEER_OFFSETS_KEPT offsets per source are kept; older
+    ones count as learned."""
+    from kairos.engine.discovery import PEER_OFFSETS_KEPT, OrderFacts
+
+    graph = PurchaseGraph(EngineConfig())
+    order = OrderFacts("v", T0, (("a", None),), False, frozenset(), ())
+    assert graph.learn_peer(order, "1:p", 10) and graph.learn_peer(order, "1:p", 12)
+    assert graph.learn_peer(order, "1:p", 11)  # the gap, filled after the restart
+    assert not graph.learn_peer(order, "1:p", 11) and not graph.learn_peer(order, "1:p", 12)
+    assert graph.orders["a"] == 3.0 and graph.peer_sources["1:p"] == [10, 11, 12]
+    for offset in range(13, 13 + PEER_OFFSETS_KEPT):
+        graph.learn_peer(order, "1:p", offset)
+    kept = graph.peer_sources["1:p"]
+    assert kept == list(range(13, 13 + PEER_OFFSETS_KEPT))  # 10, 11 and 12 dropped, the oldest
+    assert not graph.learn_peer(order, "1:p", 5)  # older than everything remembered: learned long ago
