@@ -172,6 +172,8 @@ async def _run_events(settings: Settings, svc: Services, source: EventSource, ra
         "events": worker.stats["events"],
         "recommendations": worker.stats["recommendations"],
         "dead_letters": worker.stats["dead_letters"],
+        # Orders learned by a partition other than their shopper's (shared discovery; 0 with one partition).
+        "orders_shared_between_partitions": worker.stats["peer_orders"],
         "events_per_s": round(worker.stats["events"] / elapsed, 1),
         "p50_ms": round(p50, 2),
         "p99_ms": round(p99, 2),

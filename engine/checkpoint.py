@@ -10,7 +10,9 @@ catalog and the per-category item scores.
 :class:`CheckpointBuild` splits it:
 
 - :meth:`CheckpointBuild.__init__` (on the loop, the only part that must be atomic): the online ranker and the
-  selection state (small) are encoded at once; the three score maps (trend, popularity, category popularity) are
+  selection state are encoded at once, but for the discovery model's two large maps (``PurchaseGraph.open_snapshot``:
+  its co-purchase rows, copy on write, and its sibling lists, a shallow copy), which are left for the pieces in
+  place (``_spliced``); the three score maps (trend, popularity, category popularity) are
   flat dicts of floats, copied with one ``dict.copy`` each; the keyed maps are not copied at all: the model opens a *snapshot*
   (``GlobalModel.open_snapshot``: their keys now) and, until it closes, keeps the state of a row, a catalog entry
   or a category's map the first time the stream changes or drops it (copy on write, a few keys per event);
@@ -29,6 +31,7 @@ from collections.abc import Callable
 
 import orjson
 
+from kairos.engine.discovery import PurchaseGraph
 from kairos.engine.global_model import GlobalModel
 
 #: Map entries encoded per piece (a co-occurrence row counts its neighbours, a category its items): 0.5-2.5 ms on
@@ -53,6 +56,28 @@ def _kept_or_current(kept: dict, current: Callable[[str], object]) -> Callable[[
     return value_of
 
 
+#: Stands for a map of the discovery model in the selection state encoded at once; a string no id can be.
+_IN_PIECES = "\u0000in pieces: {}\u0000"
+
+
+def _spliced(head: bytes, selection: dict, parts: dict, tail: bytes) -> list[bytes | _Map]:
+    """``head`` + the selection state encoded + ``tail``, with the discovery model's ``parts`` (``PurchaseGraph.
+    open_snapshot``) as maps to encode in pieces where they stand: each is replaced by a placeholder string, the
+    rest encoded at once and split around the placeholders."""
+    discovery = dict(selection["discovery"])
+    discovery["links"] = _IN_PIECES.format("links")
+    if "siblings" in parts:
+        discovery["catalogue"] = {**discovery["catalogue"], "siblings": _IN_PIECES.format("siblings")}
+    rest = orjson.dumps({**selection, "discovery": discovery})
+    out: list[bytes | _Map] = []
+    for name in sorted(parts, key=lambda n: rest.index(orjson.dumps(_IN_PIECES.format(n)))):
+        before, rest = rest.split(orjson.dumps(_IN_PIECES.format(name)))
+        keys, value_of = parts[name]
+        out += [head + before, _Map(keys, value_of, len)]
+        head = b""
+    return out + [head + rest + tail]
+
+
 def _one(_value) -> int:
     return 1
 
@@ -61,8 +86,16 @@ class CheckpointBuild:
     """One partition's global checkpoint in progress. ``step`` until it returns True, then read :attr:`blob`;
     :meth:`abort` if it is not wanted any more (the model's snapshot must not stay open)."""
 
-    def __init__(self, model: GlobalModel, ranker_state: dict, selection_state: dict, clock: float) -> None:
+    def __init__(
+        self,
+        model: GlobalModel,
+        ranker_state: dict,
+        selection_state: dict,
+        clock: float,
+        discovery: PurchaseGraph | None = None,
+    ) -> None:
         self._model = model
+        self._discovery: PurchaseGraph | None = None
         # The blob as a sequence of bytes and of maps still to encode, in ``global_blob``'s order and format.
         todo: list[bytes | _Map] = [b'{"model":{']
         for n, (name, kind, payload) in enumerate(model.open_snapshot()):
@@ -75,9 +108,14 @@ class CheckpointBuild:
                 todo.append(_Map(keys, _kept_or_current(kept, current), weight))
             else:
                 todo.append(orjson.dumps(payload))
-        # encoded now: small, and they reference live objects
-        todo.append(b'},"ranker":' + orjson.dumps(ranker_state) + b',"selection":' + orjson.dumps(selection_state)
-                    + b',"clock":' + orjson.dumps(clock) + b"}")  # fmt: skip
+        # encoded now: small, and they reference live objects; but the discovery model's large maps in pieces too
+        head = b'},"ranker":' + orjson.dumps(ranker_state) + b',"selection":'
+        tail = b',"clock":' + orjson.dumps(clock) + b"}"
+        if discovery is not None and "discovery" in selection_state:
+            todo += _spliced(head, selection_state, discovery.open_snapshot(), tail)
+            self._discovery = discovery
+        else:
+            todo.append(head + orjson.dumps(selection_state) + tail)
         self._todo = todo
         self._at = 0
         self._out: list[bytes] = []
@@ -100,6 +138,8 @@ class CheckpointBuild:
 
     def abort(self) -> None:
         self._model.close_snapshot()
+        if self._discovery is not None:
+            self._discovery.close_snapshot()
         self._todo, self._out = [], []
 
     def _piece(self) -> None:

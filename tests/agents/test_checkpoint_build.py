@@ -1,6 +1,6 @@
 """A global checkpoint built in slices (engine/checkpoint.py) is the state of the moment it began, byte for byte,
-however the stream changes the state between its slices: co-occurrence rows, catalog entries and category maps
-changed, created and dropped meanwhile, the popularity maps updated, an event count that moved on. No broker: the
+however the stream changes the state between its slices: co-occurrence rows, catalog entries, category maps and the
+discovery model's rows changed, created and dropped meanwhile, the popularity maps updated, an event count that moved on. No broker: the
 worker's pipeline over one partition (the worker end to end is in tests/agents/test_checkpoint_child.py; when the worker runs the slices, below)."""
 
 from __future__ import annotations
@@ -81,6 +81,17 @@ def test_a_build_is_the_state_it_began_with_while_the_stream_changes_it(max_item
     assert applied > 50
     assert build.blob == expected
 
+    links_then = orjson.loads(expected)["selection"]["discovery"]["links"]
+    links_now = orjson.loads(state.global_blob())["selection"]["discovery"]["links"]
+    assert [k for k in links_then if links_now.get(k) != links_then[k]], "no discovery row changed meanwhile"
+    assert set(links_now) - set(links_then), "no discovery row was created meanwhile"
+    if max_items == 40:
+        assert set(links_then) - set(links_now), "no discovery row was dropped meanwhile"
+    lines_then = orjson.loads(expected)["selection"]["discovery"]["catalogue"]["siblings"]
+    lines_now = orjson.loads(state.global_blob())["selection"]["discovery"]["catalogue"]["siblings"]
+    if max_items == 40:  # the catalogue forgets items: every sibling list is rebuilt without them
+        assert [k for k in lines_then if lines_now.get(k) != lines_then[k]], "no product line changed meanwhile"
+    assert state.selector.recommender.discovery._kept_links is None  # closed with the last piece
     now = orjson.loads(state.global_blob())["model"]
     assert now["events"] == then["events"] + applied
     for part in ("nb", "cat", "catitems"):  # each keyed part had keys changed that the build had to keep
@@ -114,7 +125,7 @@ def test_an_aborted_build_closes_the_snapshot_and_one_build_at_a_time():
         state.begin_global_checkpoint()  # the model keeps one version of its keyed state, for one build
     build.step(deadline=-1.0)
     build.abort()
-    assert state.selector.model._kept_rows is None
+    assert state.selector.model._kept_rows is None and state.selector.recommender.discovery._kept_links is None
     _apply(pipeline, log, _events(100, 50))  # no copies kept for nobody
     again = state.begin_global_checkpoint()
     while not again.step(deadline=float("inf")):
