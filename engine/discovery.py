@@ -89,7 +89,7 @@ class PurchaseGraph:
         #: exactly what the checkpoint has not learned.
         self.peer_sources: dict[str, list[int]] = {}
         self.peer_positions: dict[int, int] = {}
-        #: While a checkpoint is built in slices (``open_links_snapshot``): the rows of ``links`` as they were when
+        #: While a checkpoint is built in slices (``open_snapshot``): the rows of ``links`` as they were when
         #: it began, kept the first time the stream changes or drops them (copy on write); None when none is open.
         self._kept_links: dict[str, dict[str, float]] | None = None
         self._prune_at = config.discovery_max_neighbours + max(config.discovery_max_neighbours // 2, 1)
