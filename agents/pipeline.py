@@ -25,10 +25,9 @@ from aiokafka.partitioner import murmur2
 from kairos.engine import metrics
 from kairos.engine.discovery import OrderFacts
 from kairos.engine.partition import PartitionState
-from kairos.engine.state import interactions_of
 from kairos.engine.store import ServingRecord
 from kairos.schemas.codec import InvalidEvent, decode_ad_request, decode_event
-from kairos.schemas.events import ImpressionEvent, PurchaseEvent
+from kairos.schemas.events import ImpressionEvent
 from kairos.schemas.topics import Topics
 
 
@@ -209,7 +208,7 @@ class BatchPipeline:
             return
         key = (record.partition, event.user_id)
         self._flush_before(key, touched, result)
-        facts = self._order_facts(state, user, event) if self.share_discovery else None
+        facts = selector.recommender.discovery.event_facts(user, event) if self.share_discovery else None
         selector.observe(user, event, self.record_source(record))
         if facts is not None:
             self._publish_order(record, facts, result)
@@ -221,13 +220,6 @@ class BatchPipeline:
         origin = touched.get(key)
         first_ms = origin.first_timestamp_ms if origin else record.timestamp_ms
         touched[key] = _Touched(record.topic, record.partition, record.offset, event.event_id, event.ts, first_ms)
-
-    @staticmethod
-    def _order_facts(state: PartitionState, user, event) -> OrderFacts | None:
-        """What the discovery model learns from ``event`` if it is an order, read before the user absorbs it."""
-        if not isinstance(event, PurchaseEvent) or event.is_return:
-            return None
-        return state.selector.recommender.discovery.facts(user, interactions_of(event, state.config))
 
     def _publish_order(self, record: InputRecord, facts: OrderFacts, result: BatchResult) -> None:
         """The order for the other partitions, keyed by the shopper (so on the discovery partition numbered like

@@ -72,8 +72,8 @@ def _spliced(head: bytes, selection: dict, parts: dict, tail: bytes) -> list[byt
     out: list[bytes | _Map] = []
     for name in sorted(parts, key=lambda n: rest.index(orjson.dumps(_IN_PIECES.format(n)))):
         before, rest = rest.split(orjson.dumps(_IN_PIECES.format(name)))
-        keys, value_of = parts[name]
-        out += [head + before, _Map(keys, value_of, len)]
+        keys, kept, current = parts[name]
+        out += [head + before, _Map(keys, _kept_or_current(kept, current), len)]
         head = b""
     return out + [head + rest + tail]
 

@@ -41,7 +41,8 @@ from kairos.engine.catalogue import ProductCatalogue
 from kairos.engine.config import EngineConfig
 from kairos.engine.decay import DecayedScores, decay_factor
 from kairos.engine.shoppers import SimilarShoppers
-from kairos.engine.state import Interaction, UserInterest
+from kairos.engine.state import Interaction, UserInterest, interactions_of
+from kairos.schemas.events import PurchaseEvent
 
 #: Source offsets remembered per source of shared discovery (``PurchaseGraph.learn_peer``): more than a source
 #: worker ever re-publishes after a crash in practice (its records since its last commit, ~50 ms of them).
@@ -123,6 +124,13 @@ class PurchaseGraph:
             known=frozenset(item for item in names if item in purchased),
             previous=tuple(_latest(purchased, self.config.discovery_history_links)),
         )
+
+    def event_facts(self, user: UserInterest, event) -> "OrderFacts | None":
+        """:meth:`facts` of an event, None unless it is an order (a purchase that is not a return); read before
+        ``user`` absorbs it."""
+        if not isinstance(event, PurchaseEvent) or event.is_return:
+            return None
+        return self.facts(user, interactions_of(event, user.config))
 
     def learn(self, facts: "OrderFacts") -> None:
         """Learn one order from its facts (this partition's shopper or, shared, another partition's)."""
@@ -310,9 +318,11 @@ class PurchaseGraph:
 
     # --- persistence (inside the partition checkpoint's "selection" entry, see Selector.to_state) ---
 
-    def open_snapshot(self) -> dict[str, tuple[list[str], Callable[[str], object]]]:
+    def open_snapshot(self) -> dict[str, tuple[list[str], dict, Callable[[str], object]]]:
         """For a checkpoint built in pieces (engine/checkpoint.py): the model's two large keyed maps as they are
-        now, each as (its keys, a key's state of now), kept until :meth:`close_snapshot`. ``"links"``: the rows,
+        now, kept until :meth:`close_snapshot`, each as ``GlobalModel.open_snapshot``'s keyed parts are (its keys
+        now, the map in which a key's state of now is kept when it changes or goes, a key's current state; a key
+        not kept is unchanged). ``"links"``: the rows,
         copy on write (a row's state of now is kept the first time the stream changes or drops it);
         ``"siblings"`` (with the catalogue): the product lines' sibling lists, which are replaced, never changed in
         place, so a shallow copy of the map holds them. After 6,000 Online Retail orders with shared discovery
@@ -320,16 +330,13 @@ class PurchaseGraph:
         held the worker's loop when encoded at once."""
         if self._kept_links is not None:
             raise RuntimeError("a snapshot of the discovery model is already open")
-        kept = self._kept_links = {}
-
-        def row(item: str) -> object:
-            found = kept.get(item)
-            return self.links[item] if found is None else found  # not kept: unchanged since the snapshot
-
-        parts: dict[str, tuple[list[str], Callable[[str], object]]] = {"links": (list(self.links), row)}
+        self._kept_links = {}
+        parts: dict[str, tuple[list[str], dict, Callable[[str], object]]] = {
+            "links": (list(self.links), self._kept_links, lambda item: self.links[item])
+        }
         if self.catalogue is not None:
             siblings = dict(self.catalogue.siblings)
-            parts["siblings"] = (list(siblings), siblings.__getitem__)
+            parts["siblings"] = (list(siblings), {}, siblings.__getitem__)  # nothing to keep: a copy of now
         return parts
 
     def close_snapshot(self) -> None:

@@ -27,7 +27,7 @@ import numpy as np
 
 from kairos.engine.config import EngineConfig
 from kairos.engine.recommender import Recommender
-from kairos.engine.state import UserInterest, interactions_of
+from kairos.engine.state import UserInterest
 from kairos.schemas.events import ClickEvent, ImpressionEvent, PurchaseEvent
 
 Event = ClickEvent | PurchaseEvent | ImpressionEvent
@@ -322,8 +322,8 @@ class ShardedBackend:
     def observe(self, user: UserInterest, event: Event) -> None:
         owner = self.shard(user.user_id)
         facts = None
-        if self.shared_discovery and isinstance(event, PurchaseEvent) and not user.has_applied(event.event_id):
-            facts = owner.recommender.discovery.facts(user, interactions_of(event, user.config))
+        if self.shared_discovery and not user.has_applied(event.event_id):
+            facts = owner.recommender.discovery.event_facts(user, event)
         owner.observe(user, event)
         if facts is not None:
             for shard in self.shards:
