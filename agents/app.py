@@ -10,8 +10,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
+import threading
 from pathlib import Path
 
 import faust
@@ -33,6 +35,8 @@ log = logging.getLogger(__name__)
 
 COPY_BATCH = 16
 COPY_BATCH_WAIT_S = 1.0
+#: How long a stopping copy agent waits for a cancelled batch to give up (one decoding step: tens of ms).
+COPY_CANCEL_WAIT_S = 5.0
 
 
 #: Decoding of served copy: greedy with the repetition penalty the generator is evaluated with (docs/models.md);
@@ -57,6 +61,24 @@ def load_generator(settings: Settings, beside_hot_path: bool = False):
     except Exception as exc:  # noqa: BLE001 - a missing or broken model means templates, not a dead worker
         log.warning("no copy generator in %s (%s): copy comes from templates", settings.model_dir, exc)
         return None
+
+
+async def _write_or_cancel(writer: CopyWriter, requests: list[CopyRequest]) -> list:
+    """``writer.write(requests)`` in the loop's executor. If the awaiting agent is cancelled (the worker is
+    stopping), the batch in the executor is told to stop at its next decoding step instead of running to its end:
+    a batch takes seconds (~10 s for 16 requests on one CPU thread), and the process cannot exit while its
+    executor thread runs. Nothing of a cancelled batch is published or committed; the requests are read again
+    after a restart."""
+    cancel = threading.Event()
+    future = asyncio.get_running_loop().run_in_executor(None, writer.write, requests, cancel)
+    try:
+        return await asyncio.shield(future)
+    except asyncio.CancelledError:
+        cancel.set()
+        log.info("copy batch of %d requests cancelled: the worker is stopping", len(requests))
+        with contextlib.suppress(Exception):  # GenerationCancelled, or the batch's own failure
+            await asyncio.wait_for(future, COPY_CANCEL_WAIT_S)
+        raise
 
 
 ROLES = frozenset({"ingest", "copy"})
@@ -89,6 +111,11 @@ def create_app(
         consumer_auto_offset_reset="earliest",
         topic_partitions=settings.partitions,
         topic_allow_declare=True,
+        # Faust's default waits, at shutdown and at every rebalance, until the agents have processed every event
+        # they hold: a copy batch being generated (seconds) would hold both. The only Faust stream here is
+        # write_copy, which acks a batch only once it is published (an unfinished one is read again) and is
+        # cancelled when the worker stops (_write_or_cancel).
+        stream_wait_empty=False,
         web_enabled=web_port is not None,
         web_port=web_port or settings.http_port,
         web_bind=web_host,
@@ -133,10 +160,12 @@ def create_app(
         """Copy requests -> generated, safety-checked copy (or templates), batched; published to the copies
         topic (every worker's copy book) and to Redis (for the API)."""
         store = RedisStateStore.from_url(redis_url, keys, settings.serving_ttl_s)
-        async for values in stream.take(COPY_BATCH, within=COPY_BATCH_WAIT_S):
-            requests = _decode_requests(values)
+        # noack_take, acked by hand once the batch is published: Faust's take() acks a batch in a ``finally``, so a
+        # batch cancelled at shutdown would be committed unwritten and its requests lost.
+        async for events in stream.noack_take(COPY_BATCH, within=COPY_BATCH_WAIT_S):
+            requests = _decode_requests([event.value for event in events])
             metrics.GENERATION_QUEUE_DEPTH.set(len(requests))
-            texts = await asyncio.get_running_loop().run_in_executor(None, writer.write, requests)
+            texts = await _write_or_cancel(writer, requests)
             for request, text in zip(requests, texts):
                 record = {"item_id": request.item_id, "segment": request.segment, "text": text.text,
                           "source": text.source, "writer": writer.version, "kind": request.kind}  # fmt: skip
@@ -144,6 +173,8 @@ def create_app(
                     record["variant_id"] = f"{request.item_id}:gen-{writer.version}"
                 await copies.send(key=f"{request.item_id}|{request.segment}".encode(), value=orjson.dumps(record))
             await store.save_copies([(r.item_id, r.segment, t.text) for r, t in zip(requests, texts) if r.kind == "product"])
+            for event in events:
+                await stream.ack(event)
             metrics.GENERATION_QUEUE_DEPTH.set(0)
 
     app.copy_partitions = None

@@ -79,8 +79,8 @@ class _Recorder:
     def new_batch(self) -> None:
         self.first = None
 
-    def generate(self, prompts, *, max_new_tokens: int = 64, sample: bool = False) -> list[str]:
-        texts = self.generator.generate(prompts, max_new_tokens=max_new_tokens, sample=sample)
+    def generate(self, prompts, *, max_new_tokens: int = 64, sample: bool = False, cancel=None) -> list[str]:
+        texts = self.generator.generate(prompts, max_new_tokens=max_new_tokens, sample=sample, cancel=cancel)
         if self.first is None:
             self.first = dict(zip(prompts, texts))
         else:

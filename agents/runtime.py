@@ -157,8 +157,10 @@ class CopyAgentProcess:
         exit status."""
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
+            asked = time.monotonic()
             try:
                 self.process.wait(timeout_s)
+                log.info("the copy agent (pid %d) stopped %.1f s after SIGTERM", self.pid, time.monotonic() - asked)
             except subprocess.TimeoutExpired:
                 log.warning("the copy agent (pid %d) did not stop in %.0f s: killed", self.pid, timeout_s)
                 self.process.kill()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import re
+import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -134,7 +135,9 @@ class CopyWriter:
     def version(self) -> str:
         return f"{self.generator.name}@{self.generator.version}" if self.generator else "template"
 
-    def write(self, requests: Sequence[CopyRequest]) -> list[SafeText]:
+    def write(self, requests: Sequence[CopyRequest], cancel: threading.Event | None = None) -> list[SafeText]:
+        """Copy for every request. ``cancel``: handed to the generator, which raises once it is set (the agent
+        that asked is stopping and publishes nothing from this batch)."""
         fallbacks = [r.name if r.kind == "ad" else template_copy(r.name, r.category, r.interests) for r in requests]
         if self.generator is None:
             return [SafeText(text, "template") for text in fallbacks]
@@ -145,7 +148,7 @@ class CopyWriter:
 
         def generate(batch: Sequence[str]) -> list[str]:
             # The first try decodes as configured (greedy); a retry of blocked rows samples, or it would repeat them.
-            return generator.generate(batch, max_new_tokens=self.max_new_tokens, sample=next(attempts) > 0)
+            return generator.generate(batch, max_new_tokens=self.max_new_tokens, sample=next(attempts) > 0, cancel=cancel)
 
         def grounded(row: int, text: str) -> str | None:
             request = requests[row]

@@ -6,6 +6,7 @@ ONNX-backed ones) and satisfy these protocols by shape; the engine never imports
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping, Sequence
 from typing import Protocol, runtime_checkable
 
@@ -43,9 +44,11 @@ class TextGenerator(Protocol):
     name: str
     version: str
 
-    def generate(self, prompts: Sequence[str], *, max_new_tokens: int = 64, sample: bool = False) -> list[str]:
+    def generate(self, prompts: Sequence[str], *, max_new_tokens: int = 64, sample: bool = False,
+                 cancel: threading.Event | None = None) -> list[str]:
         """``sample``: decode with sampling instead of the implementation's default (a retry of a blocked text
-        must not repeat it word for word)."""
+        must not repeat it word for word). ``cancel``: once set, the call gives up soon and raises (its results
+        would not be used: the process is stopping)."""
         ...
 
 

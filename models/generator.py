@@ -10,6 +10,7 @@ the batch (their cache rows too), so a long straggler does not make the others p
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -43,6 +44,10 @@ class GenerationConfig:
     stop_sequences: tuple[str, ...] = ()
     time_budget_s: float | None = None
     seed: int | None = None
+
+
+class GenerationCancelled(Exception):
+    """A generation call was cancelled (its ``cancel`` event set) before it finished; its rows are dropped."""
 
 
 @dataclass
@@ -83,9 +88,12 @@ class KVCacheDecoder:
         self.output_names = ["logits"] + [f"present_{k}_{i}" for i in range(num_layers) for k in ("key", "value")]
 
     def generate(
-        self, prompts: Sequence[Sequence[int]], config: GenerationConfig = GenerationConfig(), stop_check=None
+        self, prompts: Sequence[Sequence[int]], config: GenerationConfig = GenerationConfig(), stop_check=None,
+        cancel: threading.Event | None = None,
     ) -> GenerationResult:
-        """Generate for a batch of token-id prompts. ``stop_check(row, tokens) -> bool`` ends a row early."""
+        """Generate for a batch of token-id prompts. ``stop_check(row, tokens) -> bool`` ends a row early.
+        ``cancel``: checked before every decoding step; once set, :class:`GenerationCancelled` is raised (a
+        stopping process does not wait for a batch that takes seconds)."""
         start = time.perf_counter()
         rng = np.random.default_rng(config.seed)
         n = len(prompts)
@@ -98,6 +106,8 @@ class KVCacheDecoder:
         active = np.arange(n)
         step_ids, step_pos, prefill_s, steps = ids, positions, 0.0, 0
         while len(active) and steps < config.max_new_tokens:
+            if cancel is not None and cancel.is_set():
+                raise GenerationCancelled(f"cancelled after {steps} of at most {config.max_new_tokens} steps")
             logits, past = self._step(step_ids, mask, step_pos, past)
             if steps == 0:
                 prefill_s = time.perf_counter() - start
@@ -259,15 +269,17 @@ class OnnxGenerator(HandleBacked):
         self._loaded = loaded
 
     def generate(self, prompts: Sequence[str], *, max_new_tokens: int = 64, config: GenerationConfig | None = None,
-                 raw: bool = False, sample: bool = False) -> list[str]:
+                 raw: bool = False, sample: bool = False, cancel: threading.Event | None = None) -> list[str]:
         """Generate one text per prompt. Prompts are wrapped in the chat format unless ``raw``. ``sample`` (without
-        ``config``): the defaults with :data:`RETRY_SAMPLING` decoding, a fresh seed each call."""
+        ``config``): the defaults with :data:`RETRY_SAMPLING` decoding, a fresh seed each call. ``cancel``: see
+        :meth:`KVCacheDecoder.generate` (:class:`GenerationCancelled` once it is set)."""
         if sample and config is None:
             config = replace(self.defaults, **RETRY_SAMPLING)
-        return self.generate_detailed(prompts, max_new_tokens=max_new_tokens, config=config, raw=raw).texts
+        return self.generate_detailed(prompts, max_new_tokens=max_new_tokens, config=config, raw=raw, cancel=cancel).texts
 
     def generate_detailed(self, prompts: Sequence[str], *, max_new_tokens: int = 64,
-                          config: GenerationConfig | None = None, raw: bool = False) -> GenerationResult:
+                          config: GenerationConfig | None = None, raw: bool = False,
+                          cancel: threading.Event | None = None) -> GenerationResult:
         config = replace(config or self.defaults, max_new_tokens=max_new_tokens)
         texts = [p if raw else chatml(p, self.system_prompt) for p in prompts]
         ids = [e.ids for e in self.tokenizer.encode_batch(texts, add_special_tokens=False)]
@@ -277,7 +289,7 @@ class OnnxGenerator(HandleBacked):
             tail = self.tokenizer.decode(tokens[-8:], skip_special_tokens=True)
             return any(s in tail for s in stops)
 
-        result = self.decoder.generate(ids, config, stop_check if stops else None)
+        result = self.decoder.generate(ids, config, stop_check if stops else None, cancel)
         result.texts = [self._finish(t, stops) for t in result.tokens]
         return result
 

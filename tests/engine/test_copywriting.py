@@ -12,7 +12,7 @@ class EchoGenerator:
         self.texts = texts
         self.calls = 0
 
-    def generate(self, prompts, *, max_new_tokens: int = 64, sample: bool = False) -> list[str]:
+    def generate(self, prompts, *, max_new_tokens: int = 64, sample: bool = False, cancel=None) -> list[str]:
         self.calls += 1
         return self.texts[: len(prompts)]
 
@@ -42,7 +42,7 @@ class BlockedWhenGreedy:
     def __init__(self) -> None:
         self.samples: list[bool] = []
 
-    def generate(self, prompts, *, max_new_tokens: int = 64, sample: bool = False) -> list[str]:
+    def generate(self, prompts, *, max_new_tokens: int = 64, sample: bool = False, cancel=None) -> list[str]:
         self.samples.append(sample)
         return ["Fresh sourdough, baked this morning." if sample else "Our loaf: the best in the world."] * len(prompts)
 
@@ -84,7 +84,7 @@ class DriftsWhenGreedy:
         self.always_drift = always_drift
         self.calls = 0
 
-    def generate(self, prompts, *, max_new_tokens: int = 64, sample: bool = False) -> list[str]:
+    def generate(self, prompts, *, max_new_tokens: int = 64, sample: bool = False, cancel=None) -> list[str]:
         self.calls += 1
         on_topic = sample and not self.always_drift
         return ["Stack these tins on a kitchen shelf." if on_topic else "A pair of jeans with two pockets."] * len(prompts)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 
 pytest.importorskip("torch", reason="torch is in the train extra")
@@ -9,7 +11,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers  # noqa: E402
 
 from kairos.engine.interfaces import TextGenerator  # noqa: E402
 from kairos.engine.safety import SafetyFilter, safe_generate  # noqa: E402
-from kairos.models.generator import GenerationConfig, OnnxGenerator  # noqa: E402
+from kairos.models.generator import GenerationCancelled, GenerationConfig, OnnxGenerator  # noqa: E402
 from kairos.models.registry import publish_model  # noqa: E402
 from kairos.onnx_export.generator_export import export_causal_lm, generator_config, tiny_llama  # noqa: E402
 
@@ -67,3 +69,27 @@ def test_sampled_generation_through_the_safety_filter(generator):
     gen = lambda prompts: generator.generate(prompts, max_new_tokens=5, config=cfg)  # noqa: E731
     out = safe_generate(gen, ["write copy for red dress"], ["Red dress."], SafetyFilter())
     assert out[0].source in ("generated", "regenerated", "template") and out[0].text
+
+
+class CancelAfter(threading.Event):
+    """An event that reads as set from its ``n``-th check on: a cancel arriving while a batch decodes."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__()
+        self.n, self.checks = n, 0
+
+    def is_set(self) -> bool:
+        self.checks += 1
+        return self.checks >= self.n or super().is_set()
+
+
+def test_a_cancelled_generation_stops_at_its_next_step_and_raises(generator):
+    config = GenerationConfig(max_new_tokens=12)
+    with pytest.raises(GenerationCancelled, match="after 3 of at most 12 steps"):
+        generator.generate(["write copy for blue jeans", "red dress"], config=config, max_new_tokens=12, cancel=CancelAfter(4))
+    done = threading.Event()
+    done.set()
+    with pytest.raises(GenerationCancelled, match="after 0 of"):  # set before the call: no step at all
+        generator.generate(["red dress"], max_new_tokens=12, cancel=done)
+    # an event that is never set changes nothing
+    assert generator.generate(["red dress"], max_new_tokens=6, cancel=threading.Event()) == generator.generate(["red dress"], max_new_tokens=6)
