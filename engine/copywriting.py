@@ -9,6 +9,7 @@ is fed from that stream, so no event ever waits for text generation.
 from __future__ import annotations
 
 import itertools
+import logging
 import re
 import threading
 from collections import OrderedDict
@@ -19,6 +20,8 @@ from kairos.engine.interfaces import TextGenerator
 from kairos.engine.product_words import PRODUCT_MODIFIERS
 from kairos.engine.prompts import ProductFacts, ad_copy_prompt, fallback_product_copy, product_copy_prompt
 from kairos.engine.safety import SafeText, SafetyFilter, SafetyStats, safe_generate
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,7 +157,15 @@ class CopyWriter:
             request = requests[row]
             return None if request.kind == "ad" or names_product(request.name, text) else "off_product"
 
-        texts = safe_generate(generate, prompts, fallbacks, self.safety, self.stats, grounded=grounded)
+        try:
+            texts = safe_generate(generate, prompts, fallbacks, self.safety, self.stats, grounded=grounded)
+        except Exception:
+            if cancel is not None and cancel.is_set():
+                raise  # cancelled: nothing of this batch is published
+            # A generator that fails on a batch gives templates, not a dead copy agent that would fail again on
+            # the same batch after every restart.
+            log.exception("the copy generator failed on a batch of %d requests: templates instead", len(requests))
+            return [SafeText(text, "template", ("generator_error",)) for text in fallbacks]
         return [_no_repeated_headline(r, t) for r, t in zip(requests, texts)]
 
 

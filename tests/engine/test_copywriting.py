@@ -107,3 +107,28 @@ def test_ad_headline_variants_are_not_held_to_the_product_rule():
     writer = CopyWriter(EchoGenerator(["Nobody saw this coming."]))
     (variant,) = writer.write([CopyRequest("c1", "ad", "A Quiet Story About Bread", kind="ad")])
     assert (variant.text, variant.source) == ("Nobody saw this coming.", "generated")
+
+
+class Broken:
+    """A generator that fails, or, once ``cancel`` is set, raises as a cancelled ONNX generator does."""
+
+    name, version = "broken", "1"
+
+    def generate(self, prompts, *, max_new_tokens: int = 64, sample: bool = False, cancel=None) -> list[str]:
+        raise RuntimeError("cancelled" if cancel is not None and cancel.is_set() else "onnxruntime failed")
+
+
+def test_a_failing_generator_gives_templates_and_a_cancelled_one_gives_nothing():
+    import threading
+
+    import pytest
+
+    requests = [CopyRequest("i1", "cat:bread", "SOURDOUGH LOAF", "bread"), CopyRequest("c1", "ad", "A Quiet Story", kind="ad")]
+    writer = CopyWriter(Broken())
+    product, ad = writer.write(requests)
+    assert (product.source, product.reasons) == ("template", ("generator_error",)) and "Sourdough" in product.text
+    assert (ad.text, ad.source) == ("A Quiet Story", "template")  # an ad keeps its own headline
+    cancel = threading.Event()
+    cancel.set()
+    with pytest.raises(RuntimeError, match="cancelled"):  # the agent publishes nothing of a cancelled batch
+        writer.write(requests, cancel=cancel)
