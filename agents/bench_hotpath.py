@@ -36,7 +36,7 @@ from kairos.schemas.codec import encode
 PARTITIONS = 4
 
 
-def _records(settings: Settings, events: list, first_offset: int) -> list[InputRecord]:
+def records_of(settings: Settings, events: list, first_offset: int) -> list[InputRecord]:
     topics, now_ms = settings.topics, int(time.time() * 1000)
     return [
         InputRecord(topics.purchases if e.kind == "purchase" else topics.clicks, partition_for(e.user_id, PARTITIONS),
@@ -45,7 +45,7 @@ def _records(settings: Settings, events: list, first_offset: int) -> list[InputR
     ]
 
 
-class _PeerOrders:
+class PeerOrders:
     """The discovery topic without a broker: a batch's published orders get the offsets the topic would give them
     (per partition, keyed by shopper) and go straight back through ``apply_peer_orders``."""
 
@@ -77,12 +77,12 @@ def bench_hotpath(
     states = {p: PartitionState(p, config, make(config)) for p in range(PARTITIONS)}
     pipeline = BatchPipeline(settings.topics, states, PARTITIONS, config.top_n, settings.recommend_every_event,
                              share_discovery=settings.shared_discovery)  # fmt: skip
-    peers = _PeerOrders(pipeline)
+    peers = PeerOrders(pipeline)
     picked = pick_source(data_dir, source, warm + events)
-    warm_records = _records(settings, picked.events[:warm], 0)
+    warm_records = records_of(settings, picked.events[:warm], 0)
     for start in range(0, len(warm_records), 500):
         peers.apply(pipeline.process(warm_records[start : start + 500]))
-    timed = _records(settings, picked.events[warm : warm + events], warm)
+    timed = records_of(settings, picked.events[warm : warm + events], warm)
     batch_ms, peer_ms, recommendations, learned = [], [], 0, 0
     for start in range(0, len(timed), batch):
         if gap_ms > 0:

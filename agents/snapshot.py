@@ -212,7 +212,7 @@ class SlicedSnapshot:
         return self._build.done or self.error is not None
 
     @property
-    def blob(self) -> bytes | None:
+    def blob(self) -> bytes | bytearray | None:
         return self._build.blob if self.error is None else None
 
     @property

@@ -290,9 +290,11 @@ class ProductCatalogue:
 
     # --- persistence (inside the discovery model's state) ---
 
-    def to_state(self) -> dict:
+    def to_state(self, in_pieces: bool = False) -> dict:
+        """``in_pieces``: the sibling lists are left to a checkpoint built in pieces (None)."""
         return {"tokens": {item: list(tokens) for item, tokens in self.tokens.items()}, "seen": self.seen,
-                "observed": self.observed, "siblings": self.siblings, "stale": list(self._stale)}
+                "observed": self.observed, "siblings": None if in_pieces else self.siblings,
+                "stale": list(self._stale)}
 
     def load_state(self, data: dict) -> None:
         """Rebuilds the postings and document frequencies from the items, oldest first (as they were learned).

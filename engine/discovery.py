@@ -318,41 +318,51 @@ class PurchaseGraph:
 
     # --- persistence (inside the partition checkpoint's "selection" entry, see Selector.to_state) ---
 
-    def open_snapshot(self) -> dict[str, tuple[list[str], dict, Callable[[str], object]]]:
-        """For a checkpoint built in pieces (engine/checkpoint.py): the model's two large keyed maps as they are
-        now, kept until :meth:`close_snapshot`, each as ``GlobalModel.open_snapshot``'s keyed parts are (its keys
-        now, the map in which a key's state of now is kept when it changes or goes, a key's current state; a key
-        not kept is unchanged). ``"links"``: the rows,
-        copy on write (a row's state of now is kept the first time the stream changes or drops it);
-        ``"siblings"`` (with the catalogue): the product lines' sibling lists, which are replaced, never changed in
-        place, so a shallow copy of the map holds them. After 6,000 Online Retail orders with shared discovery
-        the rows were 3.9 and the lists 0.95 of the model's 6.1 MB, and 70 and 11.5 of the 105 ms its encoding
-        held the worker's loop when encoded at once."""
+    def open_snapshot(self) -> dict[str, tuple[list[str], dict, Callable[[str], object], bool]]:
+        """For a checkpoint built in pieces (engine/checkpoint.py): the model's large maps as they are now, kept
+        until :meth:`close_snapshot`, by their place in :meth:`to_state` (a dotted path), each as (its keys now,
+        the map in which a key's state of now is kept when it changes or goes, a key's current state, whether the
+        map is stored as a list of [key, state] pairs rather than an object); a key not kept is unchanged.
+        ``"links"``: the co-purchase rows, copy on write (a row's state of now is kept the first time the stream
+        changes or drops it); ``"catalogue.siblings"``: the product lines' sibling lists, which are replaced,
+        never changed in place, so a shallow copy of the map holds them; ``"shoppers.buyers"`` and
+        ``"shoppers.baskets"``: the user-kNN lists, copy on write (``SimilarShoppers.open_snapshot``).
+        :meth:`to_state` with ``in_pieces`` leaves them out. After 6,000 Online Retail orders with shared
+        discovery the rows were 3.9 and the lists 0.95 of the model's 6.1 MB, and 70 and 11.5 of the 105 ms its
+        encoding held the worker's loop when encoded at once; the user-kNN lists took 4.5-7 ms to copy and
+        2.5 ms to encode (``kairos bench checkpoint``, docs/performance.md)."""
         if self._kept_links is not None:
             raise RuntimeError("a snapshot of the discovery model is already open")
         self._kept_links = {}
-        parts: dict[str, tuple[list[str], dict, Callable[[str], object]]] = {
-            "links": (list(self.links), self._kept_links, lambda item: self.links[item])
+        parts: dict[str, tuple[list[str], dict, Callable[[str], object], bool]] = {
+            "links": (list(self.links), self._kept_links, lambda item: self.links[item], False)
         }
         if self.catalogue is not None:
             siblings = dict(self.catalogue.siblings)
-            parts["siblings"] = (list(siblings), {}, siblings.__getitem__)  # nothing to keep: a copy of now
+            parts["catalogue.siblings"] = (list(siblings), {}, siblings.__getitem__, False)  # a copy of now
+        if self.shoppers is not None:
+            for name, (keys, kept, current) in self.shoppers.open_snapshot().items():
+                parts[f"shoppers.{name}"] = (keys, kept, current, name == "baskets")
         return parts
 
     def close_snapshot(self) -> None:
         self._kept_links = None
+        if self.shoppers is not None:
+            self.shoppers.close_snapshot()
 
-    def to_state(self) -> dict:
+    def to_state(self, in_pieces: bool = False) -> dict:
+        """``in_pieces``: :meth:`open_snapshot`'s maps are left to a checkpoint built in pieces (None where they
+        stand)."""
         state = {
             "popular": self.popular_now.to_state(), "discovered": self.discovered_now.to_state(),
-            "orders": self.orders, "links": self.links, "observed": self.observed,
+            "orders": self.orders, "links": None if in_pieces else self.links, "observed": self.observed,
             "first_orders": self.first_orders_now.to_state(),
             "peer_sources": self.peer_sources, "peer_positions": sorted(self.peer_positions.items()),
         }  # fmt: skip
         if self.shoppers is not None:
-            state["shoppers"] = self.shoppers.to_state()
+            state["shoppers"] = self.shoppers.to_state(in_pieces)
         if self.catalogue is not None:
-            state["catalogue"] = self.catalogue.to_state()
+            state["catalogue"] = self.catalogue.to_state(in_pieces)
         return state
 
     def load_state(self, data: dict) -> None:

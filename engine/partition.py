@@ -163,9 +163,8 @@ class PartitionState:
     def begin_global_checkpoint(self) -> CheckpointBuild:
         """:meth:`global_blob` as of now, built a slice at a time while the state moves on (engine/checkpoint.py)."""
         selector = self.selector
-        return CheckpointBuild(
-            selector.model, selector.online.to_state(), selector.to_state(), self.latest_ts, selector.recommender.discovery
-        )
+        return CheckpointBuild(selector.model, selector.online.to_state(), selector.to_state(discovery_in_pieces=True),
+                               self.latest_ts, selector.recommender.discovery)  # fmt: skip
 
     @classmethod
     def restore(

@@ -347,12 +347,13 @@ class Selector:
 
     # --- persistence of what the feedback loop learned (partition checkpoint) ---
 
-    def to_state(self) -> dict:
+    def to_state(self, discovery_in_pieces: bool = False) -> dict:
         # The discovery model rides along here (it is the Recommender's, but the checkpoint format is owned by
         # engine/partition.py, which stores this dict as "selection"). The feedback join rides with the corrector
         # it feeds: both must stand at the same offsets, or a label is learned twice or never (docs/state.md).
+        # ``discovery_in_pieces``: the discovery model's large maps are left out (PurchaseGraph.to_state).
         state = {"corrector": dict(self.corrector._weights), "examples": self.examples_learned,
-                 "discovery": self.recommender.discovery.to_state(), "join": self.join.to_state()}
+                 "discovery": self.recommender.discovery.to_state(discovery_in_pieces), "join": self.join.to_state()}
         if self.ads is not None:
             state["ads"] = self.ads.to_state()
         return state

@@ -11,7 +11,7 @@ from __future__ import annotations
 import heapq
 import math
 from collections import OrderedDict, deque
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from operator import itemgetter
 
 from kairos.engine.config import EngineConfig
@@ -31,14 +31,23 @@ class SimilarShoppers:
         self.config = config
         self.buyers: dict[str, deque[str]] = {}
         self.baskets: OrderedDict[str, deque[str]] = OrderedDict()
+        #: While a checkpoint is built in slices (``open_snapshot``): an item's buyers and a shopper's basket as they
+        #: were when it began, kept the first time the stream changes or drops them (copy on write); else None.
+        self._kept_buyers: dict[str, list[str]] | None = None
+        self._kept_baskets: dict[str, list[str]] | None = None
 
     def observe(self, shopper: str, items: Sequence[str]) -> None:
+        kept_baskets, kept_buyers = self._kept_baskets, self._kept_buyers
         basket = self.baskets.get(shopper)
         if basket is None:
             basket = self.baskets[shopper] = deque(maxlen=self.config.discovery_shopper_items)
             if len(self.baskets) > self.config.discovery_max_shoppers:
-                self.baskets.popitem(last=False)
+                gone, its_basket = self.baskets.popitem(last=False)
+                if kept_baskets is not None and gone not in kept_baskets:
+                    kept_baskets[gone] = list(its_basket)
         else:
+            if kept_baskets is not None and shopper not in kept_baskets:
+                kept_baskets[shopper] = list(basket)
             self.baskets.move_to_end(shopper)
         for item in items:
             if item in basket:
@@ -50,12 +59,17 @@ class SimilarShoppers:
                 if len(self.buyers) > self.config.max_items:
                     self._forget_oldest_items()
             if not buyers or buyers[-1] != shopper:
+                if kept_buyers is not None and item not in kept_buyers:
+                    kept_buyers[item] = list(buyers)
                 buyers.append(shopper)
 
     def _forget_oldest_items(self) -> None:
         """Down to 90% of ``max_items``: the items first seen longest ago go (dicts keep insertion order)."""
         drop = len(self.buyers) - (self.config.max_items - self.config.max_items // 10)
+        kept = self._kept_buyers
         for item in list(self.buyers)[:drop]:
+            if kept is not None and item not in kept:  # the checkpoint being built keeps it as it was
+                kept[item] = list(self.buyers[item])
             del self.buyers[item]
 
     def scores(self, shopper: str, anchors: Sequence[str], n: int, excluded: Collection[str]) -> list[tuple[str, float]]:
@@ -81,7 +95,26 @@ class SimilarShoppers:
             totals.pop(item, None)
         return heapq.nlargest(n, totals.items(), key=itemgetter(1))
 
-    def to_state(self) -> dict:
+    def open_snapshot(self) -> dict[str, tuple[list[str], dict, Callable[[str], list[str]]]]:
+        """For a checkpoint built in pieces (engine/checkpoint.py): ``"buyers"`` and ``"baskets"`` as they are now,
+        each as (its keys now, in order; the map in which a key's list of now is kept the first time the stream
+        changes or drops it; a key's current list), until :meth:`close_snapshot`. ``"baskets"`` is stored as a
+        list of [shopper, items] pairs (its order is the forgetting order), ``"buyers"`` as an object."""
+        if self._kept_buyers is not None:
+            raise RuntimeError("a snapshot of the shoppers is already open")
+        self._kept_buyers, self._kept_baskets = {}, {}
+        return {
+            "buyers": (list(self.buyers), self._kept_buyers, lambda item: list(self.buyers[item])),
+            "baskets": (list(self.baskets), self._kept_baskets, lambda shopper: list(self.baskets[shopper])),
+        }
+
+    def close_snapshot(self) -> None:
+        self._kept_buyers = self._kept_baskets = None
+
+    def to_state(self, in_pieces: bool = False) -> dict:
+        """``in_pieces``: the two maps are left to a checkpoint built in pieces (:meth:`open_snapshot`); None."""
+        if in_pieces:
+            return {"buyers": None, "baskets": None}
         return {"buyers": {k: list(v) for k, v in self.buyers.items()},
                 "baskets": [[k, list(v)] for k, v in self.baskets.items()]}
 

@@ -41,7 +41,7 @@ class Commit:
     deleted: Sequence[str]
     offsets: Mapping[str, int]
     serving: Sequence[ServingRecord] = ()
-    global_checkpoint: tuple[bytes, Mapping[str, int]] | None = None
+    global_checkpoint: tuple[bytes | bytearray, Mapping[str, int]] | None = None  # a sliced build gives a bytearray
     #: Last event time of each user in ``users`` (the store's idle index).
     activity: Mapping[str, float] = field(default_factory=dict)
     #: State version of each user in ``users`` when the commit was built: a user changed again since (by a later

@@ -1,6 +1,6 @@
 """A global checkpoint built in slices (engine/checkpoint.py) is the state of the moment it began, byte for byte,
 however the stream changes the state between its slices: co-occurrence rows, catalog entries, category maps and the
-discovery model's rows changed, created and dropped meanwhile, the popularity maps updated, an event count that moved on. No broker: the
+discovery model's rows and user-kNN lists changed, created and dropped meanwhile, the popularity maps updated, an event count that moved on. No broker: the
 worker's pipeline over one partition (the worker end to end is in tests/agents/test_checkpoint_child.py; when the worker runs the slices, below)."""
 
 from __future__ import annotations
@@ -66,7 +66,8 @@ def test_a_build_is_the_state_it_began_with_while_the_stream_changes_it(max_item
     monkeypatch.setattr("kairos.engine.checkpoint.ENTRIES_PER_PIECE", 5)  # many pieces, events between them
     monkeypatch.setattr("kairos.engine.global_model.MAX_CATEGORIES", max_categories)
     half_life = 14 * 86_400.0 if max_items == 50_000 else 60.0
-    config = EngineConfig(top_n=5, max_items=max_items, popularity_half_life_s=half_life)
+    shoppers = 100_000 if max_items == 50_000 else 8  # 13 shoppers: the user-kNN forgets some meanwhile
+    config = EngineConfig(top_n=5, max_items=max_items, popularity_half_life_s=half_life, discovery_max_shoppers=shoppers)
     state, pipeline, log = _state(config)
     _apply(pipeline, log, _events(0, 500, items=37))
     expected = state.global_blob()
@@ -91,7 +92,20 @@ def test_a_build_is_the_state_it_began_with_while_the_stream_changes_it(max_item
     lines_now = orjson.loads(state.global_blob())["selection"]["discovery"]["catalogue"]["siblings"]
     if max_items == 40:  # the catalogue forgets items: every sibling list is rebuilt without them
         assert [k for k in lines_then if lines_now.get(k) != lines_then[k]], "no product line changed meanwhile"
-    assert state.selector.recommender.discovery._kept_links is None  # closed with the last piece
+    knn_then = orjson.loads(expected)["selection"]["discovery"]["shoppers"]
+    knn_now = orjson.loads(state.global_blob())["selection"]["discovery"]["shoppers"]
+    buyers_then, buyers_now = knn_then["buyers"], knn_now["buyers"]
+    if max_items == 50_000:  # (with 40 the old items are all forgotten before they are bought again)
+        assert [k for k in buyers_then if buyers_now.get(k) != buyers_then[k]], "no item's buyers changed"
+    assert set(buyers_now) - set(buyers_then), "no item was bought for the first time meanwhile"
+    baskets_then, baskets_now = dict(knn_then["baskets"]), dict(knn_now["baskets"])
+    assert [k for k in baskets_then if k in baskets_now and baskets_now[k] != baskets_then[k]], "no basket changed"
+    assert [k for k, _ in knn_then["baskets"]] != [k for k, _ in knn_now["baskets"]], "the forgetting order stayed"
+    if max_items == 40:
+        assert set(buyers_then) - set(buyers_now), "no item's buyers were forgotten meanwhile"
+        assert set(baskets_then) - set(baskets_now), "no shopper was forgotten meanwhile"
+    discovery = state.selector.recommender.discovery
+    assert discovery._kept_links is None and discovery.shoppers._kept_buyers is None  # closed with the last piece
     now = orjson.loads(state.global_blob())["model"]
     assert now["events"] == then["events"] + applied
     for part in ("nb", "cat", "catitems"):  # each keyed part had keys changed that the build had to keep
