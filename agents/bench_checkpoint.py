@@ -25,12 +25,10 @@ from pathlib import Path
 import numpy as np
 import orjson
 
-from kairos.agents.bench_hotpath import PARTITIONS, PeerOrders, records_of
+from kairos.agents.bench_hotpath import PARTITIONS, add_source_arguments, partitions_engine, warm_up
 from kairos.agents.demo import pick_source
-from kairos.agents.pipeline import BatchPipeline
 from kairos.agents.settings import Settings, load_settings
 from kairos.agents.snapshot import SlicedSnapshot
-from kairos.agents.worker import default_selector_factory
 from kairos.engine.partition import PartitionState
 
 
@@ -61,16 +59,9 @@ def _at_once_parts(state: PartitionState) -> dict[str, float]:
 
 
 def bench_checkpoint(settings: Settings, data_dir: Path | None, source: str, events: int, repeats: int) -> dict:
-    config = settings.engine_config()
-    make = default_selector_factory(settings)
-    states = {p: PartitionState(p, config, make(config)) for p in range(PARTITIONS)}
-    pipeline = BatchPipeline(settings.topics, states, PARTITIONS, config.top_n, settings.recommend_every_event,
-                             share_discovery=settings.shared_discovery)  # fmt: skip
-    peers = PeerOrders(pipeline)
+    states, _, peers = partitions_engine(settings)
     picked = pick_source(data_dir, source, events)
-    applied = records_of(settings, picked.events[:events], 0)
-    for start in range(0, len(applied), 500):
-        peers.apply(pipeline.process(applied[start : start + 500]))
+    applied = warm_up(settings, peers, picked.events[:events])
 
     snapshots, slices, last_slices, at_once, counts, sizes, equal = [], [], [], [], [], {}, True
     for _ in range(repeats):
@@ -119,8 +110,7 @@ def _cmd_bench_checkpoint(args: argparse.Namespace) -> int:
 def register(groups: dict) -> None:
     """Add ``bench checkpoint`` to the CLI."""
     p = groups["bench"].add_parser("checkpoint", help="what a global checkpoint built in slices holds the loop")
-    p.add_argument("--data-dir", type=Path, default=None, help="default ../shared/data (else the simulator)")
-    p.add_argument("--source", default="online_retail", choices=["all", "online_retail", "taobao", "simulated"])
+    add_source_arguments(p, "online_retail")
     p.add_argument("--events", type=int, default=6_000, help="events applied before the checkpoints")
     p.add_argument("--repeats", type=int, default=3, help="builds per partition")
     p.set_defaults(func=_cmd_bench_checkpoint)

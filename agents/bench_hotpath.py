@@ -69,19 +69,38 @@ class PeerOrders:
         return learned.peer_orders
 
 
-def bench_hotpath(
-    settings: Settings, data_dir: Path | None, source: str, warm: int, events: int, batch: int, gap_ms: float = 0.0
-) -> dict:
+def partitions_engine(settings: Settings) -> tuple[dict[int, PartitionState], BatchPipeline, PeerOrders]:
+    """The worker's pipeline over :data:`PARTITIONS` partitions, without broker or Redis; the orders of each
+    partition's shoppers go to the others as the worker's discovery topic takes them (when shared)."""
     config = settings.engine_config()
     make = default_selector_factory(settings)
     states = {p: PartitionState(p, config, make(config)) for p in range(PARTITIONS)}
     pipeline = BatchPipeline(settings.topics, states, PARTITIONS, config.top_n, settings.recommend_every_event,
                              share_discovery=settings.shared_discovery)  # fmt: skip
-    peers = PeerOrders(pipeline)
+    return states, pipeline, PeerOrders(pipeline)
+
+
+def warm_up(settings: Settings, peers: PeerOrders, events: list, batch: int = 500) -> list[InputRecord]:
+    """Apply ``events`` (offsets from 0) in batches of ``batch``, sharing orders after each; returns the records."""
+    records = records_of(settings, events, 0)
+    for start in range(0, len(records), batch):
+        peers.apply(peers.pipeline.process(records[start : start + batch]))
+    return records
+
+
+def add_source_arguments(parser: argparse.ArgumentParser, default: str) -> None:
+    """``--data-dir`` and ``--source``, as the benchmarks without a broker take them."""
+    parser.add_argument("--data-dir", type=Path, default=None, help="default ../shared/data (else the simulator)")
+    parser.add_argument("--source", default=default, choices=["all", "online_retail", "taobao", "simulated"])
+
+
+def bench_hotpath(
+    settings: Settings, data_dir: Path | None, source: str, warm: int, events: int, batch: int, gap_ms: float = 0.0
+) -> dict:
+    states, pipeline, peers = partitions_engine(settings)
+    config = settings.engine_config()
     picked = pick_source(data_dir, source, warm + events)
-    warm_records = records_of(settings, picked.events[:warm], 0)
-    for start in range(0, len(warm_records), 500):
-        peers.apply(pipeline.process(warm_records[start : start + 500]))
+    warm_records = warm_up(settings, peers, picked.events[:warm])
     timed = records_of(settings, picked.events[warm : warm + events], warm)
     batch_ms, peer_ms, recommendations, learned = [], [], 0, 0
     for start in range(0, len(timed), batch):
@@ -130,8 +149,7 @@ def _cmd_bench_hotpath(args: argparse.Namespace) -> int:
 def register(groups: dict) -> None:
     """Add ``bench hotpath`` to the CLI."""
     p = groups["bench"].add_parser("hotpath", help="the worker's cost per event without broker or Redis")
-    p.add_argument("--data-dir", type=Path, default=None, help="default ../shared/data (else the simulator)")
-    p.add_argument("--source", default="taobao", choices=["all", "online_retail", "taobao", "simulated"])
+    add_source_arguments(p, "taobao")
     p.add_argument("--warm", type=int, default=15_000, help="events applied first, in batches of 500")
     p.add_argument("--events", type=int, default=2_000, help="events timed")
     p.add_argument("--batch", type=int, default=1, help="events per timed batch (1: each event alone)")
