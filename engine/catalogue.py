@@ -291,8 +291,9 @@ class ProductCatalogue:
     # --- persistence (inside the discovery model's state) ---
 
     def to_state(self, in_pieces: bool = False) -> dict:
-        """``in_pieces``: the sibling lists are left to a checkpoint built in pieces (None)."""
-        return {"tokens": {item: list(tokens) for item, tokens in self.tokens.items()}, "seen": self.seen,
+        """``in_pieces``: the tokens and the sibling lists are left to a checkpoint built in pieces (None)."""
+        tokens = None if in_pieces else {item: list(t) for item, t in self.tokens.items()}
+        return {"tokens": tokens, "seen": self.seen,
                 "observed": self.observed, "siblings": None if in_pieces else self.siblings,
                 "stale": list(self._stale)}
 
