@@ -155,7 +155,13 @@ class CopyWriter:
 
         def grounded(row: int, text: str) -> str | None:
             request = requests[row]
-            return None if request.kind == "ad" or names_product(request.name, text) else "off_product"
+            if glued_sentences(text):
+                return "glued_sentences"
+            if request.kind == "ad":
+                return None
+            if not names_product(request.name, text) or garment_parts_on_other_goods(request.name, request.category, text):
+                return "off_product"
+            return None
 
         try:
             texts = safe_generate(generate, prompts, fallbacks, self.safety, self.stats, grounded=grounded)
@@ -200,6 +206,64 @@ def names_product(name: str, text: str) -> bool:
         return True
     said = {form for w in re.findall(r"[a-z]{3,}", text.casefold()) for form in _forms(w)}
     return any(not said.isdisjoint(_forms(w)) for w in wanted)
+
+
+#: A sentence run into the next without a space ("...detailsWarranty available"): 38% of the Myntra descriptions the
+#: generator is fine-tuned on were scraped that way (onnx_export/generator_train.py now separates them), and a
+#: model trained on them writes such run-on feature lists. Two lower-case letters first, so "iPhone" and "McQueen"
+#: pass (in the Myntra descriptions every run with two found this way was two sentences: "Rim", "Best suited for").
+GLUED = re.compile(r"(?<=[a-z]{2})(?=[A-Z][a-z])")
+
+
+def glued_sentences(text: str) -> bool:
+    """Whether ``text`` runs a sentence into the next one without a space.
+
+    >>> glued_sentences("White lamp, has rear lightingSynthetic fiber woven fabric"), glued_sentences("iPhone case")
+    (True, False)
+    """
+    return GLUED.search(text) is not None
+
+
+def separate_glued_sentences(text: str) -> str:
+    """``text`` with a full stop and a space where a sentence runs into the next.
+
+    >>> separate_glued_sentences("secured with a TSA lockOne handle on the top")
+    'secured with a TSA lock. One handle on the top'
+    """
+    return GLUED.sub(". ", text)
+
+
+#: Parts only clothes and shoes have. The generator learned its product copy from a fashion catalogue (Myntra) and
+#: gives them to anything ("Gift tags, has an attached clip closure and long sleeves").
+_GARMENT_PARTS = re.compile(
+    r"\b(sleeves?|sleeveless|necklines?|collars?|cuffs?|hemlines?|waistbands?|footbeds?|outsoles?|insoles?"
+    r"|(?:round|v|open|crew|boat|high|polo|elasticated|mock|scoop)[- ]neck)\b"
+)
+#: Words that make a product clothing, shoes or an accessory worn on the body (a name or category holding one may
+#: have the parts above).
+_WEARABLE = frozenset(
+    "shirt shirts tshirt tshirts tee tees top tops dress dresses kurta kurtas kurti kurtis saree sarees blouse blouses"
+    " jacket jackets coat coats blazer blazers sweater sweaters sweatshirt sweatshirts hoodie hoodies cardigan"
+    " cardigans jumper jumpers pullover trousers pants jeans shorts skirt skirts leggings jumpsuit jumpsuits suit suits"
+    " tunic tunics shoe shoes sneakers sneaker boots boot sandals sandal heels flats loafers slippers socks gown gowns"
+    " romper playsuit nightdress nightwear pyjamas pajamas apparel clothing garment vest vests bra lingerie churidar"
+    " dupatta sherwani lehenga polo poncho kimono robe robes".split()
+)
+
+
+def garment_parts_on_other_goods(name: str, category: str, text: str) -> bool:
+    """Whether ``text`` gives clothing parts (sleeves, a collar, a V-neck, an outsole) to a product whose name and
+    category say it is not something worn.
+
+    >>> garment_parts_on_other_goods("PACK OF 6 BIRDY GIFT TAGS", "tag", "Gift tags with a clip and long sleeves")
+    True
+    >>> garment_parts_on_other_goods("Roadster Men Blue Slim Fit Shirt", "", "Blue shirt, has a spread collar")
+    False
+    """
+    if _GARMENT_PARTS.search(text.casefold()) is None:
+        return False
+    words = set(re.findall(r"[a-z]+", f"{name} {category}".casefold()))
+    return words.isdisjoint(_WEARABLE)
 
 
 def _forms(word: str) -> tuple[str, ...]:

@@ -26,6 +26,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from kairos.engine.copywriting import separate_glued_sentences
 from kairos.engine.prompts import ProductFacts, ad_copy_prompt, product_copy_prompt, summary_prompt
 from kairos.models.generator import CHATML_SYSTEM, chatml
 
@@ -112,7 +113,9 @@ def myntra_examples(frame: pd.DataFrame, n: int, seed: int = 0, target_chars: in
         facts = ProductFacts(name=row.ProductName, brand=row.ProductBrand, colour=str(row.PrimaryColor).strip(),
                              price=float(row.Price))
         prompt = product_copy_prompt(facts, _myntra_interests(row, rng, colours))
-        out.append(CopyExample(prompt, _clean(row.Description, target_chars), "myntra"))
+        # 38% of the descriptions run one sentence into the next ("...lockOne handle"): separated, or the model
+        # learns to write run-on feature lists (engine/copywriting.py blocks those at serving time).
+        out.append(CopyExample(prompt, _clean(separate_glued_sentences(row.Description), target_chars), "myntra"))
     return out
 
 

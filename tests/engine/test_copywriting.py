@@ -132,3 +132,37 @@ def test_a_failing_generator_gives_templates_and_a_cancelled_one_gives_nothing()
     cancel.set()
     with pytest.raises(RuntimeError, match="cancelled"):  # the agent publishes nothing of a cancelled batch
         writer.write(requests, cancel=cancel)
+
+
+def test_run_on_sentences_and_clothing_parts_on_other_goods_are_regenerated_then_replaced():
+    """What the fine-tuned SmolLM2 wrote for Online Retail products (2026-12-04): feature lists run together
+    without spaces, and sleeves for gift tags. Both are blocked; a clothing product may have sleeves."""
+    from kairos.engine.copywriting import garment_parts_on_other_goods, glued_sentences, separate_glued_sentences
+
+    run_on = "White hanging lamp, has rear lightingSynthetic fiber woven fabricWarranty available"
+    assert glued_sentences(run_on) and not glued_sentences("An iPhone case by McQueen. Fits well.")
+    assert separate_glued_sentences(run_on) == "White hanging lamp, has rear lighting. Synthetic fiber woven fabric. Warranty available"
+    assert garment_parts_on_other_goods("PACK OF 6 BIRDY GIFT TAGS", "tag", "Gift tags, has a clip closure and long sleeves")
+    assert garment_parts_on_other_goods("LUNCH BAG SPACEBOY DESIGN", "bag", "Lunch box design, has an open neck")
+    assert not garment_parts_on_other_goods("Roadster Men Navy T-shirt", "", "Navy T-shirt, has a round neck, short sleeves")
+    assert not garment_parts_on_other_goods("Puma Men Running Shoes", "", "Running shoes with a cushioned footbed")
+    assert not garment_parts_on_other_goods("PACK OF 6 BIRDY GIFT TAGS", "tag", "Six birdy gift tags for your parcels.")
+
+    class Writes:
+        name, version = "writes", "1"
+
+        def __init__(self, greedy: str, sampled: str) -> None:
+            self.greedy, self.sampled = greedy, sampled
+
+        def generate(self, prompts, *, max_new_tokens: int = 64, sample: bool = False, cancel=None) -> list[str]:
+            return [self.sampled if sample else self.greedy] * len(prompts)
+
+    tags = CopyRequest("t1", "cat:tag", "PACK OF 6 BIRDY GIFT TAGS", "tag", interests=("tag",))
+    writer = CopyWriter(Writes("Gift tags, has a clip closure and long sleeves", "Six birdy gift tags for your parcels."))
+    (text,) = writer.write([tags])
+    assert (text.text, text.source, text.reasons) == ("Six birdy gift tags for your parcels.", "regenerated", ("off_product",))
+    writer = CopyWriter(Writes(run_on, run_on.replace("lamp", "heart holder")))
+    lamp = CopyRequest("h1", "cat:holder", "WHITE HANGING HEART T-LIGHT HOLDER", "holder")
+    (text,) = writer.write([lamp])
+    assert text.source == "template" and text.reasons == ("glued_sentences", "glued_sentences")
+    assert writer.stats.reasons == {"glued_sentences": 2}
