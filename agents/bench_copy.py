@@ -1,4 +1,5 @@
-"""``kairos bench copy``: generated headline variants of real creatives, written the way the copy agent writes them.
+"""``kairos bench copy``: generated headline variants of real creatives (or, with ``--kind product``, product copy
+for Online Retail items), written the way the copy agent writes them.
 
 The creatives are the ones ad requests actually bid with (each campaign's shortlist, ``engine/ads.py``), the
 requests are built by the serving code (``variant_request``), and the writer is the ``write_copy`` agent's:
@@ -33,9 +34,33 @@ def shortlisted_requests(data_dir: Path | None, n: int) -> tuple[list[CopyReques
     return [variant_request(c) for c in creatives], inventory.synthetic
 
 
-def bench_copy(settings: Settings, creatives: int = 16, batch: int = COPY_BATCH, examples: int = 5) -> dict:
-    """Write one generated variant per creative; counts by outcome and milliseconds per variant (per batch)."""
-    requests, synthetic = shortlisted_requests(settings.resolved_data_dir(), creatives)
+def product_requests(data_dir: Path | None, n: int) -> tuple[list[CopyRequest], bool]:
+    """Product copy requests for the first ``n`` distinct items ordered in the Online Retail stream (the simulator's
+    without it; True then), as the hot path makes them: the item's name, category and price, the segment and the
+    interest its own category (``Selector._with_copy``)."""
+    from kairos.agents.demo import pick_source
+
+    source = "online_retail" if data_dir is not None and (Path(data_dir) / "online_retail").is_dir() else "simulated"
+    picked = pick_source(data_dir, source, max(20 * n, 2_000))
+    requests: dict[str, CopyRequest] = {}
+    for event in picked.events:
+        for line in getattr(event, "lines", ()):
+            if line.item_id not in requests and line.name and len(requests) < n:
+                category = line.category_id or ""
+                interest = category.split("-", 1)[-1]
+                requests[line.item_id] = CopyRequest(line.item_id, f"cat:{category}", line.name, category,
+                                                     float(line.unit_price), (interest,) if interest else ())  # fmt: skip
+    return list(requests.values()), "SIMULATED" in picked.label
+
+
+def bench_copy(settings: Settings, creatives: int = 16, batch: int = COPY_BATCH, examples: int = 5,
+               kind: str = "ad") -> dict:  # fmt: skip
+    """Write one generated text per creative (``kind`` "ad": a headline variant) or per product ("product": its
+    copy); counts by outcome and milliseconds per text (per batch)."""
+    if kind == "product":
+        requests, synthetic = product_requests(settings.resolved_data_dir(), creatives)
+    else:
+        requests, synthetic = shortlisted_requests(settings.resolved_data_dir(), creatives)
     generator = load_generator(settings)
     if generator is None:
         return {"error": f"no generator in {settings.model_dir}: copy would come from templates"}
@@ -53,7 +78,7 @@ def bench_copy(settings: Settings, creatives: int = 16, batch: int = COPY_BATCH,
     sources = Counter(t.source for t in texts)
     stats = writer.stats
     return {
-        "writer": writer.version, "creatives": len(requests), "synthetic_inventory": synthetic, "batch": batch,
+        "writer": writer.version, "kind": kind, "creatives": len(requests), "synthetic_inventory": synthetic, "batch": batch,
         "variants": sources["generated"] + sources["regenerated"], "generated_first_try": sources["generated"],
         "regenerated_ok": sources["regenerated"], "template_fallbacks": sources["template"],
         "empty_fallbacks": sum(1 for t in texts if t.source == "template" and not t.reasons),
@@ -90,7 +115,7 @@ class _Recorder:
 
 def _cmd_bench_copy(args: argparse.Namespace) -> int:
     overrides = {k: v for k, v in (("model_dir", args.model_dir), ("data_dir", args.data_dir)) if v is not None}
-    result = bench_copy(load_settings(**overrides), args.creatives, args.batch, args.examples)
+    result = bench_copy(load_settings(**overrides), args.creatives, args.batch, args.examples, args.kind)
     for example in result.get("examples", []):
         print(f"[{example['source']}] {example['headline']!r} -> {example['text']!r}")
     print(json.dumps(result, ensure_ascii=False))
@@ -102,7 +127,9 @@ def register(groups: dict) -> None:
     p = groups["bench"].add_parser("copy", help="generated headline variants of real creatives (copy agent's writer)")
     p.add_argument("--model-dir", type=Path, default=None, help="default KAIROS_MODEL_DIR (var/models)")
     p.add_argument("--data-dir", type=Path, default=None, help="creatives (default ../shared/data)")
-    p.add_argument("--creatives", type=int, default=16)
+    p.add_argument("--creatives", type=int, default=16, help="texts to write (creatives, or products with --kind product)")
+    p.add_argument("--kind", default="ad", choices=["ad", "product"],
+                   help="ad: headline variants of creatives; product: copy for Online Retail products")  # fmt: skip
     p.add_argument("--batch", type=int, default=COPY_BATCH)
     p.add_argument("--examples", type=int, default=5)
     p.set_defaults(func=_cmd_bench_copy)

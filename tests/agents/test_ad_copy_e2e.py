@@ -284,3 +284,13 @@ def test_bench_copy_counts_what_the_writer_did(banned_model_dir, tmp_path):
     assert [result[k] for k in checks] == [10, 10, {"medical": 10}]
     assert result["retries_identical_to_first_try"] == 5  # greedy decoding: the retry says the same thing
     assert [e["text"] for e in result["examples"]] == [e["headline"] for e in result["examples"]]
+
+
+def test_bench_copy_writes_product_copy_for_the_products_the_hot_path_would_ask_for(banned_model_dir, tmp_path):
+    (tmp_path / "no-data").mkdir()  # no Online Retail here: the simulator's products
+    result = bench_copy(Settings(model_dir=banned_model_dir, data_dir=tmp_path / "no-data"), creatives=4, batch=2,
+                        kind="product")  # fmt: skip
+    assert result["kind"] == "product" and result["creatives"] == 4 and result["synthetic_inventory"]
+    # this generator only says a banned word: every product gets its template, after one retry each
+    assert [result[k] for k in ("variants", "template_fallbacks", "safety_rejected")] == [0, 4, 8]
+    assert all("Picked for your interest in" in e["text"] for e in result["examples"])
