@@ -256,6 +256,7 @@ class BatchPipeline:
                     continue
                 source_partition, source, offset, facts = decoded
                 if discovery.learn_peer(facts, source, offset):
+                    state.selector.recommender.learn_peer_products(facts)
                     result.peer_orders += 1
                     metrics.PEER_ORDERS.labels("learned").inc()
                 else:

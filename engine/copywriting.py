@@ -59,11 +59,17 @@ def template_copy(name: str, category: str = "", interests: Sequence[str] = ()) 
     """The copy shown until generated copy exists (and when generation is blocked or unavailable): factual, with
     the shopper's interest named when there is one.
 
+    An interest that names no kind of product (a colour, a pack word: "set", "box"; Online Retail's derived
+    categories have some) is passed over for the next one.
+
     >>> template_copy("WHITE HANGING HEART T-LIGHT HOLDER", interests=["holder"])
     'White Hanging Heart T-Light Holder. Picked for your interest in holder.'
+    >>> template_copy("REGENCY CAKESTAND 3 TIER", interests=["set", "cakestand"])
+    'Regency Cakestand 3 Tier. Picked for your interest in cakestand.'
     """
     line = fallback_product_copy(ProductFacts(name=name.title(), category=category))
-    return f"{line} Picked for your interest in {interests[0]}." if interests else line
+    interest = next((i for i in interests if i.casefold() not in _NAME_STOP_WORDS), None)
+    return f"{line} Picked for your interest in {interest}." if interest else line
 
 
 class CopyBook:

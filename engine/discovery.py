@@ -110,9 +110,11 @@ class PurchaseGraph:
         not an order (a click, a return). Computed by the partition that owns the shopper; another partition
         learns the same order from these facts alone (``docs/state.md``, shared discovery)."""
         names: dict[str, str | None] = {}
+        details: dict[str, tuple[str | None, float | None]] = {}
         for it in interactions:
             if it.action == "purchase" and (it.item_id not in names or names[it.item_id] is None):
                 names[it.item_id] = it.name
+                details[it.item_id] = (it.category_id, it.price)
         if not names:
             return None
         purchased = user.purchased
@@ -123,6 +125,7 @@ class PurchaseGraph:
             first_order=not purchased,
             known=frozenset(item for item in names if item in purchased),
             previous=tuple(_latest(purchased, self.config.discovery_history_links)),
+            details=tuple((item, category, price) for item, (category, price) in details.items()),
         )
 
     def event_facts(self, user: UserInterest, event) -> "OrderFacts | None":
@@ -400,11 +403,16 @@ class OrderFacts:
     known: frozenset[str]
     #: The shopper's latest purchases before this order (``discovery_history_links`` of them).
     previous: tuple[str, ...]
+    #: What the order says about each item: (item, category or None, unit price or None). Not learned by the
+    #: discovery model: another partition's catalog learns the product from it (``GlobalModel.learn_product``), so
+    #: that what discovery finds there has a name, a category and a price. Empty in records written before it.
+    details: tuple[tuple[str, str | None, float | None], ...] = ()
 
     def to_json(self) -> dict:
         return {
             "user_id": self.user_id, "ts": self.ts, "lines": [list(line) for line in self.lines],
             "first_order": self.first_order, "known": sorted(self.known), "previous": list(self.previous),
+            "details": [list(detail) for detail in self.details],
         }  # fmt: skip
 
     @classmethod
@@ -413,10 +421,14 @@ class OrderFacts:
         lines = tuple((str(item), None if name is None else str(name)) for item, name in data["lines"])
         if not lines:
             raise ValueError("an order without lines")
+        details = tuple(
+            (str(item), None if category is None else str(category), None if price is None else float(price))
+            for item, category, price in data.get("details", ())
+        )  # fmt: skip
         return cls(
             user_id=str(data["user_id"]), ts=float(data["ts"]), lines=lines, first_order=bool(data["first_order"]),
             known=frozenset(str(item) for item in data["known"]),
-            previous=tuple(str(item) for item in data["previous"]),
+            previous=tuple(str(item) for item in data["previous"]), details=details,
         )  # fmt: skip
 
 

@@ -120,6 +120,28 @@ class GlobalModel:
         if it.price is not None:
             info.price = it.price
 
+    def learn_product(self, item_id: str, category_id: str | None, name: str | None, price: float | None) -> None:
+        """What another partition's order says about a product (shared discovery, ``OrderFacts.details``): its
+        catalog entry, with no popularity, co-occurrence or category weight, so that an item this partition's
+        discovery model learned from that order has a name (copy), a category (rules, features) and a price. What
+        this partition learned from its own events is kept; only what it lacks is filled."""
+        info = self.catalog.get(item_id)
+        if info is not None and info.name and info.category_id is not None and info.price is not None:
+            return
+        if info is None and len(self.catalog) >= self.config.max_items:
+            return  # full: the room is for what this partition's own shoppers touch (no forgetting for this)
+        kept = self._kept_items
+        if kept is not None and item_id not in kept:  # a snapshot is open: keep the entry as it was
+            kept[item_id] = None if info is None else _item_state(info)
+        if info is None:
+            info = self.catalog[item_id] = ItemInfo()
+        if info.category_id is None:
+            info.category_id = category_id
+        if not info.name:
+            info.name = name
+        if info.price is None:
+            info.price = price
+
     def _link(self, a: str, b: str, weight: float) -> None:
         kept = self._kept_rows
         for x, y in ((a, b), (b, a)):

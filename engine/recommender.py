@@ -20,7 +20,7 @@ import numpy as np
 
 from kairos.engine.candidates import CandidatePool, CandidateSource, retrieve_candidates
 from kairos.engine.config import EngineConfig
-from kairos.engine.discovery import PurchaseGraph
+from kairos.engine.discovery import OrderFacts, PurchaseGraph
 from kairos.engine.features import TextSimilarity, build_ranker_features
 from kairos.engine.global_model import GlobalModel
 from kairos.engine.interfaces import Ranker
@@ -96,6 +96,14 @@ class Recommender:
             self.model.observe(user, interactions)
             self.discovery.observe(user, interactions)
         return user.apply(event, source)
+
+    def learn_peer_products(self, facts: OrderFacts) -> None:
+        """The catalog entries of another partition's order, once its discovery facts were learned here (shared
+        discovery): the products discovery may now recommend get their name, category and price
+        (``GlobalModel.learn_product``)."""
+        names = dict(facts.lines)
+        for item, category, price in facts.details:
+            self.model.learn_product(item, category, names.get(item), price)
 
     def observe_global_only(self, user: UserInterest, event: Event) -> None:
         """Replay an event into the global model only (recovering it after a restart, see docs/state.md)."""

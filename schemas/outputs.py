@@ -94,6 +94,9 @@ class DiscoveryOrderFacts(BaseModel):
     known: list[Id]
     #: The shopper's latest purchases before this order.
     previous: list[Id]
+    #: What the order says about each item: [item id, category id or null, unit price or null] (for the catalog of
+    #: the partitions that learn the order; absent in records written before it).
+    details: list[tuple[Id, Id | None, float | None]] = Field(default_factory=list)
 
 
 class DiscoveryOrder(BaseModel):

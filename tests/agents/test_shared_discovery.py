@@ -80,6 +80,28 @@ def test_an_order_reaches_the_other_partition_once_and_its_own_partition_only_on
     assert other.peer_positions == {0: 4} and other.peer_sources == {f"0:{TOPICS.purchases}": [0, 1]}
 
 
+def test_the_other_partition_learns_the_products_of_an_order_for_its_catalog_only():
+    """What discovery may now recommend in partition 1 has a name (copy), a category and a price there; what
+    partition 1 knew of a product from its own shoppers stays; popularity and co-occurrence are not learned."""
+    config = EngineConfig(top_n=5, max_items=3)
+    states = {p: PartitionState(p, config, Selector(config, exploration=False)) for p in (0, 1)}
+    pipeline = BatchPipeline(TOPICS, states, 2, config.top_n, share_discovery=True)
+    pipeline.process([_record(click(user=_user_on(1), item="staple", category="own", ts=T0), 1, 0)])
+    order = purchase(user=_user_on(0), items=[("found", "c", 2.5), ("staple", "c", 1.0), ("third", "c", 4.0),
+                                             ("fourth", "c", 5.0)], ts=T0 + 1)  # fmt: skip
+    records = _published(pipeline.process([_record(order, 0, 0)]))
+    assert orjson.loads(records[0].value)["order"]["details"][0] == ["found", "c", 2.5]
+    pipeline.apply_peer_orders(records, BatchResult())
+
+    model = states[1].selector.model
+    found, staple = model.catalog["found"], model.catalog["staple"]
+    assert (found.name, found.category_id, found.price) == ("name of found", "c", 2.5)
+    assert staple.category_id == "own" and staple.name == "name of staple"  # its own category kept, its name filled
+    assert "fourth" not in model.catalog and len(model.catalog) == 3  # full (max_items 3): nothing forgotten for it
+    assert model.popular.get("found", T0 + 1) == 0.0 and "found" not in model.neighbours
+    assert states[1].selector.recommender.discovery.orders["found"] == 1.0
+
+
 def test_a_malformed_discovery_record_is_dead_lettered_once_and_skipped():
     states = {p: PartitionState(p, CONFIG, Selector(CONFIG, exploration=False)) for p in (0, 1)}
     pipeline = BatchPipeline(TOPICS, states, 2, CONFIG.top_n, share_discovery=True)

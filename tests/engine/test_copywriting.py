@@ -166,3 +166,11 @@ def test_run_on_sentences_and_clothing_parts_on_other_goods_are_regenerated_then
     (text,) = writer.write([lamp])
     assert text.source == "template" and text.reasons == ("glued_sentences", "glued_sentences")
     assert writer.stats.reasons == {"glued_sentences": 2}
+
+
+def test_the_template_names_an_interest_that_is_a_kind_of_product():
+    from kairos.engine.copywriting import template_copy
+
+    assert template_copy("REGENCY CAKESTAND 3 TIER", interests=("set", "box", "cakestand")).endswith("interest in cakestand.")
+    assert template_copy("REGENCY CAKESTAND 3 TIER", interests=("set",)) == template_copy("REGENCY CAKESTAND 3 TIER")
+    assert "interest" not in template_copy("REGENCY CAKESTAND 3 TIER", interests=("red", "box"))  # a colour, a box

@@ -3,6 +3,7 @@ history with cosine normalisation, "discovered now" popularity for cold starts, 
 
 from __future__ import annotations
 
+import orjson
 from factories import T0, purchase
 
 from kairos.engine.config import EngineConfig
@@ -221,3 +222,15 @@ def test_a_peer_order_missed_before_later_ones_is_still_learned_and_the_memory_i
     kept = graph.peer_sources["1:p"]
     assert kept == list(range(13, 13 + PEER_OFFSETS_KEPT))  # 10, 11 and 12 dropped, the oldest
     assert not graph.learn_peer(order, "1:p", 5)  # older than everything remembered: learned long ago
+
+
+def test_order_facts_carry_each_products_category_and_price_and_older_records_still_read():
+    from kairos.engine.discovery import OrderFacts
+
+    graph = PurchaseGraph(EngineConfig())
+    user = UserInterest.new("s1", EngineConfig())
+    facts = graph.event_facts(user, purchase(user="s1", items=[("a", "c1", 2.5), ("b", "c2", 4.0), ("a", "c1", 2.5)]))
+    assert facts.details == (("a", "c1", 2.5), ("b", "c2", 4.0))  # distinct items, in line order
+    assert OrderFacts.from_json(orjson.loads(orjson.dumps(facts.to_json()))) == facts
+    older = {k: v for k, v in facts.to_json().items() if k != "details"}  # written before the details were
+    assert OrderFacts.from_json(older).details == () and OrderFacts.from_json(older).lines == facts.lines

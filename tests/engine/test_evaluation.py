@@ -189,7 +189,8 @@ def test_sharded_backend_learns_only_from_the_shoppers_of_its_partition():
 
 def test_shared_discovery_teaches_every_partition_what_sells_while_the_rest_stays_split():
     """Shared discovery, as deployed by default: an order of partition 0's shopper reaches partition 1's discovery
-    model (a newcomer there is offered it), while the co-occurrence model and the shoppers' states stay split."""
+    model (a newcomer there is offered it) and its catalog the products, while the co-occurrence model and the
+    shoppers' states stay split."""
     config = EngineConfig()
     shards = [RecommenderBackend(Recommender(config)) for _ in range(2)]
     arms = ReplayArms(config, ShardedBackend(shards, lambda user: 0 if user.startswith("a") else 1, shared_discovery=True))
@@ -198,7 +199,10 @@ def test_shared_discovery_teaches_every_partition_what_sells_while_the_rest_stay
     other = shards[1].recommender
     assert other.discovery.orders == shards[0].recommender.discovery.orders == {"x": 1.0, "y": 1.0, "z": 1.0}
     assert "z" in other.discovery.links and set(other.discovery.links["z"]) == {"x", "y"}  # linked to a1's history
-    assert not other.model.catalog  # the global model is still the partition's own
+    # the global model is still the partition's own: it only knows what the products are (for copy, rules and
+    # features), with no popularity or co-occurrence from the other partition's order
+    assert set(other.model.catalog) == {"x", "y", "z"} and not other.model.neighbours
+    assert other.model.popular.get("x", T0 + 30) == 0.0 and other.model.catalog["z"].name == "name of z"
     assert {"x", "y", "z"} <= set(arms.engine("b1", T0 + 60, 10, ()))
 
 
