@@ -124,12 +124,16 @@ class GlobalModel:
         """What another partition's order says about a product (shared discovery, ``OrderFacts.details``): its
         catalog entry, with no popularity, co-occurrence or category weight, so that an item this partition's
         discovery model learned from that order has a name (copy), a category (rules, features) and a price. What
-        this partition learned from its own events is kept; only what it lacks is filled."""
+        this partition learned from its own events is kept; only what it lacks is filled. Never past nine tenths of
+        ``max_items``."""
         info = self.catalog.get(item_id)
         if info is not None and info.name and info.category_id is not None and info.price is not None:
             return
-        if info is None and len(self.catalog) >= self.config.max_items:
-            return  # full: the room is for what this partition's own shoppers touch (no forgetting for this)
+        if info is None and len(self.catalog) >= self.config.max_items - self.config.max_items // 10:
+            # Nine tenths full: the rest is for what this partition's own shoppers touch. Each item of theirs past
+            # the cap makes the catalog forget everything popularity does not track (a pass over all of it), and
+            # products of other partitions' orders refilling the room it freed would make that every new item.
+            return
         kept = self._kept_items
         if kept is not None and item_id not in kept:  # a snapshot is open: keep the entry as it was
             kept[item_id] = None if info is None else _item_state(info)

@@ -234,3 +234,13 @@ def test_order_facts_carry_each_products_category_and_price_and_older_records_st
     assert OrderFacts.from_json(orjson.loads(orjson.dumps(facts.to_json()))) == facts
     older = {k: v for k, v in facts.to_json().items() if k != "details"}  # written before the details were
     assert OrderFacts.from_json(older).details == () and OrderFacts.from_json(older).lines == facts.lines
+
+
+def test_a_catalog_takes_other_partitions_products_up_to_nine_tenths_of_its_room():
+    from kairos.engine.global_model import GlobalModel
+
+    model = GlobalModel(EngineConfig(max_items=20))
+    for n in range(30):
+        model.learn_product(f"p{n}", "c", f"product {n}", 1.0)
+    assert len(model.catalog) == 18 and "p17" in model.catalog and "p18" not in model.catalog
+    assert model.catalog["p3"].name == "product 3" and not model.popular.keys()
