@@ -24,6 +24,7 @@ from kairos.agents.settings import Settings, load_settings
 from kairos.engine.ads import AdSelector, variant_request
 from kairos.engine.copywriting import CopyRequest, CopyWriter
 from kairos.engine.creatives import load_inventory
+from kairos.engine.selection import category_interest, category_segment
 
 
 def shortlisted_requests(data_dir: Path | None, n: int) -> tuple[list[CopyRequest], bool]:
@@ -47,8 +48,8 @@ def product_requests(data_dir: Path | None, n: int) -> tuple[list[CopyRequest], 
         for line in getattr(event, "lines", ()):
             if line.item_id not in requests and line.name and len(requests) < n:
                 category = line.category_id or ""
-                interest = category.split("-", 1)[-1]
-                requests[line.item_id] = CopyRequest(line.item_id, f"cat:{category}", line.name, category,
+                interest = category_interest(category)
+                requests[line.item_id] = CopyRequest(line.item_id, category_segment(category), line.name, category,
                                                      float(line.unit_price), (interest,) if interest else ())  # fmt: skip
     return list(requests.values()), "SIMULATED" in picked.label
 

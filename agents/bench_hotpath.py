@@ -98,7 +98,6 @@ def bench_hotpath(
     settings: Settings, data_dir: Path | None, source: str, warm: int, events: int, batch: int, gap_ms: float = 0.0
 ) -> dict:
     states, pipeline, peers = partitions_engine(settings)
-    config = settings.engine_config()
     picked = pick_source(data_dir, source, warm + events)
     warm_records = warm_up(settings, peers, picked.events[:warm])
     timed = records_of(settings, picked.events[warm : warm + events], warm)
@@ -127,7 +126,7 @@ def bench_hotpath(
         "recommend_every_event": settings.recommend_every_event,
         "warm_events": len(warm_records),
         "events": len(timed),
-        "candidates": config.max_candidates,
+        "candidates": states[0].config.max_candidates,
         "shared_discovery": settings.shared_discovery,
         # Other partitions' orders learned (one order counts once per partition that learned it) and the time.
         "peer_orders": learned,

@@ -109,23 +109,21 @@ class PurchaseGraph:
         """What :meth:`learn` needs from an order and the state of its shopper before it, or None when the event is
         not an order (a click, a return). Computed by the partition that owns the shopper; another partition
         learns the same order from these facts alone (``docs/state.md``, shared discovery)."""
-        names: dict[str, str | None] = {}
-        details: dict[str, tuple[str | None, float | None]] = {}
+        bought: dict[str, Interaction] = {}  # each item's first line with a name (or its first line)
         for it in interactions:
-            if it.action == "purchase" and (it.item_id not in names or names[it.item_id] is None):
-                names[it.item_id] = it.name
-                details[it.item_id] = (it.category_id, it.price)
-        if not names:
+            if it.action == "purchase" and (it.item_id not in bought or bought[it.item_id].name is None):
+                bought[it.item_id] = it
+        if not bought:
             return None
         purchased = user.purchased
         return OrderFacts(
             user_id=user.user_id,
             ts=interactions[0].ts,
-            lines=tuple(names.items()),
+            lines=tuple((item, it.name) for item, it in bought.items()),
             first_order=not purchased,
-            known=frozenset(item for item in names if item in purchased),
+            known=frozenset(item for item in bought if item in purchased),
             previous=tuple(_latest(purchased, self.config.discovery_history_links)),
-            details=tuple((item, category, price) for item, (category, price) in details.items()),
+            details=tuple((item, it.category_id, it.price) for item, it in bought.items()),
         )
 
     def event_facts(self, user: UserInterest, event) -> "OrderFacts | None":

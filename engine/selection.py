@@ -86,7 +86,18 @@ class _Served:
 def segment_of(user: UserInterest, now: float) -> str:
     """The user's interest segment: their strongest category, or ``cold`` without any history."""
     top = user.categories.top(1, now)
-    return f"cat:{top[0][0]}" if top else "cold"
+    return category_segment(top[0][0]) if top else "cold"
+
+
+def category_segment(category: str) -> str:
+    """The interest segment of shoppers whose strongest category is ``category``."""
+    return f"cat:{category}"
+
+
+def category_interest(category: str) -> str:
+    """The word copy names for an interest in ``category``: its id without the source prefix ("or-light" ->
+    "light")."""
+    return category.split("-", 1)[-1]
 
 
 class Selector:
@@ -305,7 +316,7 @@ class Selector:
 
     def _with_copy(self, selection: Selection, user: UserInterest, now: float) -> Selection:
         """Attach cached copy (or the template, queueing a request): never waits for generation."""
-        interests = tuple(category.split("-", 1)[-1] for category, _ in user.categories.top(3, now))
+        interests = tuple(category_interest(category) for category, _ in user.categories.top(3, now))
         catalog = self.model.catalog
         items = []
         for item in selection.items:
