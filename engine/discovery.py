@@ -420,7 +420,7 @@ class OrderFacts:
         if not lines:
             raise ValueError("an order without lines")
         details = tuple(
-            (str(item), None if category is None else str(category), None if price is None else float(price))
+            (str(item), None if category is None else str(category), None if price is None else _price(price))
             for item, category, price in data.get("details", ())
         )  # fmt: skip
         return cls(
@@ -428,6 +428,14 @@ class OrderFacts:
             known=frozenset(str(item) for item in data["known"]),
             previous=tuple(str(item) for item in data["previous"]), details=details,
         )  # fmt: skip
+
+
+def _price(value) -> float:
+    """A unit price from a discovery record: finite and not negative (it becomes a ranker feature), or ValueError."""
+    price = float(value)
+    if not math.isfinite(price) or price < 0:
+        raise ValueError(f"not a unit price: {value!r}")
+    return price
 
 
 def _latest(purchased: dict[str, float], n: int) -> list[str]:

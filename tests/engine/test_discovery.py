@@ -200,7 +200,8 @@ def test_malformed_facts_are_refused():
     good = {"user_id": "u", "ts": T0, "lines": [["a", "A"]], "first_order": False, "known": [], "previous": ["b"]}
     assert OrderFacts.from_json(good).lines == (("a", "A"),)
     for bad in ({**good, "lines": []}, {**good, "ts": "soon"}, {k: v for k, v in good.items() if k != "known"},
-                {**good, "lines": [["a"]]}):
+                {**good, "lines": [["a"]]}, {**good, "details": [["a", "c"]]}, {**good, "details": [["a", "c", "inf"]]},
+                {**good, "details": [["a", "c", -1.0]]}):
         with pytest.raises((KeyError, TypeError, ValueError)):
             OrderFacts.from_json(bad)
 
