@@ -139,7 +139,7 @@ def create_app(
             self.worker = IngestWorker(settings, bootstrap, self.store, make_selector=make)
             self.feed = CopyFeed(settings, bootstrap, copybook)
             await self.feed.start()
-            await self.worker.start(counts[settings.topics.clicks])
+            await self.worker.start(counts)
             app.ingest_worker = self.worker
 
         @Service.task

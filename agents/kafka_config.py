@@ -7,8 +7,8 @@ import contextlib
 import ssl
 
 from aiokafka import AIOKafkaConsumer
-from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 
+from kairos.agents.assignor import state_partition_assignor
 from kairos.agents.settings import Settings
 
 
@@ -49,9 +49,9 @@ def consumer_options(settings: Settings) -> dict:
     for half the session timeout (docs/operations.md), and fast failover matters on real Kafka too."""
     return {
         **kafka_client_options(settings),
-        # Range assignment gives one consumer partition p of *every* input topic (same partition counts):
-        # the co-partitioning that per-partition user state relies on. aiokafka's default (round robin) does not.
-        "partition_assignment_strategy": (RangePartitionAssignor,),
+        # Every input partition of a state partition, of *every* input topic, to one consumer: the co-partitioning
+        # that per-partition user state relies on (agents/assignor.py). aiokafka's default (round robin) does not.
+        "partition_assignment_strategy": (state_partition_assignor(settings.partitions),),
         "group_id": settings.consumer_group,
         "enable_auto_commit": False,
         "auto_offset_reset": "earliest",

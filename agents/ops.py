@@ -103,7 +103,7 @@ async def run_worker(settings: Settings, stop: asyncio.Event, announce: Callable
     counts = await ensure_topics(settings, bootstrap)
     store = RedisStateStore.from_url(redis_url, RedisKeys(settings.topic_prefix, settings.consumer_group), settings.serving_ttl_s)
     worker = IngestWorker(settings, bootstrap, store)
-    await worker.start(counts[settings.topics.clicks])
+    await worker.start(counts)
     task = asyncio.create_task(worker.run())
     await asyncio.wait([asyncio.ensure_future(worker.ready.wait()), task], return_when=asyncio.FIRST_COMPLETED)
     announce("ready")
@@ -148,6 +148,7 @@ def worker_environment(settings: Settings, log_level: str = "INFO") -> dict[str,
     )
     optional = {
         "KAIROS_DATA_DIR": settings.data_dir,  # unset: the worker finds the default data directory itself
+        "KAIROS_INPUT_PARTITIONS": settings.input_partitions,
         # unset: the child picks its floor itself (it sees a configured broker: pass the floor for an embedded one)
         "KAIROS_FETCH_MIN_WAIT_MS": settings.fetch_min_wait_ms,
         "KAIROS_KAFKA_SASL_MECHANISM": settings.kafka_sasl_mechanism,

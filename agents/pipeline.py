@@ -16,7 +16,7 @@ discovery models, each at most once (read positions and source offsets in the pa
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 import orjson
@@ -40,11 +40,31 @@ def partition_for(user_id: str, partitions: int) -> int:
 @dataclass(frozen=True, slots=True)
 class InputRecord:
     topic: str
+    #: The state partition the record feeds (``input_partition % state partitions``, agents/assignor.py).
     partition: int
     offset: int
     key: bytes | None
     value: bytes | None
     timestamp_ms: int
+    #: The Kafka partition it was read from, when the input topics have more partitions than there are states
+    #: (None: the same as ``partition``).
+    input_partition: int | None = None
+
+    @property
+    def kafka_partition(self) -> int:
+        return self.partition if self.input_partition is None else self.input_partition
+
+    @property
+    def stream(self) -> str:
+        """The key of this record's offsets in its state: the topic, or "topic#input partition" for the input
+        partitions of a state partition other than the one numbered like it (state saved with as many input
+        partitions as states stays readable)."""
+        return stream_key(self.topic, self.partition, self.kafka_partition)
+
+
+def stream_key(topic: str, state_partition: int, input_partition: int) -> str:
+    """Where a state partition keeps the offsets of one input partition (``InputRecord.stream``)."""
+    return topic if input_partition == state_partition else f"{topic}#{input_partition}"
 
 
 @dataclass(slots=True)
@@ -83,6 +103,7 @@ def _kinds_by_topic(topics: Topics) -> dict[str, frozenset[str] | None]:
 @dataclass
 class _Touched:
     topic: str
+    #: The Kafka partition of the record (``InputRecord.kafka_partition``).
     partition: int
     offset: int
     event_id: str
@@ -101,10 +122,13 @@ class BatchPipeline:
         top_n: int,
         every_event: bool = False,
         share_discovery: bool = False,
+        input_partitions: Mapping[str, int] | None = None,
     ) -> None:
         self.topics = topics
         self.partitions = partitions
         self.n_partitions = n_partitions
+        #: Input topic -> its partition count, a multiple of ``n_partitions`` (a topic not in it: as many).
+        self.input_partitions: Mapping[str, int] = input_partitions or {}
         self.top_n = top_n
         self._kinds = _kinds_by_topic(topics)
         #: 0 clicks, 1 purchases, 2 impressions, 3 re-keyed, 4 ad requests (``record_source``).
@@ -177,7 +201,7 @@ class BatchPipeline:
         if state is None:
             return  # partition revoked while the batch was in flight; its new owner will read it
         result.touched_partitions.add(record.partition)
-        state.offsets[record.topic] = record.offset + 1
+        state.offsets[record.stream] = record.offset + 1
         if record.topic == self.topics.ad_requests:
             self._decide_ad(state, record, result)
             return
@@ -195,10 +219,10 @@ class BatchPipeline:
 
     def _apply_event(self, state: PartitionState, record: InputRecord, event, result: BatchResult, touched) -> None:
         selector = state.selector
-        user_checkpoint = state.replay_until.get(record.topic, 0)
+        user_checkpoint = state.replay_until.get(record.stream, 0)
         if record.offset < user_checkpoint:
             # Replaying after a restart: the user states already contain this event, the global model may not.
-            if record.offset >= state.global_offsets.get(record.topic, 0):
+            if record.offset >= state.global_offsets.get(record.stream, 0):
                 self._replay_global(state, record, event, result)
             return
         user = state.user(event.user_id)
@@ -219,7 +243,7 @@ class BatchPipeline:
             return  # an impression changes what we know, not what to show next
         origin = touched.get(key)
         first_ms = origin.first_timestamp_ms if origin else record.timestamp_ms
-        touched[key] = _Touched(record.topic, record.partition, record.offset, event.event_id, event.ts, first_ms)
+        touched[key] = _Touched(record.topic, record.kafka_partition, record.offset, event.event_id, event.ts, first_ms)
 
     def _publish_order(self, record: InputRecord, facts: OrderFacts, result: BatchResult) -> None:
         """The order for the other partitions, keyed by the shopper (so on the discovery partition numbered like
@@ -227,7 +251,7 @@ class BatchPipeline:
         restarts publishes its uncommitted orders again, and readers skip what they learned (``learn_peer``)."""
         value = {
             "schema_version": 1,
-            "source": {"partition": record.partition, "topic": record.topic, "offset": record.offset},
+            "source": {"partition": record.kafka_partition, "topic": record.topic, "offset": record.offset},
             "order": facts.to_json(),
         }
         result.outputs.append(OutputRecord(self.topics.discovery, facts.user_id.encode(), orjson.dumps(value)))
@@ -252,8 +276,8 @@ class BatchPipeline:
                     continue
                 discovery.peer_positions[record.partition] = record.offset + 1
                 moved.add(partition)
-                if isinstance(decoded, str) or decoded[0] == partition:
-                    continue
+                if isinstance(decoded, str) or decoded[0] % self.n_partitions == partition:
+                    continue  # the source's own state partition
                 source_partition, source, offset, facts = decoded
                 if discovery.learn_peer(facts, source, offset):
                     state.selector.recommender.learn_peer_products(facts)
@@ -265,8 +289,11 @@ class BatchPipeline:
 
     def record_source(self, record: InputRecord) -> int:
         """The record an event is applied from, as one integer kept with its id in the user's state: offset x 8 +
-        the input topic's code (the same event id can reach two topics, e.g. directly and re-keyed)."""
-        return record.offset * 8 + self._topic_codes.get(record.topic, 7)
+        the input topic's code (the same event id can reach two topics, e.g. directly and re-keyed); with K input
+        partitions per state partition, (offset x K + which of them) x 8 + the code (K = 1: the same number)."""
+        per_state = self.input_partitions.get(record.topic, self.n_partitions) // self.n_partitions
+        which = record.kafka_partition // self.n_partitions
+        return (record.offset * per_state + which) * 8 + self._topic_codes.get(record.topic, 7)
 
     def _replay_global(self, state: PartitionState, record: InputRecord, event, result: BatchResult) -> None:
         """Into the global state only, if this record is the copy of the event that was applied live: a copy
@@ -320,7 +347,7 @@ class BatchPipeline:
         except InvalidEvent as exc:
             self._dead_letter(record, exc.error_class, exc.reason, result)
             return
-        if record.offset < state.replay_until.get(record.topic, 0):
+        if record.offset < state.replay_until.get(record.stream, 0):
             return  # answered before the restart
         t0 = time.perf_counter()
         decision = state.selector.decide_ad(request.request_id, state.users.get(request.user_id), request.ts)
@@ -343,7 +370,7 @@ class BatchPipeline:
         letter = {
             "schema_version": 1,
             "topic": record.topic,
-            "partition": record.partition,
+            "partition": record.kafka_partition,
             "offset": record.offset,
             "raw": record.value or b"",
             "error_class": error_class,

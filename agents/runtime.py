@@ -67,7 +67,7 @@ async def running_worker(settings: Settings, svc: Services, ready_timeout_s: flo
     counts = await ensure_topics(settings, svc.bootstrap)
     store = make_store(settings, svc.redis_url)
     worker = IngestWorker(settings, svc.bootstrap, store)
-    await worker.start(counts[settings.topics.clicks])
+    await worker.start(counts)
     task = asyncio.create_task(worker.run(), name="ingest-worker")
     try:
         await asyncio.wait_for(worker.ready.wait(), ready_timeout_s)

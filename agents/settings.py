@@ -18,6 +18,8 @@ from kairos.schemas.topics import Topics
 #: The hot path's shortest fetch wait on the embedded broker (docs/performance.md: 10 ms had the lowest tail of
 #: 2, 5 and 10 ms at 250 events/s; shorter waits spend the broker's CPU on scans of the log).
 EMBEDDED_FETCH_MIN_WAIT_MS = 10
+#: The input topics, by their ``Topics`` field names (``input_partitions``).
+INPUT_TOPIC_NAMES = ("clicks", "purchases", "impressions", "rekeyed", "ad_requests")
 
 
 class SettingsError(SystemExit):
@@ -38,7 +40,15 @@ class Settings(BaseSettings):
 
     # --- topics and consumer ---
     topic_prefix: str = Field(default="kairos", pattern=r"^[A-Za-z0-9._-]+$")
+    #: State partitions: each owns its shoppers' state, a global model and a checkpoint, and is owned by one worker.
     partitions: int = Field(default=4, ge=1, le=1024)
+    #: Partitions of the input topics, each a multiple of ``partitions``: input partition ``p`` of any input topic
+    #: feeds state partition ``p % partitions`` (agents/assignor.py). One number for every input topic, or
+    #: ``name=count`` pairs for some of them (names: clicks, purchases, impressions, rekeyed, ad_requests), e.g.
+    #: ``clicks=16``; unset or unnamed: as many as ``partitions``. More input partitions than states keep each
+    #: partition's log shorter, which the embedded broker's fetches need; each also costs the consumer a little on
+    #: every fetch (docs/performance.md). Only topics this deployment creates get them: existing ones keep theirs.
+    input_partitions: int | str | None = None
     replication_factor: int = Field(default=1, ge=1, le=7)
     consumer_group: str = "kairos-worker"
     #: Records per consumed batch at most: one batch is one ranker call and one Redis commit per partition, and its
@@ -147,6 +157,40 @@ class Settings(BaseSettings):
             )
         return self
 
+    @model_validator(mode="after")
+    def _input_partitions_fit(self) -> "Settings":
+        for name, count in self.input_partition_counts().items():
+            if count % self.partitions:
+                raise ValueError(
+                    f"KAIROS_INPUT_PARTITIONS: {name} has {count}, not a multiple of KAIROS_PARTITIONS "
+                    f"({self.partitions}): input partition p feeds state partition p % KAIROS_PARTITIONS"
+                )
+        return self
+
+    def input_partition_counts(self) -> dict[str, int]:
+        """Input topic name (``Topics`` field: clicks, ...) -> partitions to create it with (``input_partitions``)."""
+        counts = dict.fromkeys(INPUT_TOPIC_NAMES, self.partitions)
+        value = self.input_partitions
+        if value is None or (isinstance(value, str) and not value.strip()):
+            return counts
+        if isinstance(value, int) or value.strip().isdigit():
+            return dict.fromkeys(INPUT_TOPIC_NAMES, _positive(int(value)))
+        for pair in value.split(","):
+            name, sep, count = (part.strip() for part in pair.partition("="))
+            if not sep or name not in counts or not count.isdigit():
+                raise ValueError(
+                    f"KAIROS_INPUT_PARTITIONS: {pair.strip()!r} is not name=count with a name among "
+                    f"{', '.join(INPUT_TOPIC_NAMES)}"
+                )
+            counts[name] = _positive(int(count))
+        return counts
+
+    def input_partitions_of(self, topic: str) -> int | None:
+        """Partitions to create input topic ``topic`` (a full name) with; None if it is not an input topic."""
+        topics = self.topics
+        by_topic = {getattr(topics, name): count for name, count in self.input_partition_counts().items()}
+        return by_topic.get(topic)
+
     @property
     def topics(self) -> Topics:
         p = self.topic_prefix
@@ -211,3 +255,9 @@ def load_settings(**overrides) -> Settings:
             name = f"KAIROS_{field.upper()}" if field else "settings"
             lines.append(f"  {name}: {err['msg']}")
         raise SettingsError("invalid configuration:\n" + "\n".join(lines)) from None
+
+
+def _positive(count: int) -> int:
+    if not 1 <= count <= 16_384:
+        raise ValueError(f"KAIROS_INPUT_PARTITIONS: {count} partitions is out of 1..16384")
+    return count

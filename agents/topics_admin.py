@@ -23,10 +23,12 @@ def all_topics(settings: Settings) -> list[str]:
 
 
 async def ensure_topics(settings: Settings, bootstrap: str, timeout_s: float = 30.0) -> dict[str, int]:
-    """Create missing topics with ``settings.partitions`` partitions; return topic -> partition count.
+    """Create missing topics: the inputs with ``settings.input_partitions_of`` them, the others with
+    ``settings.partitions``; return topic -> partition count.
 
-    The inputs must all have the same partition count: a user's state lives with partition ``p`` of every input
-    topic (co-partitioning), so a mismatch is refused with a clear error instead of silently splitting state.
+    Each input topic's partition count must be a multiple of ``settings.partitions``: a user's state lives with
+    state partition ``p % partitions`` of input partition ``p`` of every input topic (co-partitioning,
+    agents/assignor.py), so a count that is not is refused with a clear error instead of silently splitting state.
     """
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **kafka_client_options(settings))
     await asyncio.wait_for(admin.start(), timeout_s)
@@ -34,7 +36,10 @@ async def ensure_topics(settings: Settings, bootstrap: str, timeout_s: float = 3
         existing = await _partition_counts(admin)
         missing = [name for name in all_topics(settings) if name not in existing]
         if missing:
-            new = [NewTopic(name, settings.partitions, settings.replication_factor) for name in missing]
+            new = [
+                NewTopic(name, settings.input_partitions_of(name) or settings.partitions, settings.replication_factor)
+                for name in missing
+            ]
             try:
                 await admin.create_topics(new)
             except TopicAlreadyExistsError:
@@ -44,8 +49,13 @@ async def ensure_topics(settings: Settings, bootstrap: str, timeout_s: float = 3
     finally:
         await admin.close()
     inputs = {name: counts[name] for name in settings.topics.inputs()}
-    if len(set(inputs.values())) != 1:
-        raise RuntimeError(f"input topics must have equal partition counts (co-partitioned by user), got {inputs}")
+    odd = {name: count for name, count in inputs.items() if count % settings.partitions}
+    if odd:
+        raise RuntimeError(
+            f"input topics {odd} have partition counts that are not multiples of KAIROS_PARTITIONS="
+            f"{settings.partitions} (co-partitioned by user: input partition p feeds state partition "
+            "p % KAIROS_PARTITIONS); set KAIROS_PARTITIONS to a divisor of all of them"
+        )
     return counts
 
 

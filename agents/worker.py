@@ -13,7 +13,7 @@ import asyncio
 import logging
 import time
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -24,7 +24,7 @@ from kairos.agents import memory
 from kairos.agents.fetch_wait import FetchWait, FetchWaitTuner
 from kairos.agents.kafka_config import consumer_options, kafka_client_options, producer_options, stop_reader, topic_partitions
 from kairos.agents.outputs import KafkaOutputs
-from kairos.agents.pipeline import BatchPipeline, BatchResult, InputRecord
+from kairos.agents.pipeline import BatchPipeline, BatchResult, InputRecord, stream_key
 from kairos.agents.settings import Settings
 from kairos.agents.snapshot import ChildSnapshot, InlineBudget, SlicedSnapshot, fork_available
 from kairos.engine import metrics
@@ -108,7 +108,7 @@ class _Rebalance(ConsumerRebalanceListener):
         self.worker = worker
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
-        await self.worker.release({tp.partition for tp in revoked})
+        await self.worker.release({tp.partition % self.worker.n_partitions for tp in revoked})
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         await self.worker.acquire(assigned)
@@ -188,10 +188,16 @@ class IngestWorker:
 
     # --- lifecycle ---
 
-    async def start(self, n_partitions: int) -> None:
+    async def start(self, counts: Mapping[str, int]) -> None:
+        """``counts``: topic -> partition count (``ensure_topics``). Each input topic's is a multiple of the state
+        partitions (``settings.partitions``): input partition ``p`` feeds state partition ``p % partitions``."""
+        inputs = {topic: counts[topic] for topic in self.settings.topics.inputs()}
+        if any(count % self.settings.partitions for count in inputs.values()):
+            raise ValueError(f"input partitions {inputs} are not multiples of {self.settings.partitions} states")
         memory.fix_mmap_threshold()  # RSS must not keep the peak of one large batch (agents/memory.py)
         memory.watch_collector_pauses()
-        self.n_partitions = self.pipeline.n_partitions = n_partitions
+        self.n_partitions = self.pipeline.n_partitions = self.settings.partitions
+        self.pipeline.input_partitions = inputs
         self.producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, **producer_options(self.settings))
         await self.producer.start()
         self.outputs = KafkaOutputs(self.producer)
@@ -200,10 +206,20 @@ class IngestWorker:
         self.consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, **options)
         await self.consumer.start()
         self.fetch_wait = FetchWaitTuner(self.consumer, FetchWait(floor, ceiling))
-        self.pipeline.share_discovery = self.settings.shared_discovery and n_partitions > 1
+        self.pipeline.share_discovery = self.settings.shared_discovery and self.n_partitions > 1
         if self.pipeline.share_discovery:
             await self._start_peer_reader()
         self.consumer.subscribe(list(self.settings.topics.inputs()), listener=_Rebalance(self))
+
+    def input_record(self, tp: TopicPartition, record) -> InputRecord:
+        """A consumed input record, with the state partition it feeds."""
+        state = tp.partition % self.n_partitions
+        return InputRecord(tp.topic, state, record.offset, record.key, record.value, record.timestamp,
+                           None if state == tp.partition else tp.partition)  # fmt: skip
+
+    def stream_of(self, tp: TopicPartition) -> str:
+        """The key of ``tp``'s offsets in its state (``InputRecord.stream``)."""
+        return stream_key(tp.topic, tp.partition % self.n_partitions, tp.partition)
 
     async def _start_peer_reader(self) -> None:
         """The discovery topic's reader: every partition assigned (each owned partition learns every other one's
@@ -291,7 +307,7 @@ class IngestWorker:
 
     async def _restore_and_seek(self, assigned: list[TopicPartition]) -> None:
         assert self.consumer is not None
-        new = sorted({tp.partition for tp in assigned} - set(self.partitions))
+        new = sorted({tp.partition % self.n_partitions for tp in assigned} - set(self.partitions))
         for n, partition in enumerate(new):
             snapshot = await self.store.load(partition, with_users=False)  # users are read when they return
             state = PartitionState.restore(partition, self.config, snapshot, lambda: self.make_selector(self.config))
@@ -303,7 +319,7 @@ class IngestWorker:
             self._last_checkpoint[partition] = time.monotonic() - interval * n / len(new)
         resume = {p: self.partitions[p].resume_offsets() for p in self.partitions}
         for tp in assigned:
-            offset = resume.get(tp.partition, {}).get(tp.topic)
+            offset = resume.get(tp.partition % self.n_partitions, {}).get(self.stream_of(tp))
             if offset is not None:
                 self.consumer.seek(tp, offset)
             else:
@@ -391,11 +407,7 @@ class IngestWorker:
         if self.first_batch_at is None:
             self.first_batch_at = time.perf_counter()
         started_ms = time.time() * 1000.0
-        records = [
-            InputRecord(tp.topic, tp.partition, r.offset, r.key, r.value, r.timestamp)
-            for tp, batch in batches.items()
-            for r in batch
-        ]
+        records = [self.input_record(tp, r) for tp, batch in batches.items() for r in batch]
         # How long the oldest record of the batch waited before the worker had it (broker append -> fetched):
         # the broker's and the consumer's share of the event -> recommendation latency.
         consume_delay_ms = max(started_ms - min(r.timestamp_ms for r in records), 0.0) if records else 0.0
@@ -752,9 +764,10 @@ class IngestWorker:
         self._last_kafka_commit = now
         offsets = {}
         for tp in self.consumer.assignment():
-            state = self.partitions.get(tp.partition)
-            if state is not None and tp.topic in state.offsets:
-                offsets[tp] = state.offsets[tp.topic]
+            state = self.partitions.get(tp.partition % self.n_partitions)
+            stream = self.stream_of(tp)
+            if state is not None and stream in state.offsets:
+                offsets[tp] = state.offsets[stream]
                 highwater = self.consumer.highwater(tp)
                 if highwater is not None:
                     metrics.CONSUMER_LAG.labels(tp.topic, str(tp.partition)).set(max(highwater - offsets[tp], 0))

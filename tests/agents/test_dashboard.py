@@ -112,7 +112,7 @@ async def test_dashboard_numbers_move_in_headless_chromium(make_settings, broker
     counts = await ensure_topics(settings, broker)
     store = RedisStateStore.from_url(redis_url, RedisKeys(settings.topic_prefix, settings.consumer_group), 3600)
     worker = IngestWorker(settings, broker, store)
-    await worker.start(counts[settings.topics.clicks])
+    await worker.start(counts)
     worker_task = asyncio.create_task(worker.run())
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(create_app(settings), port=port, log_level="warning", lifespan="off"))

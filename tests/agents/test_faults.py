@@ -21,7 +21,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from kairos.agents.embedded import free_port, redis_binary
-from kairos.agents.pipeline import partition_for
+from kairos.agents.pipeline import partition_for, stream_key
 from kairos.agents.redis_store import RedisStateStore
 from kairos.agents.topics_admin import ensure_topics
 from kairos.agents.worker import IngestWorker
@@ -91,10 +91,12 @@ def store_for(settings, url: str | None = None) -> RedisStateStore:
 
 
 async def caught_up(store: RedisStateStore, stream: Stream) -> bool:
-    """Every produced record is covered by the offsets committed (with their state) to Redis."""
+    """Every produced record is covered by the offsets committed (with their state) to Redis: input partition p's
+    with state partition p % partitions."""
+    n = stream.settings.partitions
     for (topic, partition), end in stream.ends.items():
-        snapshot = await store.load(partition)
-        if snapshot.offsets.get(topic, 0) < end:
+        snapshot = await store.load(partition % n)
+        if snapshot.offsets.get(stream_key(topic, partition % n, partition), 0) < end:
             return False
     return True
 
@@ -116,7 +118,7 @@ async def worker_in_process(settings, broker: str, store: RedisStateStore):
     """An ingest worker on this event loop (its own task), ready, and a producer; both stopped afterwards."""
     counts = await ensure_topics(settings, broker)
     worker = IngestWorker(settings, broker, store)
-    await worker.start(counts[settings.topics.clicks])
+    await worker.start(counts)
     task = asyncio.create_task(worker.run())
     producer = await new_producer(broker)
     try:
@@ -135,12 +137,20 @@ async def new_producer(broker: str) -> AIOKafkaProducer:
     return producer
 
 
-@pytest.mark.parametrize("resident", [10_000, 10], ids=["all-users-in-memory", "10-users-in-memory"])
-async def test_worker_killed_mid_stream_loses_nothing_and_counts_nothing_twice(make_settings, redis_url, spawn_worker, broker, resident):
+@pytest.mark.parametrize(
+    ("resident", "input_partitions"), [(10_000, None), (10, None), (10, 8)],
+    ids=["all-users-in-memory", "10-users-in-memory", "8-input-partitions"],
+)  # fmt: skip
+async def test_worker_killed_mid_stream_loses_nothing_and_counts_nothing_twice(
+    make_settings, redis_url, spawn_worker, broker, resident, input_partitions
+):
     """With 10 resident users per partition (60 users over 2 partitions) most events find their user evicted
-    from memory and read back from Redis: the counts must still be exact."""
-    settings = make_settings(redis_url=redis_url, partitions=2, max_resident_users_per_partition=resident)
-    await ensure_topics(settings, broker)
+    from memory and read back from Redis: the counts must still be exact. With 8 input partitions, four feed each
+    of the 2 states, each with its own offsets."""
+    settings = make_settings(redis_url=redis_url, partitions=2, max_resident_users_per_partition=resident,
+                             input_partitions=input_partitions)  # fmt: skip
+    counts = await ensure_topics(settings, broker)
+    assert counts[settings.topics.clicks] == (input_partitions or 2)
     store, producer = store_for(settings), await new_producer(broker)
     stream = Stream(settings)
     first = spawn_worker(settings, "first")
@@ -169,8 +179,11 @@ async def test_worker_killed_mid_stream_loses_nothing_and_counts_nothing_twice(m
     assert stream.records > stream.produced, "duplicates were produced"
 
 
-async def test_two_workers_share_partitions_and_one_takes_over(make_settings, redis_url, spawn_worker, broker):
-    settings = make_settings(redis_url=redis_url, partitions=4)
+@pytest.mark.parametrize("input_partitions", [None, 16], ids=["as-many-input-partitions", "16-input-partitions"])
+async def test_two_workers_share_partitions_and_one_takes_over(make_settings, redis_url, spawn_worker, broker, input_partitions):
+    """Two workers split the 4 state partitions (with 16 input partitions, each state's four go to one worker:
+    agents/assignor.py), then one is killed and the other takes all of them over, losing and doubling nothing."""
+    settings = make_settings(redis_url=redis_url, partitions=4, input_partitions=input_partitions)
     await ensure_topics(settings, broker)
     store, producer = store_for(settings), await new_producer(broker)
     stream = Stream(settings, users=80, seed=1)

@@ -100,3 +100,15 @@ def test_the_same_offset_in_another_topic_is_another_record():
     clicks, rekeyed = (InputRecord(topic, 0, 42, b"u", b"", 0) for topic in (TOPICS.clicks, TOPICS.rekeyed))
     assert pipeline.record_source(clicks) != pipeline.record_source(rekeyed)
     assert pipeline.record_source(clicks) // 8 == pipeline.record_source(rekeyed) // 8 == 42
+
+
+def test_the_same_offset_in_another_input_partition_of_the_state_is_another_record():
+    """Four input partitions per state partition (agents/assignor.py): partitions 1 and 5 of one topic both feed
+    state 1, and their offsets are counted separately, so the record an event was applied from must say which."""
+    pipeline = BatchPipeline(TOPICS, {}, 4, CONFIG.top_n, input_partitions={TOPICS.clicks: 16})
+    own, other = InputRecord(TOPICS.clicks, 1, 42, b"u", b"", 0), InputRecord(TOPICS.clicks, 1, 42, b"u", b"", 0, 5)
+    assert pipeline.record_source(own) != pipeline.record_source(other)
+    assert (own.stream, other.stream) == (TOPICS.clicks, f"{TOPICS.clicks}#5")
+    assert (own.kafka_partition, other.kafka_partition) == (1, 5)
+    # as many input partitions as states: the number stored before input partitions were decoupled
+    assert BatchPipeline(TOPICS, {}, 4, CONFIG.top_n).record_source(own) == 42 * 8 + 0

@@ -66,3 +66,21 @@ def test_a_worker_child_gets_the_hot_path_settings_of_its_parent(monkeypatch):
     child = load_settings()
     assert (child.max_candidates, child.batch_max_records) == (500, 200)
     assert child.fetch_wait_bounds() == parent.fetch_wait_bounds() == (10, 40)
+
+
+def test_input_partitions_one_count_or_some_topics_each_a_multiple_of_the_states():
+    settings = load_settings(partitions=4)
+    assert set(settings.input_partition_counts().values()) == {4}
+    assert load_settings(partitions=4, input_partitions="16").input_partitions_of("kairos.impressions") == 16
+    some = load_settings(partitions=4, input_partitions="clicks=16, ad_requests=8")
+    assert some.input_partition_counts() == {"clicks": 16, "purchases": 4, "impressions": 4, "rekeyed": 4, "ad_requests": 8}
+    assert some.input_partitions_of("kairos.clicks") == 16 and some.input_partitions_of("kairos.recommendations") is None
+
+
+@pytest.mark.parametrize("value", ["10", "clicks=6", "views=16", "clicks:16", "clicks=0", "0"])
+def test_input_partitions_that_do_not_fit_name_the_variable(monkeypatch, value):
+    monkeypatch.setenv("KAIROS_PARTITIONS", "4")
+    monkeypatch.setenv("KAIROS_INPUT_PARTITIONS", value)
+    with pytest.raises(SettingsError) as info:
+        load_settings()
+    assert "KAIROS_INPUT_PARTITIONS" in str(info.value.code)
