@@ -490,6 +490,8 @@ async def run(
         out.update(repeat_summary(runs))
     out.update(ratio=round(out["pipeline_events_per_s"] / out["plain_loop_events_per_s"], 3),
                partitions=settings.partitions, workers=n_workers,
+               # partitions of each input topic (KAIROS_INPUT_PARTITIONS), by Topics field name
+               input_partitions=settings.input_partition_counts(),
                # True: every event was ranked on its own (KAIROS_RECOMMEND_EVERY_EVENT), recs_per_event is 1.
                recommend_every_event=settings.recommend_every_event,
                # True: the orders were published and every partition learned every order (KAIROS_SHARED_DISCOVERY).

@@ -2,8 +2,8 @@
 
 A worker is the Faust app with the ingest role only (``running_app(..., roles={"ingest"})``), started in a spawned
 process on the benchmark's broker and Redis; it answers requests for its counters over a pipe. With ``--workers 2``
-two such processes split the partitions (range assignment, the same split as two ``kairos worker --roles ingest``
-deployments): one event loop per core, as a 2-core machine would be run. With one worker the benchmark measures the
+two such processes split the state partitions (agents/assignor.py, the same split as two ``kairos worker --roles
+ingest`` deployments): one event loop per core, as a 2-core machine would be run. With one worker the benchmark measures the
 same thing as before, minus the monitor and the orchestration that used to share the worker's process.
 
 The parent polls the children (:meth:`WorkerGroup.totals`): counters summed over the workers, the batch timings of

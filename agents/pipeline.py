@@ -16,7 +16,7 @@ discovery models, each at most once (read positions and source offsets in the pa
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import orjson
@@ -29,6 +29,12 @@ from kairos.engine.store import ServingRecord
 from kairos.schemas.codec import InvalidEvent, decode_ad_request, decode_event
 from kairos.schemas.events import ImpressionEvent
 from kairos.schemas.topics import Topics
+
+
+#: ``record_source`` of a record from another input partition of its state than the one numbered like it: a flag
+#: bit, and up to 2^14 input partitions per state (offsets up to 2^45 keep the number under 2^63).
+_OTHER_INPUT = 1 << 62
+_WHICH_BITS = 14
 
 
 def partition_for(user_id: str, partitions: int) -> int:
@@ -122,13 +128,10 @@ class BatchPipeline:
         top_n: int,
         every_event: bool = False,
         share_discovery: bool = False,
-        input_partitions: Mapping[str, int] | None = None,
     ) -> None:
         self.topics = topics
         self.partitions = partitions
         self.n_partitions = n_partitions
-        #: Input topic -> its partition count, a multiple of ``n_partitions`` (a topic not in it: as many).
-        self.input_partitions: Mapping[str, int] = input_partitions or {}
         self.top_n = top_n
         self._kinds = _kinds_by_topic(topics)
         #: 0 clicks, 1 purchases, 2 impressions, 3 re-keyed, 4 ad requests (``record_source``).
@@ -289,11 +292,15 @@ class BatchPipeline:
 
     def record_source(self, record: InputRecord) -> int:
         """The record an event is applied from, as one integer kept with its id in the user's state: offset x 8 +
-        the input topic's code (the same event id can reach two topics, e.g. directly and re-keyed); with K input
-        partitions per state partition, (offset x K + which of them) x 8 + the code (K = 1: the same number)."""
-        per_state = self.input_partitions.get(record.topic, self.n_partitions) // self.n_partitions
+        the input topic's code (the same event id can reach two topics, e.g. directly and re-keyed). From another
+        input partition of the state than the one numbered like it (agents/assignor.py), which one is in it too,
+        above a flag bit: ``_OTHER_INPUT | (offset x 2^14 + which) x 8 + code``, so the number does not depend on
+        how many input partitions the topic has (it may grow) and never equals one of the first form."""
+        code = self._topic_codes.get(record.topic, 7)
         which = record.kafka_partition // self.n_partitions
-        return (record.offset * per_state + which) * 8 + self._topic_codes.get(record.topic, 7)
+        if which == 0:
+            return record.offset * 8 + code
+        return _OTHER_INPUT | (((record.offset << _WHICH_BITS) | which) << 3) | code
 
     def _replay_global(self, state: PartitionState, record: InputRecord, event, result: BatchResult) -> None:
         """Into the global state only, if this record is the copy of the event that was applied live: a copy

@@ -197,7 +197,6 @@ class IngestWorker:
         memory.fix_mmap_threshold()  # RSS must not keep the peak of one large batch (agents/memory.py)
         memory.watch_collector_pauses()
         self.n_partitions = self.pipeline.n_partitions = self.settings.partitions
-        self.pipeline.input_partitions = inputs
         self.producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, **producer_options(self.settings))
         await self.producer.start()
         self.outputs = KafkaOutputs(self.producer)

@@ -103,12 +103,18 @@ def test_the_same_offset_in_another_topic_is_another_record():
 
 
 def test_the_same_offset_in_another_input_partition_of_the_state_is_another_record():
-    """Four input partitions per state partition (agents/assignor.py): partitions 1 and 5 of one topic both feed
-    state 1, and their offsets are counted separately, so the record an event was applied from must say which."""
-    pipeline = BatchPipeline(TOPICS, {}, 4, CONFIG.top_n, input_partitions={TOPICS.clicks: 16})
-    own, other = InputRecord(TOPICS.clicks, 1, 42, b"u", b"", 0), InputRecord(TOPICS.clicks, 1, 42, b"u", b"", 0, 5)
-    assert pipeline.record_source(own) != pipeline.record_source(other)
-    assert (own.stream, other.stream) == (TOPICS.clicks, f"{TOPICS.clicks}#5")
-    assert (own.kafka_partition, other.kafka_partition) == (1, 5)
-    # as many input partitions as states: the number stored before input partitions were decoupled
-    assert BatchPipeline(TOPICS, {}, 4, CONFIG.top_n).record_source(own) == 42 * 8 + 0
+    """Input topics with more partitions than states (agents/assignor.py): partitions 1, 5 and 9 of one topic all
+    feed state 1, and their offsets are counted separately, so the record an event was applied from must say which.
+    The number does not depend on how many input partitions the topic has, and the one numbered like the state
+    keeps the number stored before input partitions were decoupled."""
+    pipeline = BatchPipeline(TOPICS, {}, 4, CONFIG.top_n)
+    own = InputRecord(TOPICS.clicks, 1, 42, b"u", b"", 0)
+    others = [InputRecord(TOPICS.clicks, 1, 42, b"u", b"", 0, p) for p in (5, 9)]
+    sources = {pipeline.record_source(r) for r in (own, *others)}
+    assert len(sources) == 3
+    assert pipeline.record_source(own) == 42 * 8 + 0
+    # the first form stays under the flag bit for any offset a partition reaches (2^45 records and more)
+    huge = InputRecord(TOPICS.clicks, 1, 2**45, b"u", b"", 0)
+    assert pipeline.record_source(huge) < 2**62 <= min(pipeline.record_source(r) for r in others)
+    assert (own.stream, others[0].stream) == (TOPICS.clicks, f"{TOPICS.clicks}#5")
+    assert (own.kafka_partition, others[0].kafka_partition) == (1, 5)
