@@ -23,6 +23,7 @@ from collections.abc import Iterable, Mapping
 
 from aiokafka.cluster import ClusterMetadata
 from aiokafka.coordinator.assignors.abstract import AbstractPartitionAssignor
+from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment, ConsumerProtocolMemberMetadata
 
 log = logging.getLogger(__name__)
@@ -111,6 +112,18 @@ def state_partition_assignor(n_states: int) -> type[AbstractPartitionAssignor]:
             pass
 
     return StatePartitionAssignor
+
+
+def assignment_strategies(n_states: int, input_counts: Iterable[int]) -> tuple[type[AbstractPartitionAssignor], ...]:
+    """The ingest consumer's assignors, preferred first. With as many input partitions as states, Kafka's range
+    assignor splits them exactly as :func:`state_partition_assignor` does, so it is offered second: a group that
+    still has workers of a version that knew only range assignment agrees on it during a rolling upgrade instead of
+    refusing the new workers. With more input partitions than states it is not offered (it would split a state's
+    input partitions between workers)."""
+    preferred = state_partition_assignor(n_states)
+    if all(count == n_states for count in input_counts):
+        return preferred, RangePartitionAssignor
+    return (preferred,)
 
 
 def _states_of(metadata: ConsumerProtocolMemberMetadata) -> int | None:

@@ -21,6 +21,7 @@ from aiokafka.abc import ConsumerRebalanceListener
 from redis.exceptions import RedisError
 
 from kairos.agents import memory
+from kairos.agents.assignor import assignment_strategies
 from kairos.agents.fetch_wait import FetchWait, FetchWaitTuner
 from kairos.agents.kafka_config import consumer_options, kafka_client_options, producer_options, stop_reader, topic_partitions
 from kairos.agents.outputs import KafkaOutputs
@@ -201,7 +202,8 @@ class IngestWorker:
         await self.producer.start()
         self.outputs = KafkaOutputs(self.producer)
         floor, ceiling = self.settings.fetch_wait_bounds()
-        options = {**consumer_options(self.settings), "fetch_max_wait_ms": floor}
+        options = {**consumer_options(self.settings), "fetch_max_wait_ms": floor,
+                   "partition_assignment_strategy": assignment_strategies(self.n_partitions, inputs.values())}  # fmt: skip
         self.consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, **options)
         await self.consumer.start()
         self.fetch_wait = FetchWaitTuner(self.consumer, FetchWait(floor, ceiling))

@@ -17,8 +17,8 @@ catalog and the per-category item scores.
   (``GlobalModel.open_snapshot``: their keys now) and, until it closes, keeps the state of a row, a catalog entry
   or a category's map the first time the stream changes or drops it (copy on write, a few keys per event);
 - :meth:`CheckpointBuild.step` (on the loop, when the worker has nothing else to do): encodes the maps
-  ``ENTRIES_PER_PIECE`` entries at a time (each key as kept, or as it still is when it was not touched), until a
-  deadline, appending to one growing buffer; the last piece closes the snapshot, and the buffer is the blob.
+  ``ENTRIES_PER_PIECE`` entries at a time (each key as kept, or as it still is when it was not touched), until the
+  next piece would end past a deadline, appending to one growing buffer; the last piece closes the snapshot, and the buffer is the blob.
 
 The result is byte for byte what ``global_blob`` returned when the build began
 (``tests/agents/test_checkpoint_build.py``), so restoring it needs nothing new, and the offsets taken with it hold.
@@ -34,9 +34,10 @@ import orjson
 from kairos.engine.discovery import PurchaseGraph
 from kairos.engine.global_model import GlobalModel
 
-#: Map entries encoded per piece (a co-occurrence row counts its neighbours, a category its items): 0.5-2.5 ms on
-#: the worker however the entries are spread over keys (docs/performance.md, 2026-12-04).
-ENTRIES_PER_PIECE = 2048
+#: Map entries encoded per piece (a co-occurrence row counts its neighbours, a category its items): 2,048 took
+#: 0.5-2.5 ms on the worker however the entries are spread over keys; with 1,024 and a slice that stops before a
+#: piece that would end past its budget, slices of 2 ms end by 2.1-2.3 ms (docs/performance.md, 2026-12-04).
+ENTRIES_PER_PIECE = 1024
 
 
 class _Map:
@@ -136,13 +137,17 @@ class CheckpointBuild:
         return self.blob is not None
 
     def step(self, deadline: float, clock: Callable[[], float] = time.perf_counter) -> bool:
-        """Encode pieces until ``clock()`` reaches ``deadline`` (one piece at least); True once :attr:`blob` is
-        complete."""
+        """Encode pieces until the next one, if it took as long as the last, would end past ``deadline`` (one piece
+        at least); True once :attr:`blob` is complete. Stopping only once the deadline had passed let a slice run
+        up to a whole piece (0.5-2.5 ms) over it (docs/performance.md)."""
+        before = clock()
         while self.blob is None:
             self._piece()
             self.pieces += 1
-            if clock() >= deadline:
+            now = clock()
+            if now + (now - before) > deadline:
                 break
+            before = now
         return self.blob is not None
 
     def abort(self) -> None:

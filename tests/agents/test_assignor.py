@@ -3,9 +3,16 @@
 
 from __future__ import annotations
 
+from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.coordinator.protocol import ConsumerProtocolMemberMetadata
 
-from kairos.agents.assignor import ASSIGNOR_NAME, assign_input_partitions, state_partition_assignor, state_ranges
+from kairos.agents.assignor import (
+    ASSIGNOR_NAME,
+    assign_input_partitions,
+    assignment_strategies,
+    state_partition_assignor,
+    state_ranges,
+)
 
 
 class _Cluster:
@@ -48,3 +55,15 @@ def test_the_assignor_class_carries_its_state_count_and_leaves_out_members_that_
     got = {member: dict(a.assignment) for member, a in assignor.assign(_Cluster({"clicks": 8}), members).items()}
     assert got["b"] == {}
     assert got["a"] == {"clicks": [0, 1, 4, 5]} and got["c"] == {"clicks": [2, 3, 6, 7]}
+
+
+def test_range_assignment_is_offered_second_only_when_it_splits_the_same_way():
+    """A rolling upgrade from workers that knew only range assignment: with one input partition per state the
+    group can agree on range (the same split); with more it must not (a state's partitions would be split)."""
+    same = assignment_strategies(4, [4, 4, 4])
+    assert [s.name for s in same] == [ASSIGNOR_NAME, "range"] and same[1] is RangePartitionAssignor
+    members = {"a": same[0].metadata(["clicks"]), "b": same[0].metadata(["clicks"])}
+    ours = {m: dict(a.assignment) for m, a in same[0].assign(_Cluster({"clicks": 4}), members).items()}
+    theirs = {m: dict(a.assignment) for m, a in RangePartitionAssignor.assign(_Cluster({"clicks": 4}), members).items()}
+    assert ours == theirs
+    assert [s.name for s in assignment_strategies(4, [16, 4, 4])] == [ASSIGNOR_NAME]

@@ -147,14 +147,17 @@ def test_an_aborted_build_closes_the_snapshot_and_one_build_at_a_time():
     assert again.blob == state.global_blob()
 
 
-def test_a_step_stops_at_its_deadline_after_one_piece_at_least():
+def test_a_step_stops_before_a_piece_that_would_end_past_its_deadline_after_one_piece_at_least():
     config = EngineConfig(top_n=5)
     state, pipeline, log = _state(config)
     _apply(pipeline, log, _events(0, 200))
     build: CheckpointBuild = state.begin_global_checkpoint()
     ticks = iter(range(10_000))
-    build.step(deadline=2.5, clock=lambda: next(ticks))  # read after each piece: 0, 1, 2, then 3 past the deadline
-    assert build.pieces == 4 and not build.done
+    # read before the first piece and after each: 0, 1, 2; a third piece, as long as the others, would end at 3
+    build.step(deadline=2.5, clock=lambda: next(ticks))
+    assert build.pieces == 2 and not build.done
+    build.step(deadline=-1.0)  # past already: one piece all the same
+    assert build.pieces == 3 and not build.done
     build.step(deadline=float("inf"))
     assert build.done and build.blob == state.global_blob()
 
