@@ -75,6 +75,8 @@ def test_input_partitions_one_count_or_some_topics_each_a_multiple_of_the_states
     some = load_settings(partitions=4, input_partitions="clicks=16, ad_requests=8")
     assert some.input_partition_counts() == {"clicks": 16, "purchases": 4, "impressions": 4, "rekeyed": 4, "ad_requests": 8}
     assert some.input_partitions_of("kairos.clicks") == 16 and some.input_partitions_of("kairos.recommendations") is None
+    # the names are the topics the worker consumes
+    assert tuple(getattr(some.topics, name) for name in some.input_partition_counts()) == some.topics.inputs()
 
 
 @pytest.mark.parametrize("value", ["10", "clicks=6", "views=16", "clicks:16", "clicks=0", "0"])
