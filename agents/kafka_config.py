@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
+from collections.abc import Iterable
 
 from aiokafka import AIOKafkaConsumer
 
-from kairos.agents.assignor import state_partition_assignor
+from kairos.agents.assignor import assignment_strategies
 from kairos.agents.settings import Settings
 
 
@@ -44,14 +45,16 @@ def faust_credentials(settings: Settings):
     )  # fmt: skip
 
 
-def consumer_options(settings: Settings) -> dict:
+def consumer_options(settings: Settings, input_counts: Iterable[int] = ()) -> dict:
     """Manual offsets (the source of truth is the state store), short session timeouts: Tansu holds JoinGroup
-    for half the session timeout (docs/operations.md), and fast failover matters on real Kafka too."""
+    for half the session timeout (docs/operations.md), and fast failover matters on real Kafka too.
+    ``input_counts``: the input topics' partition counts, which decide the assignors offered (none given: taken
+    as one per state, as for the benchmark's single-member baseline group)."""
     return {
         **kafka_client_options(settings),
         # Every input partition of a state partition, of *every* input topic, to one consumer: the co-partitioning
         # that per-partition user state relies on (agents/assignor.py). aiokafka's default (round robin) does not.
-        "partition_assignment_strategy": (state_partition_assignor(settings.partitions),),
+        "partition_assignment_strategy": assignment_strategies(settings.partitions, input_counts),
         "group_id": settings.consumer_group,
         "enable_auto_commit": False,
         "auto_offset_reset": "earliest",

@@ -48,6 +48,13 @@ async def ensure_topics(settings: Settings, bootstrap: str, timeout_s: float = 3
         counts = await _wait_for_topics(admin, all_topics(settings), timeout_s)
     finally:
         await admin.close()
+    input_counts(settings, counts)
+    return counts
+
+
+def input_counts(settings: Settings, counts: dict[str, int]) -> dict[str, int]:
+    """The input topics' partition counts out of ``counts`` (topic -> count), each a multiple of
+    ``settings.partitions``, or RuntimeError naming those that are not."""
     inputs = {name: counts[name] for name in settings.topics.inputs()}
     odd = {name: count for name, count in inputs.items() if count % settings.partitions}
     if odd:
@@ -56,7 +63,7 @@ async def ensure_topics(settings: Settings, bootstrap: str, timeout_s: float = 3
             f"{settings.partitions} (co-partitioned by user: input partition p feeds state partition "
             "p % KAIROS_PARTITIONS); set KAIROS_PARTITIONS to a divisor of all of them"
         )
-    return counts
+    return inputs
 
 
 async def _partition_counts(admin: AIOKafkaAdminClient) -> dict[str, int]:

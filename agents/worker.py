@@ -21,13 +21,13 @@ from aiokafka.abc import ConsumerRebalanceListener
 from redis.exceptions import RedisError
 
 from kairos.agents import memory
-from kairos.agents.assignor import assignment_strategies
 from kairos.agents.fetch_wait import FetchWait, FetchWaitTuner
 from kairos.agents.kafka_config import consumer_options, kafka_client_options, producer_options, stop_reader, topic_partitions
 from kairos.agents.outputs import KafkaOutputs
 from kairos.agents.pipeline import BatchPipeline, BatchResult, InputRecord, stream_key
 from kairos.agents.settings import Settings
 from kairos.agents.snapshot import ChildSnapshot, InlineBudget, SlicedSnapshot, fork_available
+from kairos.agents.topics_admin import input_counts
 from kairos.engine import metrics
 from kairos.engine.config import EngineConfig
 from kairos.engine.partition import PartitionState
@@ -192,9 +192,7 @@ class IngestWorker:
     async def start(self, counts: Mapping[str, int]) -> None:
         """``counts``: topic -> partition count (``ensure_topics``). Each input topic's is a multiple of the state
         partitions (``settings.partitions``): input partition ``p`` feeds state partition ``p % partitions``."""
-        inputs = {topic: counts[topic] for topic in self.settings.topics.inputs()}
-        if any(count % self.settings.partitions for count in inputs.values()):
-            raise ValueError(f"input partitions {inputs} are not multiples of {self.settings.partitions} states")
+        inputs = input_counts(self.settings, counts)
         memory.fix_mmap_threshold()  # RSS must not keep the peak of one large batch (agents/memory.py)
         memory.watch_collector_pauses()
         self.n_partitions = self.pipeline.n_partitions = self.settings.partitions
@@ -202,8 +200,7 @@ class IngestWorker:
         await self.producer.start()
         self.outputs = KafkaOutputs(self.producer)
         floor, ceiling = self.settings.fetch_wait_bounds()
-        options = {**consumer_options(self.settings), "fetch_max_wait_ms": floor,
-                   "partition_assignment_strategy": assignment_strategies(self.n_partitions, inputs.values())}  # fmt: skip
+        options = {**consumer_options(self.settings, inputs.values()), "fetch_max_wait_ms": floor}
         self.consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, **options)
         await self.consumer.start()
         self.fetch_wait = FetchWaitTuner(self.consumer, FetchWait(floor, ceiling))
