@@ -4,8 +4,8 @@ No broker, no Redis: the worker's pipeline over 4 partitions (``kairos bench hot
 orders shared as the worker shares them) takes ``--events`` events of a source, then each partition's global
 checkpoint is built as the worker builds it (``PartitionState.begin_global_checkpoint``, then
 ``SlicedSnapshot.advance`` slices of ``checkpoint_slice_ms``), ``--repeats`` times. The loop is held for the
-*snapshot* (the build's start: what must be taken at once) and then for each *slice*; the last slice joins the
-pieces into the blob. Each build is compared with ``global_blob`` (the whole checkpoint encoded at once, also
+*snapshot* (the build's start: what must be taken at once) and then for each *slice*; the last slice closes the
+snapshot. Each build is compared with ``global_blob`` (the whole checkpoint encoded at once, also
 timed): they must be equal byte for byte.
 
 Last line: one JSON object, ``snapshot_ms`` / ``slice_ms`` / ``last_slice_ms`` (p50 and max over every build),

@@ -11,14 +11,16 @@ catalog and the per-category item scores.
 
 - :meth:`CheckpointBuild.__init__` (on the loop, the only part that must be atomic): the online ranker and the
   selection state are encoded at once, but for the discovery model's large maps (``PurchaseGraph.open_snapshot``:
-  its co-purchase rows and user-kNN lists, copy on write, and its sibling lists, a shallow copy), which are left out
-  of the selection state and encoded in pieces in their places (``_spliced``); the three score maps (trend, popularity, category popularity) are
-  flat dicts of floats, copied with one ``dict.copy`` each; the keyed maps are not copied at all: the model opens a *snapshot*
-  (``GlobalModel.open_snapshot``: their keys now) and, until it closes, keeps the state of a row, a catalog entry
-  or a category's map the first time the stream changes or drops it (copy on write, a few keys per event);
+  its co-purchase rows and user-kNN lists, copy on write, and its name tokens and sibling lists, shallow copies),
+  which are left out of the selection state and encoded in pieces in their places (``_spliced``); the three score
+  maps (trend, popularity, category popularity) are flat dicts of floats, copied with one ``dict.copy`` each; the
+  keyed maps are not copied at all: the model opens a *snapshot* (``GlobalModel.open_snapshot``: their keys now)
+  and, until it closes, keeps the state of a row, a catalog entry or a category's map the first time the stream
+  changes or drops it (copy on write, a few keys per event);
 - :meth:`CheckpointBuild.step` (on the loop, when the worker has nothing else to do): encodes the maps
   ``ENTRIES_PER_PIECE`` entries at a time (each key as kept, or as it still is when it was not touched), until the
-  next piece would end past a deadline, appending to one growing buffer; the last piece closes the snapshot, and the buffer is the blob.
+  next piece would end past a deadline, appending to one growing buffer; the last piece closes the snapshot, and
+  the buffer is the blob.
 
 The result is byte for byte what ``global_blob`` returned when the build began
 (``tests/agents/test_checkpoint_build.py``), so restoring it needs nothing new, and the offsets taken with it hold.
