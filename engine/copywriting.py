@@ -163,6 +163,8 @@ class CopyWriter:
             request = requests[row]
             if glued_sentences(text):
                 return "glued_sentences"
+            if markup_debris(text):
+                return "markup"
             if request.kind == "ad":
                 return None
             if not names_product(request.name, text) or garment_parts_on_other_goods(request.name, request.category, text):
@@ -186,12 +188,37 @@ _NAME_STOP_WORDS = frozenset(word.casefold() for word in PRODUCT_MODIFIERS) | {"
 _CJK = re.compile(r"[\u3400-\u9fff]")
 
 
+#: Where an English product name goes on to what the product holds, comes with or is for: the product is named
+#: before it ("LUNCHBOX WITH CUTLERY FAIRY CAKES", "PIZZA PLATE IN BOX", "GREETING CARD, THE BLACK CAT").
+_NAME_TAIL = re.compile(r"\s(?:with|in|for|on)\s|,")
+#: A head word this long is also found inside a compound the copy writes apart or together ("cake stand" for
+#: CAKESTAND); a shorter one only as a word ("mat" is in "format", "pot" in "spot").
+_COMPOUND_HEAD_MIN = 6
+
+
+def product_head(name: str) -> str | None:
+    """The word of an English product name that says what the product is: the last content word (three letters
+    or more, not a colour, size, pattern, material or pack word) before any "with" / "in" / "for" / "on" / comma
+    part; None when there is none (a code, a Chinese name).
+
+    >>> [product_head(n) for n in ("RETRO COFFEE MUGS ASSORTED", "LUNCHBOX WITH CUTLERY FAIRY CAKES",
+    ...                             "SET OF 3 BLACK FLYING DUCKS", "REGENCY CAKESTAND 3 TIER", "86B")]
+    ['mugs', 'lunchbox', 'ducks', 'cakestand', None]
+    """
+    for part in _NAME_TAIL.split(name.casefold()):
+        content = [w for w in re.findall(r"[a-z]{3,}", part) if w not in _NAME_STOP_WORDS]
+        if content:
+            return content[-1]
+    return None
+
+
 def names_product(name: str, text: str) -> bool:
-    """Whether copy ``text`` names the product ``name`` describes: it shares a content word with the name (three
-    letters or more, plural ``s`` / ``es`` ignored; colours, sizes, patterns, materials and pack words do not
-    count) or, for a Chinese name, two adjacent characters. A small generator that drifts to another product
-    ("pliers and screws" for stacking tins) fails it, and its copy is regenerated once, then replaced by the
-    template. A name with nothing to match passes.
+    """Whether copy ``text`` names the product ``name`` describes: for an English name, it says the name's head
+    word (:func:`product_head`; plural ``s`` / ``es`` ignored), not merely another word of the name ("Coffee,
+    served with vanilla pudding" for coffee mugs names a drink); for a Chinese name, it shares two adjacent
+    characters with it. A small generator that drifts to another product ("pliers and screws" for stacking tins,
+    a dessert for a doormat) fails it, and its copy is regenerated once, then replaced by the template. A name
+    with nothing to match passes.
 
     >>> names_product("SET/3 RUSSIAN DOLL STACKING TINS", "Stack these tins in a row for a playful kitchen shelf.")
     True
@@ -203,15 +230,24 @@ def names_product(name: str, text: str) -> bool:
     False
     >>> names_product("PEACE WOODEN BLOCK LETTERS", "Spell out a name with these letter blocks.")
     True
+    >>> names_product("RETRO COFFEE MUGS ASSORTED", "Coffee, has an orange peel texture and is served with pudding.")
+    False
+    >>> names_product("FANCY FONT HOME SWEET HOME DOORMAT", "Fantastic home dessert!")
+    False
+    >>> names_product("REGENCY CAKESTAND 3 TIER", "A three-tier cake stand for afternoon tea.")
+    True
     """
     cjk = "".join(_CJK.findall(name))
     if cjk:
         return any(cjk[i : i + 2] in text for i in range(len(cjk) - 1)) if len(cjk) > 1 else cjk in text
-    wanted = {w for w in re.findall(r"[a-z]{3,}", name.casefold()) if w not in _NAME_STOP_WORDS}
-    if not wanted:
+    head = product_head(name)
+    if head is None:
         return True
-    said = {form for w in re.findall(r"[a-z]{3,}", text.casefold()) for form in _forms(w)}
-    return any(not said.isdisjoint(_forms(w)) for w in wanted)
+    lowered = text.casefold()
+    said = {form for w in re.findall(r"[a-z]{3,}", lowered) for form in _forms(w)}
+    if not said.isdisjoint(_forms(head)):
+        return True
+    return len(head) >= _COMPOUND_HEAD_MIN and head in re.sub(r"[^a-z]", "", lowered)
 
 
 #: A sentence run into the next without a space ("...detailsWarranty available"): 38% of the Myntra descriptions the
@@ -228,6 +264,21 @@ def glued_sentences(text: str) -> bool:
     (True, False)
     """
     return GLUED.search(text) is not None
+
+
+#: Characters of markup, code or scraped field separators, never of shop copy: a generator that writes them has
+#: left prose ("GREETS card ...||greetcard:||cat%||black_dog|||CATEGORIE"). A per cent sign counts unless it follows
+#: a number ("20% off").
+MARKUP = re.compile(r"[|_{}<>\\=~^\[\]]|(?<![0-9 ])%|(?<=[^0-9] )%")
+
+
+def markup_debris(text: str) -> bool:
+    """Whether ``text`` holds markup or separator debris instead of prose.
+
+    >>> markup_debris("GREETS card has a patch?||greetcard:||cat%"), markup_debris("Save 20% on three mugs.")
+    (True, False)
+    """
+    return MARKUP.search(text) is not None
 
 
 def separate_glued_sentences(text: str) -> str:

@@ -44,14 +44,14 @@ class BlockedWhenGreedy:
 
     def generate(self, prompts, *, max_new_tokens: int = 64, sample: bool = False, cancel=None) -> list[str]:
         self.samples.append(sample)
-        return ["Fresh sourdough, baked this morning." if sample else "Our loaf: the best in the world."] * len(prompts)
+        return ["A fresh sourdough loaf, baked this morning." if sample else "Our loaf: the best in the world."] * len(prompts)
 
 
 def test_a_blocked_text_is_regenerated_by_sampling_not_repeated():
     writer = CopyWriter(BlockedWhenGreedy())
     (text,) = writer.write([CopyRequest("i1", "cat:bread", "SOURDOUGH LOAF")])
     assert writer.generator.samples == [False, True], "first try as configured, the retry sampled"
-    assert (text.text, text.source) == ("Fresh sourdough, baked this morning.", "regenerated")
+    assert (text.text, text.source) == ("A fresh sourdough loaf, baked this morning.", "regenerated")
     assert writer.stats.regenerated == 1
 
 
@@ -174,3 +174,28 @@ def test_the_template_names_an_interest_that_is_a_kind_of_product():
     assert template_copy("REGENCY CAKESTAND 3 TIER", interests=("set", "box", "cakestand")).endswith("interest in cakestand.")
     assert template_copy("REGENCY CAKESTAND 3 TIER", interests=("set",)) == template_copy("REGENCY CAKESTAND 3 TIER")
     assert "interest" not in template_copy("REGENCY CAKESTAND 3 TIER", interests=("red", "box"))  # a colour, a box
+
+
+def test_copy_must_say_what_the_product_is_and_hold_no_markup():
+    """A text that shares only a modifier with the name ("coffee" for coffee mugs) is off the product; one with
+    scraped field separators is markup. Each is regenerated once, then replaced by the template."""
+
+    class Writes:
+        name, version = "writes", "1"
+
+        def __init__(self, greedy: str, sampled: str) -> None:
+            self.greedy, self.sampled = greedy, sampled
+
+        def generate(self, prompts, *, max_new_tokens: int = 64, sample: bool = False, cancel=None) -> list[str]:
+            return [self.sampled if sample else self.greedy] * len(prompts)
+
+    mugs = CopyRequest("m1", "cat:mug", "RETRO COFFEE MUGS ASSORTED", "mug", interests=("mug",))
+    writer = CopyWriter(Writes("Coffee, served with vanilla pudding.", "Four retro mugs for your morning coffee."))
+    (text,) = writer.write([mugs])
+    assert (text.text, text.source, text.reasons) == ("Four retro mugs for your morning coffee.", "regenerated", ("off_product",))
+
+    card = CopyRequest("g1", "cat:card", "GREETING CARD, THE BLACK CAT", "card")
+    writer = CopyWriter(Writes("A greeting card||greetcard:||cat%", "Black cat card||cat"))
+    (text,) = writer.write([card])
+    assert text.source == "template" and text.reasons == ("markup", "markup")
+    assert writer.stats.reasons == {"markup": 2}
