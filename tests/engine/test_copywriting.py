@@ -44,7 +44,8 @@ class BlockedWhenGreedy:
 
     def generate(self, prompts, *, max_new_tokens: int = 64, sample: bool = False, cancel=None) -> list[str]:
         self.samples.append(sample)
-        return ["A fresh sourdough loaf, baked this morning." if sample else "Our loaf: the best in the world."] * len(prompts)
+        text = "A fresh sourdough loaf, baked this morning." if sample else "Our loaf: the best in the world."
+        return [text] * len(prompts)
 
 
 def test_a_blocked_text_is_regenerated_by_sampling_not_repeated():
