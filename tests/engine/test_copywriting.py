@@ -193,7 +193,8 @@ def test_copy_must_say_what_the_product_is_and_hold_no_markup():
     mugs = CopyRequest("m1", "cat:mug", "RETRO COFFEE MUGS ASSORTED", "mug", interests=("mug",))
     writer = CopyWriter(Writes("Coffee, served with vanilla pudding.", "Four retro mugs for your morning coffee."))
     (text,) = writer.write([mugs])
-    assert (text.text, text.source, text.reasons) == ("Four retro mugs for your morning coffee.", "regenerated", ("off_product",))
+    assert (text.text, text.source) == ("Four retro mugs for your morning coffee.", "regenerated")
+    assert text.reasons == ("off_product",)
 
     card = CopyRequest("g1", "cat:card", "GREETING CARD, THE BLACK CAT", "card")
     writer = CopyWriter(Writes("A greeting card||greetcard:||cat%", "Black cat card||cat"))
