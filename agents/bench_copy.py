@@ -22,9 +22,9 @@ import numpy as np
 from kairos.agents.app import COPY_BATCH, load_generator
 from kairos.agents.settings import Settings, load_settings
 from kairos.engine.ads import AdSelector, variant_request
-from kairos.engine.copywriting import CopyRequest, CopyWriter
+from kairos.engine.copywriting import CopyRequest, CopyWriter, category_interest
 from kairos.engine.creatives import load_inventory
-from kairos.engine.selection import category_interest, category_segment
+from kairos.engine.selection import category_segment
 
 
 def shortlisted_requests(data_dir: Path | None, n: int) -> tuple[list[CopyRequest], bool]:

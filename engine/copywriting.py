@@ -8,6 +8,7 @@ is fed from that stream, so no event ever waits for text generation.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import re
@@ -55,9 +56,17 @@ class CopyRequest:
         )  # fmt: skip
 
 
+def category_interest(category: str) -> str:
+    """The word copy names for an interest in ``category``: its id without the source prefix ("or-light" ->
+    "light")."""
+    return category.split("-", 1)[-1]
+
+
 def template_copy(name: str, category: str = "", interests: Sequence[str] = ()) -> str:
     """The copy shown until generated copy exists (and when generation is blocked or unavailable): factual, with
-    the shopper's interest named when there is one.
+    the shopper's interest named when it is one the product answers: the product's own category, or a word of its
+    name. A shopper's strongest interest is not said of a product recommended for another reason (cake cases are
+    not "picked for your interest in bag").
 
     An interest that names no kind of product (a colour, a pack word: "set", "box"; Online Retail's derived
     categories have some) is passed over for the next one.
@@ -66,10 +75,30 @@ def template_copy(name: str, category: str = "", interests: Sequence[str] = ()) 
     'White Hanging Heart T-Light Holder. Picked for your interest in holder.'
     >>> template_copy("REGENCY CAKESTAND 3 TIER", interests=["set", "cakestand"])
     'Regency Cakestand 3 Tier. Picked for your interest in cakestand.'
+    >>> template_copy("PACK OF 72 RETRO SPOT CAKE CASES", "or-case", ["bag", "decoration"])
+    'Pack Of 72 Retro Spot Cake Cases.'
+    >>> template_copy("JUMBO BAG RED RETROSPOT", "or-bag", ["cushion", "bag"])
+    'Jumbo Bag Red Retrospot. Picked for your interest in bag.'
     """
     line = fallback_product_copy(ProductFacts(name=name.title(), category=category))
-    interest = next((i for i in interests if i.casefold() not in _NAME_STOP_WORDS), None)
+    interest = next(
+        (i for i in interests if i.casefold() not in _NAME_STOP_WORDS and _answers(i, name, category)), None
+    )
     return f"{line} Picked for your interest in {interest}." if interest else line
+
+
+def _answers(interest: str, name: str, category: str) -> bool:
+    """Whether a product (its name, its category) answers a shopper's interest in ``interest``."""
+    wanted = interest.casefold()
+    if category and category_interest(category).casefold() == wanted:
+        return True
+    return not _name_forms(name).isdisjoint(_forms(wanted))
+
+
+@functools.lru_cache(maxsize=65_536)
+def _name_forms(name: str) -> frozenset[str]:
+    """The words of a product name and their singulars (memoised: the hot path asks for every item it shows)."""
+    return frozenset(form for w in re.findall(r"[a-z]{3,}", name.casefold()) for form in _forms(w))
 
 
 class CopyBook:

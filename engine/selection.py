@@ -25,7 +25,7 @@ from river import optim
 from kairos.engine.ads import AdSelector
 from kairos.engine.bandit import EpsilonGreedySlatePolicy, greedy_order
 from kairos.engine.config import EngineConfig
-from kairos.engine.copywriting import CopyBook, CopyRequest
+from kairos.engine.copywriting import CopyBook, CopyRequest, category_interest
 from kairos.engine.feedback import FeedbackCorrector, FeedbackJoin, Impression, Interaction, PositionBias
 from kairos.engine.interfaces import Ranker
 from kairos.engine.item_vectors import ItemVectors
@@ -92,12 +92,6 @@ def segment_of(user: UserInterest, now: float) -> str:
 def category_segment(category: str) -> str:
     """The interest segment of shoppers whose strongest category is ``category``."""
     return f"cat:{category}"
-
-
-def category_interest(category: str) -> str:
-    """The word copy names for an interest in ``category``: its id without the source prefix ("or-light" ->
-    "light")."""
-    return category.split("-", 1)[-1]
 
 
 class Selector:
