@@ -135,6 +135,18 @@ def test_a_failing_generator_gives_templates_and_a_cancelled_one_gives_nothing()
         writer.write(requests, cancel=cancel)
 
 
+class Writes:
+    """Writes one text when decoding greedily (a first try) and another when sampling (the retry)."""
+
+    name, version = "writes", "1"
+
+    def __init__(self, greedy: str, sampled: str) -> None:
+        self.greedy, self.sampled = greedy, sampled
+
+    def generate(self, prompts, *, max_new_tokens: int = 64, sample: bool = False, cancel=None) -> list[str]:
+        return [self.sampled if sample else self.greedy] * len(prompts)
+
+
 def test_run_on_sentences_and_clothing_parts_on_other_goods_are_regenerated_then_replaced():
     """What the fine-tuned SmolLM2 wrote for Online Retail products (2026-12-04): feature lists run together
     without spaces, and sleeves for gift tags. Both are blocked; a clothing product may have sleeves."""
@@ -148,15 +160,6 @@ def test_run_on_sentences_and_clothing_parts_on_other_goods_are_regenerated_then
     assert not garment_parts_on_other_goods("Roadster Men Navy T-shirt", "", "Navy T-shirt, has a round neck, short sleeves")
     assert not garment_parts_on_other_goods("Puma Men Running Shoes", "", "Running shoes with a cushioned footbed")
     assert not garment_parts_on_other_goods("PACK OF 6 BIRDY GIFT TAGS", "tag", "Six birdy gift tags for your parcels.")
-
-    class Writes:
-        name, version = "writes", "1"
-
-        def __init__(self, greedy: str, sampled: str) -> None:
-            self.greedy, self.sampled = greedy, sampled
-
-        def generate(self, prompts, *, max_new_tokens: int = 64, sample: bool = False, cancel=None) -> list[str]:
-            return [self.sampled if sample else self.greedy] * len(prompts)
 
     tags = CopyRequest("t1", "cat:tag", "PACK OF 6 BIRDY GIFT TAGS", "tag", interests=("tag",))
     writer = CopyWriter(Writes("Gift tags, has a clip closure and long sleeves", "Six birdy gift tags for your parcels."))
@@ -180,15 +183,6 @@ def test_the_template_names_an_interest_that_is_a_kind_of_product():
 def test_copy_must_say_what_the_product_is_and_hold_no_markup():
     """A text that shares only a modifier with the name ("coffee" for coffee mugs) is off the product; one with
     scraped field separators is markup. Each is regenerated once, then replaced by the template."""
-
-    class Writes:
-        name, version = "writes", "1"
-
-        def __init__(self, greedy: str, sampled: str) -> None:
-            self.greedy, self.sampled = greedy, sampled
-
-        def generate(self, prompts, *, max_new_tokens: int = 64, sample: bool = False, cancel=None) -> list[str]:
-            return [self.sampled if sample else self.greedy] * len(prompts)
 
     mugs = CopyRequest("m1", "cat:mug", "RETRO COFFEE MUGS ASSORTED", "mug", interests=("mug",))
     writer = CopyWriter(Writes("Coffee, served with vanilla pudding.", "Four retro mugs for your morning coffee."))
