@@ -92,10 +92,12 @@ def fallback_product_copy(product: ProductFacts, lang: str = "en") -> str:
 
     >>> fallback_product_copy(ProductFacts("Slim Fit Jeans", brand="Roadster", colour="Blue", price=1299))
     'Roadster Slim Fit Jeans in blue, 1299 INR.'
+    >>> fallback_product_copy(ProductFacts("Red Woolly Hottie White Heart."))  # a catalogue name with its own stop
+    'Red Woolly Hottie White Heart.'
     """
     if lang == "zh":
         return f"{product.name or product.attributes.replace('*', '，').replace('#', '：')}，欢迎选购。"
-    words = " ".join(w for w in (product.brand, product.name) if w)
+    words = " ".join(w for w in (product.brand, product.name.rstrip(" .,;:")) if w)
     colour = f" in {product.colour.lower()}" if product.colour else ""
     price = f", {product.price:.0f} {product.currency}" if product.price is not None else ""
     return f"{words}{colour}{price}."
