@@ -53,6 +53,8 @@ class CopyFeed:
             if data.get("kind") == "ad":
                 if data.get("source") != "template":  # the original headline back is no new variant
                     self.copybook.add_ad_variant(str(data["item_id"]), str(data["variant_id"]), str(data["text"]))
+            elif data.get("source") == "template":  # the hot path writes its own, which can say why it shows it
+                self.copybook.settle(str(data["item_id"]), str(data["segment"]))
             else:
                 self.copybook.put(str(data["item_id"]), str(data["segment"]), str(data["text"]))
             self.received += 1

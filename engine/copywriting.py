@@ -14,7 +14,7 @@ import logging
 import re
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from kairos.engine.interfaces import TextGenerator
@@ -62,11 +62,12 @@ def category_interest(category: str) -> str:
     return category.split("-", 1)[-1]
 
 
-def template_copy(name: str, category: str = "", interests: Sequence[str] = ()) -> str:
+def template_copy(name: str, category: str = "", interests: Sequence[str] = (), why: str = "") -> str:
     """The copy shown until generated copy exists (and when generation is blocked or unavailable): factual, with
     the shopper's interest named when it is one the product answers: the product's own category, or a word of its
     name. A shopper's strongest interest is not said of a product recommended for another reason (cake cases are
-    not "picked for your interest in bag").
+    not "picked for your interest in bag"): without an interest it answers, the template says ``why`` instead when
+    given (:func:`reason_line`), else only the name.
 
     An interest that names no kind of product (a colour, a pack word: "set", "box"; Online Retail's derived
     categories have some) is passed over for the next one.
@@ -77,6 +78,8 @@ def template_copy(name: str, category: str = "", interests: Sequence[str] = ()) 
     'Regency Cakestand 3 Tier. Picked for your interest in cakestand.'
     >>> template_copy("PACK OF 72 RETRO SPOT CAKE CASES", "or-case", ["bag", "decoration"])
     'Pack Of 72 Retro Spot Cake Cases.'
+    >>> template_copy("PACK OF 72 RETRO SPOT CAKE CASES", "or-case", ["bag"], why="Bought by shoppers like you.")
+    'Pack Of 72 Retro Spot Cake Cases. Bought by shoppers like you.'
     >>> template_copy("JUMBO BAG RED RETROSPOT", "or-bag", ["cushion", "bag"])
     'Jumbo Bag Red Retrospot. Picked for your interest in bag.'
     """
@@ -84,7 +87,44 @@ def template_copy(name: str, category: str = "", interests: Sequence[str] = ()) 
     interest = next(
         (i for i in interests if i.casefold() not in _NAME_STOP_WORDS and _answers(i, name, category)), None
     )
-    return f"{line} Picked for your interest in {interest}." if interest else line
+    if interest:
+        return f"{line} Picked for your interest in {interest}."
+    return f"{line} {why}" if why else line
+
+
+#: What the template says of a product shown for a candidate source's reason (engine/candidates.py) and for no
+#: interest of the shopper's: the first reason of the product's with a line here, in the order the sources
+#: proposed it. ``co_visit:<item>`` names that item (:func:`reason_line`); ``category:`` reasons are interests.
+REASON_LINES = {
+    "similar_purchases": "Often bought with what you bought.",
+    "similar_shoppers": "Bought by shoppers like you.",
+    "similar_products": "Like what you bought.",
+    "similar_text": "Close to what you have been browsing.",
+    "recently_engaged": "You looked at it recently.",
+    "trending": "Trending now.",
+    "popular_now": "Popular right now.",
+    "popular": "A best seller.",
+}
+
+
+def reason_line(reasons: Sequence[str], name_of: Callable[[str], str | None] = lambda item: None) -> str:
+    """The template's line for why a product is shown (``SelectedItem.reasons``), or "" when no reason has one.
+    ``name_of`` gives an item's name, for "Often viewed with ..." (a co-visit of an item the shopper viewed).
+
+    >>> reason_line(["co_visit:85123A", "popular"], {"85123A": "WHITE HANGING HEART T-LIGHT HOLDER"}.get)
+    'Often viewed with the White Hanging Heart T-Light Holder.'
+    >>> reason_line(["category:or-bag", "similar_shoppers"]), reason_line(["co_visit:x"]), reason_line(["other"])
+    ('Bought by shoppers like you.', '', '')
+    """
+    for reason in reasons:
+        line = REASON_LINES.get(reason)
+        if line is not None:
+            return line
+        if reason.startswith("co_visit:"):
+            name = name_of(reason[len("co_visit:") :])
+            if name:
+                return f"Often viewed with the {name.rstrip(' .').title()}."
+    return ""
 
 
 def _answers(interest: str, name: str, category: str) -> bool:
@@ -115,20 +155,27 @@ class CopyBook:
         self.max_requested = 10 * max_pending
         self.hits = 0
         self.misses = 0
+        #: Keys the copy agent answered with the template (no generator, or every try blocked): not asked for
+        #: again, and shown with the hot path's own template, which can say why the product is shown.
+        self._settled: OrderedDict[tuple[str, str], None] = OrderedDict()
         #: creative id -> generated variant id -> headline text (filled from the copies topic)
         self.ad_variants: dict[str, dict[str, str]] = {}
 
-    def lookup(self, request: CopyRequest) -> str:
-        """Generated copy if known, else the template (and the request is queued once)."""
+    def lookup(
+        self, request: CopyRequest, reasons: Sequence[str] = (), name_of: Callable[[str], str | None] = lambda item: None
+    ) -> str:
+        """Generated copy if known, else the template (and the request is queued once, unless the copy agent
+        answered it with the template already). ``reasons`` / ``name_of``: why the product is shown, for the
+        template (:func:`reason_line`)."""
         key = (request.item_id, request.segment)
         text = self._texts.get(key)
         if text is not None:
             self.hits += 1
             return text
         self.misses += 1
-        if key not in self._requested and len(self._pending) < self.max_pending:
+        if key not in self._requested and key not in self._settled and len(self._pending) < self.max_pending:
             self._pending[key] = request
-        return template_copy(request.name, request.category, request.interests)
+        return template_copy(request.name, request.category, request.interests, reason_line(reasons, name_of))
 
     def request(self, request: CopyRequest) -> None:
         """Queue a request directly (used for ad-copy variants), once."""
@@ -139,11 +186,21 @@ class CopyBook:
     def add_ad_variant(self, creative_id: str, variant_id: str, text: str) -> None:
         self.ad_variants.setdefault(creative_id, {})[variant_id] = text
 
+    def settle(self, item_id: str, segment: str) -> None:
+        """The copy agent answered (item, segment) with the template: the hot path keeps writing its own."""
+        key = (item_id, segment)
+        self._requested.pop(key, None)
+        self._settled[key] = None
+        self._settled.move_to_end(key)
+        while len(self._settled) > self.capacity:
+            self._settled.popitem(last=False)
+
     def put(self, item_id: str, segment: str, text: str) -> None:
         key = (item_id, segment)
         self._texts[key] = text
         self._texts.move_to_end(key)
         self._requested.pop(key, None)
+        self._settled.pop(key, None)
         while len(self._texts) > self.capacity:
             self._texts.popitem(last=False)
 

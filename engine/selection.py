@@ -312,6 +312,11 @@ class Selector:
         """Attach cached copy (or the template, queueing a request): never waits for generation."""
         interests = tuple(category_interest(category) for category, _ in user.categories.top(3, now))
         catalog = self.model.catalog
+
+        def name_of(item_id: str) -> str | None:
+            info = catalog.get(item_id)
+            return info.name if info is not None else None
+
         items = []
         for item in selection.items:
             info = catalog.get(item.item_id)
@@ -320,7 +325,7 @@ class Selector:
                 item.item_id, selection.segment, name, (info.category_id or "") if info else "",
                 info.price if info else None, interests,
             )  # fmt: skip
-            text = self.copybook.lookup(request)
+            text = self.copybook.lookup(request, item.reasons, name_of)
             items.append(SelectedItem(item.item_id, item.score, item.reasons, item.propensity, item.logit, text))
         return replace(selection, items=items)
 

@@ -195,3 +195,22 @@ def test_copy_must_say_what_the_product_is_and_hold_no_markup():
     (text,) = writer.write([card])
     assert text.source == "template" and text.reasons == ("markup", "markup")
     assert writer.stats.reasons == {"markup": 2}
+
+
+def test_a_key_answered_with_the_template_is_not_asked_again_and_the_hot_path_says_why():
+    """The copy agent answers with the template when it has no generator or every try was blocked: the copy book
+    settles the key (no new request), and the hot path's template says why the product is shown; generated copy
+    arriving later replaces it."""
+    from kairos.engine.copywriting import CopyBook
+
+    book = CopyBook()
+    cases = CopyRequest("21212", "cat:or-bag", "PACK OF 72 RETRO SPOT CAKE CASES", "or-case", 0.55, ("bag",))
+    names = {"85123A": "WHITE HANGING HEART T-LIGHT HOLDER"}.get
+    assert book.lookup(cases, ("similar_shoppers",)) == "Pack Of 72 Retro Spot Cake Cases. Bought by shoppers like you."
+    assert [r.item_id for r in book.take_requests()] == ["21212"]
+    book.settle("21212", "cat:or-bag")
+    shown = book.lookup(cases, ("co_visit:85123A", "popular"), names)
+    assert shown == "Pack Of 72 Retro Spot Cake Cases. Often viewed with the White Hanging Heart T-Light Holder."
+    assert book.take_requests() == []  # answered: not asked again
+    book.put("21212", "cat:or-bag", "Seventy-two cake cases for a party.")
+    assert book.lookup(cases, ("similar_shoppers",)) == "Seventy-two cake cases for a party."
