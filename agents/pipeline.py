@@ -282,8 +282,7 @@ class BatchPipeline:
                 if isinstance(decoded, str) or decoded[0] % self.n_partitions == partition:
                     continue  # the source's own state partition
                 source_partition, source, offset, facts = decoded
-                if discovery.learn_peer(facts, source, offset):
-                    state.selector.recommender.learn_peer_products(facts)
+                if state.selector.recommender.learn_peer_order(facts, source, offset):
                     result.peer_orders += 1
                     metrics.PEER_ORDERS.labels("learned").inc()
                 else:

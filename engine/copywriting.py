@@ -383,14 +383,12 @@ _GARMENT_PARTS = re.compile(
     r"|(?:round|v|open|crew|boat|high|polo|elasticated|mock|scoop)[- ]neck)\b"
 )
 #: Words that make a product clothing, shoes or an accessory worn on the body (a name or category holding one may
-#: have the parts above).
+#: have the parts above), in the singular: a name's words are matched with their singulars (``_forms``).
 _WEARABLE = frozenset(
-    "shirt shirts tshirt tshirts tee tees top tops dress dresses kurta kurtas kurti kurtis saree sarees blouse blouses"
-    " jacket jackets coat coats blazer blazers sweater sweaters sweatshirt sweatshirts hoodie hoodies cardigan"
-    " cardigans jumper jumpers pullover trousers pants jeans shorts skirt skirts leggings jumpsuit jumpsuits suit suits"
-    " tunic tunics shoe shoes sneakers sneaker boots boot sandals sandal heels flats loafers slippers socks gown gowns"
-    " romper playsuit nightdress nightwear pyjamas pajamas apparel clothing garment vest vests bra lingerie churidar"
-    " dupatta sherwani lehenga polo poncho kimono robe robes".split()
+    "shirt tshirt tee top dress kurta kurti saree blouse jacket coat blazer sweater sweatshirt hoodie cardigan jumper"
+    " pullover trousers pants jeans shorts skirt leggings jumpsuit suit tunic shoe sneaker boot sandal heels flats"
+    " loafers slippers socks gown romper playsuit nightdress nightwear pyjamas pajamas apparel clothing garment vest"
+    " bra lingerie churidar dupatta sherwani lehenga polo poncho kimono robe".split()
 )
 
 
@@ -405,7 +403,7 @@ def garment_parts_on_other_goods(name: str, category: str, text: str) -> bool:
     """
     if _GARMENT_PARTS.search(text.casefold()) is None:
         return False
-    words = set(re.findall(r"[a-z]+", f"{name} {category}".casefold()))
+    words = {form for w in re.findall(r"[a-z]+", f"{name} {category}".casefold()) for form in _forms(w)}
     return words.isdisjoint(_WEARABLE)
 
 

@@ -328,8 +328,7 @@ class ShardedBackend:
         if facts is not None:
             for shard in self.shards:
                 if shard is not owner:
-                    shard.recommender.discovery.learn(facts)
-                    shard.recommender.learn_peer_products(facts)
+                    shard.recommender.learn_peer_order(facts)
 
     def ranked(self, user: UserInterest, now: float, n: int, exclude: Collection[str] = ()) -> list[str]:
         return self.shard(user.user_id).ranked(user, now, n, exclude)

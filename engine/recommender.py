@@ -97,13 +97,19 @@ class Recommender:
             self.discovery.observe(user, interactions)
         return user.apply(event, source)
 
-    def learn_peer_products(self, facts: OrderFacts) -> None:
-        """The catalog entries of another partition's order, once its discovery facts were learned here (shared
-        discovery): the products discovery may now recommend get their name, category and price
-        (``GlobalModel.learn_product``)."""
+    def learn_peer_order(self, facts: OrderFacts, source: str | None = None, offset: int = 0) -> bool:
+        """Another partition's order (shared discovery): its discovery facts, then the catalog entries of its
+        products, so that the products discovery may now recommend have their name, category and price
+        (``GlobalModel.learn_product``). With ``source`` (the record it came in), at most once per source record
+        (``PurchaseGraph.learn_peer``). Returns whether it was learned."""
+        if source is None:
+            self.discovery.learn(facts)
+        elif not self.discovery.learn_peer(facts, source, offset):
+            return False
         names = dict(facts.lines)
         for item, category, price in facts.details:
             self.model.learn_product(item, category, names.get(item), price)
+        return True
 
     def observe_global_only(self, user: UserInterest, event: Event) -> None:
         """Replay an event into the global model only (recovering it after a restart, see docs/state.md)."""
