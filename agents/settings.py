@@ -13,13 +13,11 @@ from pydantic import Field, StrictBool, ValidationError, field_validator, model_
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from kairos.engine.config import EngineConfig
-from kairos.schemas.topics import Topics
+from kairos.schemas.topics import INPUT_FIELDS, Topics
 
 #: The hot path's shortest fetch wait on the embedded broker (docs/performance.md: 10 ms had the lowest tail of
 #: 2, 5 and 10 ms at 250 events/s; shorter waits spend the broker's CPU on scans of the log).
 EMBEDDED_FETCH_MIN_WAIT_MS = 10
-#: The input topics, by their ``Topics`` field names (``input_partitions``).
-INPUT_TOPIC_NAMES = ("clicks", "purchases", "impressions", "rekeyed", "ad_requests")
 
 
 class SettingsError(SystemExit):
@@ -169,18 +167,18 @@ class Settings(BaseSettings):
 
     def input_partition_counts(self) -> dict[str, int]:
         """Input topic name (``Topics`` field: clicks, ...) -> partitions to create it with (``input_partitions``)."""
-        counts = dict.fromkeys(INPUT_TOPIC_NAMES, self.partitions)
+        counts = dict.fromkeys(INPUT_FIELDS, self.partitions)
         value = self.input_partitions
         if value is None or (isinstance(value, str) and not value.strip()):
             return counts
         if isinstance(value, int) or value.strip().isdigit():
-            return dict.fromkeys(INPUT_TOPIC_NAMES, _positive(int(value)))
+            return dict.fromkeys(INPUT_FIELDS, _positive(int(value)))
         for pair in value.split(","):
             name, sep, count = (part.strip() for part in pair.partition("="))
             if not sep or name not in counts or not count.isdigit():
                 raise ValueError(
                     f"KAIROS_INPUT_PARTITIONS: {pair.strip()!r} is not name=count with a name among "
-                    f"{', '.join(INPUT_TOPIC_NAMES)}"
+                    f"{', '.join(INPUT_FIELDS)}"
                 )
             counts[name] = _positive(int(count))
         return counts

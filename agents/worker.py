@@ -109,7 +109,7 @@ class _Rebalance(ConsumerRebalanceListener):
         self.worker = worker
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
-        await self.worker.release({tp.partition % self.worker.n_partitions for tp in revoked})
+        await self.worker.release({self.worker.state_of(tp) for tp in revoked})
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         await self.worker.acquire(assigned)
@@ -209,15 +209,19 @@ class IngestWorker:
             await self._start_peer_reader()
         self.consumer.subscribe(list(self.settings.topics.inputs()), listener=_Rebalance(self))
 
+    def state_of(self, tp: TopicPartition) -> int:
+        """The state partition input partition ``tp`` feeds (agents/assignor.py)."""
+        return tp.partition % self.n_partitions
+
     def input_record(self, tp: TopicPartition, record) -> InputRecord:
         """A consumed input record, with the state partition it feeds."""
-        state = tp.partition % self.n_partitions
+        state = self.state_of(tp)
         return InputRecord(tp.topic, state, record.offset, record.key, record.value, record.timestamp,
                            None if state == tp.partition else tp.partition)  # fmt: skip
 
     def stream_of(self, tp: TopicPartition) -> str:
         """The key of ``tp``'s offsets in its state (``InputRecord.stream``)."""
-        return stream_key(tp.topic, tp.partition % self.n_partitions, tp.partition)
+        return stream_key(tp.topic, self.state_of(tp), tp.partition)
 
     async def _start_peer_reader(self) -> None:
         """The discovery topic's reader: every partition assigned (each owned partition learns every other one's
@@ -305,7 +309,7 @@ class IngestWorker:
 
     async def _restore_and_seek(self, assigned: list[TopicPartition]) -> None:
         assert self.consumer is not None
-        new = sorted({tp.partition % self.n_partitions for tp in assigned} - set(self.partitions))
+        new = sorted({self.state_of(tp) for tp in assigned} - set(self.partitions))
         for n, partition in enumerate(new):
             snapshot = await self.store.load(partition, with_users=False)  # users are read when they return
             state = PartitionState.restore(partition, self.config, snapshot, lambda: self.make_selector(self.config))
@@ -317,7 +321,7 @@ class IngestWorker:
             self._last_checkpoint[partition] = time.monotonic() - interval * n / len(new)
         resume = {p: self.partitions[p].resume_offsets() for p in self.partitions}
         for tp in assigned:
-            offset = resume.get(tp.partition % self.n_partitions, {}).get(self.stream_of(tp))
+            offset = resume.get(self.state_of(tp), {}).get(self.stream_of(tp))
             if offset is not None:
                 self.consumer.seek(tp, offset)
             else:
@@ -762,7 +766,7 @@ class IngestWorker:
         self._last_kafka_commit = now
         offsets = {}
         for tp in self.consumer.assignment():
-            state = self.partitions.get(tp.partition % self.n_partitions)
+            state = self.partitions.get(self.state_of(tp))
             stream = self.stream_of(tp)
             if state is not None and stream in state.offsets:
                 offsets[tp] = state.offsets[stream]

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+#: The input topics the worker consumes, by ``Topics`` field name, in the order of their priority when rebalancing
+#: (``KAIROS_INPUT_PARTITIONS`` names them so too).
+INPUT_FIELDS = ("clicks", "purchases", "impressions", "rekeyed", "ad_requests")
+
 
 @dataclass(frozen=True)
 class Topics:
@@ -25,4 +29,4 @@ class Topics:
 
     def inputs(self) -> tuple[str, ...]:
         """Topics the worker consumes, in the order of their priority when rebalancing."""
-        return (self.clicks, self.purchases, self.impressions, self.rekeyed, self.ad_requests)
+        return tuple(getattr(self, field) for field in INPUT_FIELDS)
