@@ -99,6 +99,7 @@ class _Recorder:
 
     def __init__(self, generator) -> None:
         self.generator, self.name, self.version = generator, generator.name, generator.version
+        self.whole_word = getattr(generator, "whole_word", None)  # the copy checks ask it (engine/copywriting.py)
         self.first: dict[str, str] | None = None
         self.identical_retries = 0
 

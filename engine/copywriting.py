@@ -62,12 +62,15 @@ def category_interest(category: str) -> str:
     return category.split("-", 1)[-1]
 
 
-def template_copy(name: str, category: str = "", interests: Sequence[str] = (), why: str = "") -> str:
+def template_copy(
+    name: str, category: str = "", interests: Sequence[str] = (), why: str | Callable[[], str] = ""
+) -> str:
     """The copy shown until generated copy exists (and when generation is blocked or unavailable): factual, with
     the shopper's interest named when it is one the product answers: the product's own category, or a word of its
     name. A shopper's strongest interest is not said of a product recommended for another reason (cake cases are
     not "picked for your interest in bag"): without an interest it answers, the template says ``why`` instead when
-    given (:func:`reason_line`), else only the name.
+    given (:func:`reason_line`; or a function that gives it, called only when no interest fits), else only the
+    name.
 
     An interest that names no kind of product (a colour, a pack word: "set", "box"; Online Retail's derived
     categories have some) is passed over for the next one.
@@ -82,6 +85,8 @@ def template_copy(name: str, category: str = "", interests: Sequence[str] = (), 
     'Pack Of 72 Retro Spot Cake Cases. Bought by shoppers like you.'
     >>> template_copy("JUMBO BAG RED RETROSPOT", "or-bag", ["cushion", "bag"])
     'Jumbo Bag Red Retrospot. Picked for your interest in bag.'
+    >>> template_copy("JUMBO BAG RED RETROSPOT", "or-bag", ["bag"], why=lambda: 1 / 0)  # not called: bag fits
+    'Jumbo Bag Red Retrospot. Picked for your interest in bag.'
     """
     line = fallback_product_copy(ProductFacts(name=name.title(), category=category))
     interest = next(
@@ -89,6 +94,8 @@ def template_copy(name: str, category: str = "", interests: Sequence[str] = (), 
     )
     if interest:
         return f"{line} Picked for your interest in {interest}."
+    if callable(why):
+        why = why()
     return f"{line} {why}" if why else line
 
 
@@ -175,7 +182,7 @@ class CopyBook:
         self.misses += 1
         if key not in self._requested and key not in self._settled and len(self._pending) < self.max_pending:
             self._pending[key] = request
-        return template_copy(request.name, request.category, request.interests, reason_line(reasons, name_of))
+        return template_copy(request.name, request.category, request.interests, lambda: reason_line(reasons, name_of))
 
     def request(self, request: CopyRequest) -> None:
         """Queue a request directly (used for ad-copy variants), once."""
@@ -238,6 +245,7 @@ class CopyWriter:
             return [SafeText(text, "template") for text in fallbacks]
         prompts = [_prompt(r) for r in requests]
         generator = self.generator
+        is_word = getattr(generator, "whole_word", None)  # optional: a generator that knows its vocabulary
 
         attempts = itertools.count()
 
@@ -253,6 +261,8 @@ class CopyWriter:
                 return "markup"
             if request.kind == "ad":
                 return None
+            if garbled_name(request.name, text, is_word):
+                return "garbled_name"
             if not names_product(request.name, text) or garment_parts_on_other_goods(request.name, request.category, text):
                 return "off_product"
             return None
@@ -334,6 +344,61 @@ def names_product(name: str, text: str) -> bool:
     if not said.isdisjoint(_forms(head)):
         return True
     return len(head) >= _COMPOUND_HEAD_MIN and head in re.sub(r"[^a-z]", "", lowered)
+
+
+#: Name words this long (and text words) are checked for a garbled spelling; shorter ones have too many real
+#: neighbours one letter away ("card" / "care", "light" / "night").
+_GARBLE_MIN = 6
+
+
+def garbled_name(name: str, text: str, is_word: Callable[[str], bool] | None = None) -> bool:
+    """Whether ``text`` misspells a word of the product's name: a word one letter away from a name word of six
+    letters or more (one letter added, dropped, changed, or two neighbours swapped), starting with the same two
+    letters, neither word a form (``_forms``) or a longer form of the other ("plated" for PLATES, "lighting" for
+    LIGHTS pass), and not a word ``is_word`` knows (the generator's :meth:`whole_word`: its tokenizer holds it
+    whole). The generator garbles names it has never seen ("Hangling Heart T-Light Holder"). ``is_word`` keeps
+    real words one letter from a name word ("strong" for STRING, "gentlemen" for GENTLEMAN) and the right spelling
+    of a name the catalogue misspells ("miniature" for MINATURE); without it every such word counts.
+
+    >>> garbled_name("HANGING HEART ZINC T-LIGHT HOLDER", "Hangling Heart T-Light Holder with a zinc frame")
+    True
+    >>> garbled_name("SILVER PLATES", "Silver plated dishes"), garbled_name("CHERRY LIGHTS", "Soft lighting")
+    (False, False)
+    >>> garbled_name("STRING OF LIGHTS", "A strong string"), garbled_name("STRING", "Strong", {"strong"}.__contains__)
+    (True, False)
+    """
+    name_words = {w for w in re.findall(r"[a-z]+", name.casefold()) if len(w) >= _GARBLE_MIN}
+    if not name_words:
+        return False
+    for word in set(re.findall(r"[a-z]+", text.casefold())):
+        if len(word) < _GARBLE_MIN or word in name_words:
+            continue
+        for known in name_words:
+            if word[:2] == known[:2] and _one_edit_apart(word, known) and not _related(word, known):
+                if is_word is None or not is_word(word):
+                    return True
+    return False
+
+
+def _one_edit_apart(a: str, b: str) -> bool:
+    """Whether ``a`` and ``b`` differ by one added, dropped or changed letter, or two swapped neighbours."""
+    if a == b or abs(len(a) - len(b)) > 1:
+        return False
+    if len(a) > len(b):
+        a, b = b, a
+    i = 0
+    while i < len(a) and a[i] == b[i]:
+        i += 1
+    if len(a) < len(b):
+        return a[i:] == b[i + 1 :]
+    if a[i + 1 :] == b[i + 1 :]:
+        return True
+    return i + 1 < len(a) and a[i] == b[i + 1] and a[i + 1] == b[i] and a[i + 2 :] == b[i + 2 :]
+
+
+def _related(a: str, b: str) -> bool:
+    """Whether one word is a form of the other or begins with one of its forms ("plated" and "plates")."""
+    return any(y.startswith(x) or x.startswith(y) for x in _forms(a) for y in _forms(b))
 
 
 #: A sentence run into the next without a space ("...detailsWarranty available"): 38% of the Myntra descriptions the

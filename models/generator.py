@@ -250,6 +250,7 @@ class OnnxGenerator(HandleBacked):
         self.defaults = defaults
         self._loaded: LoadedModel | None = None
         self.tokenizer: Tokenizer
+        self._whole_words: dict[str, bool] = {}
         self._bind(handle.current)
 
     @classmethod
@@ -267,6 +268,22 @@ class OnnxGenerator(HandleBacked):
             eos_token_ids=cfg.get("eos_token_ids", ()), pad_token_id=cfg.get("pad_token_id", 0),
         )
         self._loaded = loaded
+        self._whole_words = {}
+
+    def whole_word(self, word: str) -> bool:
+        """Whether the tokenizer holds ``word`` (after a space, in lower case or capitalised) as one token: a
+        spelling the model learned as a word. One it writes in several pieces may be a rare word, or a word the
+        model assembled wrongly ("hangling" for "hanging"; the copy checks, engine/copywriting.py)."""
+        known = self._whole_words.get(word)
+        if known is None:
+            if len(self._whole_words) >= 100_000:
+                self._whole_words.clear()
+            pieces = self.tokenizer.encode_batch([f" {word.lower()}", f" {word.capitalize()}"], add_special_tokens=False)
+            # One token that decodes back to the word: a tokenizer with an unknown-word token maps any word to one.
+            known = self._whole_words[word] = any(
+                len(e.ids) == 1 and self.tokenizer.decode(e.ids).strip().lower() == word.lower() for e in pieces
+            )
+        return known
 
     def generate(self, prompts: Sequence[str], *, max_new_tokens: int = 64, config: GenerationConfig | None = None,
                  raw: bool = False, sample: bool = False, cancel: threading.Event | None = None) -> list[str]:

@@ -197,6 +197,34 @@ def test_copy_must_say_what_the_product_is_and_hold_no_markup():
     assert writer.stats.reasons == {"markup": 2}
 
 
+class KnowsWords(Writes):
+    """``Writes`` with the vocabulary check a real generator has (``OnnxGenerator.whole_word``)."""
+
+    def __init__(self, greedy: str, sampled: str, words: set[str]) -> None:
+        super().__init__(greedy, sampled)
+        self.words = words
+
+    def whole_word(self, word: str) -> bool:
+        return word in self.words
+
+
+def test_a_garbled_name_is_regenerated_unless_the_generator_knows_the_word():
+    """What the fine-tuned SmolLM2 wrote (`kairos demo`, 2026-12-04): "Hangling" for HANGING. A word one letter
+    from a name word is garbled unless the generator's vocabulary holds it whole ("strong" for STRING is a word,
+    and copy may say it); a longer form of a name word ("lighting" for LIGHTS) is no misspelling."""
+    holder = CopyRequest("h1", "cat:holder", "HANGING HEART ZINC T-LIGHT HOLDER", "holder")
+    writer = CopyWriter(KnowsWords("Hangling heart holder for a tea light.", "A hanging zinc heart holder.", {"hanging"}))
+    (text,) = writer.write([holder])
+    assert (text.text, text.source, text.reasons) == ("A hanging zinc heart holder.", "regenerated", ("garbled_name",))
+
+    lights = CopyRequest("l1", "cat:light", "STRING OF FAIRY LIGHTS", "light")
+    greedy = "Strong string of fairy lights for soft lighting."
+    (text,) = CopyWriter(KnowsWords(greedy, "unused", {"strong"})).write([lights])
+    assert (text.text, text.source, text.reasons) == (greedy, "generated", ())
+    (text,) = CopyWriter(Writes(greedy, "A string of fairy lights.")).write([lights])  # no vocabulary to ask
+    assert text.source == "regenerated" and text.reasons == ("garbled_name",)
+
+
 def test_a_key_answered_with_the_template_is_not_asked_again_and_the_hot_path_says_why():
     """The copy agent answers with the template when it has no generator or every try was blocked: the copy book
     settles the key (no new request), and the hot path's template says why the product is shown; generated copy

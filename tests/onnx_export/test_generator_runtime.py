@@ -45,6 +45,13 @@ def test_generator_satisfies_the_engine_protocol(generator):
     assert generator.version == "1"
 
 
+def test_whole_word_is_a_word_the_tokenizer_holds_as_one_token(generator):
+    """The copy checks ask it (engine/copywriting.py ``garbled_name``); an unknown word is one token here too
+    (the word-level tokenizer's ``[UNK]``) and must not count."""
+    assert generator.whole_word("jeans") and generator.whole_word("Jeans")
+    assert not generator.whole_word("jaens")
+
+
 def test_generate_returns_one_text_per_prompt(generator):
     result = generator.generate_detailed(["write copy for blue jeans", "red dress"], max_new_tokens=6)
     assert len(result.texts) == 2
