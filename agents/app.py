@@ -122,7 +122,7 @@ def create_app(
     )
     copy_requests = app.topic(settings.topics.copy_requests, key_type=bytes, value_type=bytes, value_serializer="raw")
     copies = app.topic(settings.topics.copies, key_type=bytes, value_type=bytes, value_serializer="raw")
-    copybook = CopyBook()
+    copybook = CopyBook(in_flight=settings.copy_in_flight, answer_timeout_s=settings.copy_answer_timeout_s)
     if beside_hot_path is None:
         beside_hot_path = "ingest" in roles
     writer = CopyWriter(load_generator(settings, beside_hot_path=beside_hot_path) if "copy" in roles else None)

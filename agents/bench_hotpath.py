@@ -30,6 +30,7 @@ from kairos.agents.demo import pick_source
 from kairos.agents.pipeline import BatchPipeline, BatchResult, InputRecord, partition_for
 from kairos.agents.settings import Settings, load_settings
 from kairos.agents.worker import default_selector_factory
+from kairos.engine.copywriting import CopyBook
 from kairos.engine.partition import PartitionState
 from kairos.schemas.codec import encode
 
@@ -69,11 +70,14 @@ class PeerOrders:
         return learned.peer_orders
 
 
-def partitions_engine(settings: Settings) -> tuple[dict[int, PartitionState], BatchPipeline, PeerOrders]:
+def partitions_engine(
+    settings: Settings, copybook: CopyBook | None = None
+) -> tuple[dict[int, PartitionState], BatchPipeline, PeerOrders]:
     """The worker's pipeline over :data:`PARTITIONS` partitions, without broker or Redis; the orders of each
-    partition's shoppers go to the others as the worker's discovery topic takes them (when shared)."""
+    partition's shoppers go to the others as the worker's discovery topic takes them (when shared). With
+    ``copybook``, the selectors look copy up in it and the pipeline asks it for copy requests, as the worker's do."""
     config = settings.engine_config()
-    make = default_selector_factory(settings)
+    make = default_selector_factory(settings, copybook)
     states = {p: PartitionState(p, config, make(config)) for p in range(PARTITIONS)}
     pipeline = BatchPipeline(settings.topics, states, PARTITIONS, config.top_n, settings.recommend_every_event,
                              share_discovery=settings.shared_discovery)  # fmt: skip

@@ -24,6 +24,7 @@ _PLUGINS = (
     ("kairos.agents.bench_copy", "register"),
     ("kairos.agents.bench_broker", "register"),
     ("kairos.agents.bench_hotpath", "register"),
+    ("kairos.agents.bench_copybook", "register"),
     ("kairos.agents.bench_checkpoint", "register"),
 )
 

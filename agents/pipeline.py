@@ -146,6 +146,8 @@ class BatchPipeline:
         #: it from ``KAIROS_SHARED_DISCOVERY`` when there is more than one partition).
         self.share_discovery = share_discovery
         self._flush_s = 0.0
+        #: The copy book's hits and misses already counted in the metrics.
+        self._copy_seen = (0, 0)
 
     def process(self, records: Iterable[InputRecord]) -> BatchResult:
         result = BatchResult()
@@ -189,7 +191,8 @@ class BatchPipeline:
             self._recommend(state, user_id, origin, result, pool, user_scores)
 
     def _request_copy(self, result: BatchResult) -> None:
-        """Copy misses of this batch go to the copy agent (keyed by item so one writer handles an item)."""
+        """The copy requests the copy book lets out now (the most missed keys, as places in its window free up) go
+        to the copy agent, keyed by item so one writer handles an item; the book's counts go to the metrics."""
         for state in self.partitions.values():
             copybook = state.selector.copybook
             if copybook is None:
@@ -197,6 +200,14 @@ class BatchPipeline:
             for request in copybook.take_requests():
                 value = orjson.dumps(request.to_json())
                 result.outputs.append(OutputRecord(self.topics.copy_requests, request.item_id.encode(), value))
+            hits, misses = copybook.hits, copybook.misses
+            if hits != self._copy_seen[0]:
+                metrics.CACHE_LOOKUPS.labels("copy", "hit").inc(hits - self._copy_seen[0])
+            if misses != self._copy_seen[1]:
+                metrics.CACHE_LOOKUPS.labels("copy", "miss").inc(misses - self._copy_seen[1])
+            self._copy_seen = (hits, misses)
+            metrics.COPY_REQUESTS.labels("pending").set(copybook.pending)
+            metrics.COPY_REQUESTS.labels("outstanding").set(copybook.outstanding)
             break  # the copy book is shared by every partition of the worker
 
     def _apply_record(self, record: InputRecord, result: BatchResult, touched: dict) -> None:

@@ -114,6 +114,13 @@ class Settings(BaseSettings):
     #: popularity instead of 1.50 x with 4, docs/evaluation.md). Ignored with one partition.
     shared_discovery: bool = True
 
+    #: Product-copy requests a worker keeps outstanding (asked for, not answered); each answer frees a place for
+    #: the key the hot path missed most often since (engine/copywriting.py ``CopyBook``). Two copy batches of 16:
+    #: the copy agent always has its next batch, and what it writes next was chosen at most one batch ago.
+    copy_in_flight: int = Field(default=32, ge=1, le=100_000)
+    #: An outstanding copy request unanswered this long (the copy agent down or restarted) frees its place.
+    copy_answer_timeout_s: float = Field(default=120.0, gt=0, le=86_400)
+
     # --- data, models and serving ---
     data_dir: Path | None = Field(default=None, description="real data sets (creatives, catalogs); default ../shared/data")
     model_dir: Path = Path("var/models")

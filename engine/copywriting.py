@@ -9,10 +9,12 @@ is fed from that stream, so no event ever waits for text generation.
 from __future__ import annotations
 
 import functools
+import heapq
 import itertools
 import logging
 import re
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -149,17 +151,38 @@ def _name_forms(name: str) -> frozenset[str]:
 
 
 class CopyBook:
-    """Bounded LRU of (item, segment) -> text, plus the set of misses to request (deduplicated, bounded)."""
+    """Bounded LRU of (item, segment) -> text, and the misses to ask the copy agent for, most wanted first.
 
-    def __init__(self, capacity: int = 200_000, max_pending: int = 10_000) -> None:
+    Generation is far slower than the hot path misses (a text or two a second on a CPU, against hundreds of new keys a
+    second), and few keys carry most of the traffic: in 6,000 events of the real data, the 200 most shown keys of
+    15,711 were 25% of the lookups and 9,604 keys were shown once. So a miss is counted, not sent: at most
+    ``in_flight`` product requests are outstanding (asked for, not answered yet), and each freed place goes to the
+    pending key missed most often (:meth:`take_requests`). The copy agent's queue stays short, and what it writes
+    first is what storefronts show most (docs/selection.md, "Which copy is generated first").
+    """
+
+    def __init__(
+        self, capacity: int = 200_000, max_pending: int = 4_096, in_flight: int = 32, answer_timeout_s: float = 120.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:  # fmt: skip
+        if in_flight < 1 or max_pending < 2:
+            raise ValueError("need in_flight >= 1 and max_pending >= 2")
         self.capacity = capacity
         self.max_pending = max_pending
+        self.in_flight = in_flight
+        self.answer_timeout_s = answer_timeout_s
+        self._clock = clock
         self._texts: OrderedDict[tuple[str, str], str] = OrderedDict()
-        self._pending: OrderedDict[tuple[str, str], CopyRequest] = OrderedDict()
-        #: Keys asked for and not answered yet, oldest first; bounded, the oldest forgotten one at a time (a
-        #: forgotten key is simply asked for again later: a trickle, never a storm of every key at once).
-        self._requested: OrderedDict[tuple[str, str], None] = OrderedDict()
-        self.max_requested = 10 * max_pending
+        #: Missed product keys not asked for yet -> [misses, the first request]. Past ``max_pending`` keys the
+        #: least missed half is dropped (a dropped key starts again from its next miss).
+        self._pending: dict[tuple[str, str], list] = {}
+        #: Product keys asked for and not answered -> (when, the request), oldest first. One unanswered for
+        #: ``answer_timeout_s`` (a copy agent that is down or lost the request) frees its place and is pending again.
+        self._asked: OrderedDict[tuple[str, str], tuple[float, CopyRequest]] = OrderedDict()
+        #: Ad-variant requests (one per creative, sent at once, outside the window) and the keys already sent.
+        self._direct: dict[tuple[str, str], CopyRequest] = {}
+        self._direct_sent: OrderedDict[tuple[str, str], None] = OrderedDict()
+        self.max_direct_sent = 10 * max_pending
         self.hits = 0
         self.misses = 0
         #: Keys the copy agent answered with the template (no generator, or every try blocked): not asked for
@@ -171,24 +194,28 @@ class CopyBook:
     def lookup(
         self, request: CopyRequest, reasons: Sequence[str] = (), name_of: Callable[[str], str | None] = lambda item: None
     ) -> str:
-        """Generated copy if known, else the template (and the request is queued once, unless the copy agent
-        answered it with the template already). ``reasons`` / ``name_of``: why the product is shown, for the
-        template (:func:`reason_line`)."""
+        """Generated copy if known, else the template; the miss counts towards asking for the key (unless it is
+        asked for already, or the copy agent answered it with the template). ``reasons`` / ``name_of``: why the
+        product is shown, for the template (:func:`reason_line`)."""
         key = (request.item_id, request.segment)
         text = self._texts.get(key)
         if text is not None:
             self.hits += 1
             return text
         self.misses += 1
-        if key not in self._requested and key not in self._settled and len(self._pending) < self.max_pending:
-            self._pending[key] = request
+        pending = self._pending.get(key)
+        if pending is not None:
+            pending[0] += 1
+        elif key not in self._asked and key not in self._settled:
+            self._pending[key] = [1, request]
         return template_copy(request.name, request.category, request.interests, lambda: reason_line(reasons, name_of))
 
     def request(self, request: CopyRequest) -> None:
-        """Queue a request directly (used for ad-copy variants), once."""
+        """Ask for a key at the next :meth:`take_requests`, once, outside the window (ad-copy variants: one per
+        creative, answered by a new arm rather than by text for this book)."""
         key = (request.item_id, request.segment)
-        if key not in self._requested and len(self._pending) < self.max_pending:
-            self._pending.setdefault(key, request)
+        if key not in self._direct_sent and len(self._direct) < self.max_pending:
+            self._direct.setdefault(key, request)
 
     def add_ad_variant(self, creative_id: str, variant_id: str, text: str) -> None:
         self.ad_variants.setdefault(creative_id, {})[variant_id] = text
@@ -196,7 +223,7 @@ class CopyBook:
     def settle(self, item_id: str, segment: str) -> None:
         """The copy agent answered (item, segment) with the template: the hot path keeps writing its own."""
         key = (item_id, segment)
-        self._requested.pop(key, None)
+        self._answered(key)
         self._settled[key] = None
         self._settled.move_to_end(key)
         while len(self._settled) > self.capacity:
@@ -206,19 +233,51 @@ class CopyBook:
         key = (item_id, segment)
         self._texts[key] = text
         self._texts.move_to_end(key)
-        self._requested.pop(key, None)
+        self._answered(key)
         self._settled.pop(key, None)
         while len(self._texts) > self.capacity:
             self._texts.popitem(last=False)
 
+    def _answered(self, key: tuple[str, str]) -> None:
+        self._asked.pop(key, None)
+        self._pending.pop(key, None)  # answered on another worker's request
+
+    @property
+    def pending(self) -> int:
+        """Missed keys waiting for a place in the window."""
+        return len(self._pending)
+
+    @property
+    def outstanding(self) -> int:
+        """Product keys asked for and not answered yet."""
+        return len(self._asked)
+
     def take_requests(self) -> list[CopyRequest]:
-        requests = list(self._pending.values())
-        requested = self._requested
-        for key in self._pending:
-            requested[key] = None
-        while len(requested) > self.max_requested:
-            requested.popitem(last=False)
-        self._pending.clear()
+        """The requests to send now: ad variants asked for since the last call, then, for each free place in the
+        window, the pending key missed most often (ties: the one missed first). Cheap when the window is full,
+        which is most calls: the pending keys are only sorted when places are free."""
+        requests = list(self._direct.values())
+        if requests:
+            for key in self._direct:
+                self._direct_sent[key] = None
+            while len(self._direct_sent) > self.max_direct_sent:
+                self._direct_sent.popitem(last=False)
+            self._direct.clear()
+        asked, pending = self._asked, self._pending
+        now = self._clock()
+        while asked and now - next(iter(asked.values()))[0] > self.answer_timeout_s:
+            key, (_, request) = asked.popitem(last=False)
+            entry = pending.setdefault(key, [0, request])
+            entry[0] += 1
+        free = self.in_flight - len(asked)
+        if free > 0 and pending:
+            for key in heapq.nlargest(free, pending, key=lambda k: pending[k][0]):
+                request = pending.pop(key)[1]
+                requests.append(request)
+                asked[key] = (now, request)
+        if len(pending) > self.max_pending:
+            kept = set(heapq.nlargest(self.max_pending // 2, pending, key=lambda k: pending[k][0]))
+            self._pending = {key: entry for key, entry in pending.items() if key in kept}
         return requests
 
 

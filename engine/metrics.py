@@ -59,6 +59,9 @@ MODEL_INFERENCE = Histogram(
 )
 MODEL_PROVIDER = Gauge("kairos_model_provider", "1 for the execution provider each loaded model runs on", ["model", "provider"])
 GENERATION_QUEUE_DEPTH = Gauge("kairos_generation_queue_depth", "Copy-generation requests waiting for the generator")
+#: A worker's copy book: ``pending`` = missed keys waiting for a place in its window, ``outstanding`` = asked for and
+#: not answered yet (at most ``KAIROS_COPY_IN_FLIGHT``).
+COPY_REQUESTS = Gauge("kairos_copy_requests", "Product-copy keys of the worker's copy book by state", ["state"])
 #: Lookups in in-process caches (``cache``: api_recent, copy, ...); hit rate = hit / (hit + miss).
 CACHE_LOOKUPS = Counter("kairos_cache_lookups_total", "Cache lookups by outcome", ["cache", "result"])
 

@@ -56,23 +56,83 @@ def test_a_blocked_text_is_regenerated_by_sampling_not_repeated():
     assert writer.stats.regenerated == 1
 
 
-def test_unanswered_copy_requests_are_not_re_requested_in_a_storm():
-    """Without a copy agent answering, each (item, segment) is asked for once while the book remembers it; the
-    book forgets the oldest request one at a time, never all of them at once."""
-    from kairos.engine.copywriting import CopyBook, CopyRequest
+def _product(n: int, segment: str = "cat:x") -> CopyRequest:
+    return CopyRequest(f"i{n}", segment, f"item {n}", "x", None, ())
 
-    book = CopyBook(max_pending=10)  # remembers 100 requested keys
-    asked = 0
-    for _ in range(5):
-        for n in range(60):
-            book.lookup(CopyRequest(f"i{n}", "cat:x", f"item {n}", "x", None, ()))
-            if n % 10 == 9:
-                asked += len(book.take_requests())
-    assert asked == 60  # (the earlier book cleared its whole request set past 40 keys and asked again for all)
-    for n in range(60, 200):
-        book.lookup(CopyRequest(f"i{n}", "cat:x", f"item {n}", "x", None, ()))
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_the_most_missed_keys_are_asked_for_first_and_no_more_than_the_window():
+    """Misses are counted, not sent: the window holds ``in_flight`` unanswered keys, and a freed place goes to the
+    pending key missed most often since (ties: the one missed first)."""
+    from kairos.engine.copywriting import CopyBook
+
+    book = CopyBook(in_flight=2)
+    for n, misses in [(1, 1), (2, 3), (3, 2), (4, 3), (5, 1)]:
+        for _ in range(misses):
+            assert book.lookup(_product(n)) == "Item " + str(n) + "."  # the template meanwhile
+    assert [r.item_id for r in book.take_requests()] == ["i2", "i4"]  # 3 misses each, i2 missed first
+    book.lookup(_product(5))  # i5: 2 misses now, as many as i3, which was missed first
+    assert book.take_requests() == [] and (book.outstanding, book.pending) == (2, 3)
+    book.lookup(_product(2))  # asked for already: not counted again
+    book.put("i2", "cat:x", "Item two, written for you.")
+    assert [r.item_id for r in book.take_requests()] == ["i3"]
+    book.settle("i4", "cat:x")
+    assert [r.item_id for r in book.take_requests()] == ["i5"]
+    assert book.lookup(_product(2)) == "Item two, written for you." and book.hits == 1
+
+
+def test_an_unanswered_request_frees_its_place_after_the_timeout_and_waits_again():
+    from kairos.engine.copywriting import CopyBook
+
+    clock = Clock()
+    book = CopyBook(in_flight=1, answer_timeout_s=60.0, clock=clock)
+    book.lookup(_product(1))
+    book.lookup(_product(2))
+    assert [r.item_id for r in book.take_requests()] == ["i1"]
+    clock.now += 59.0
+    assert book.take_requests() == []  # the copy agent still has time
+    clock.now += 2.0
+    book.lookup(_product(2))  # i2: 2 misses; i1 goes back to the pending keys with one
+    assert [r.item_id for r in book.take_requests()] == ["i2"]
+    clock.now += 61.0
+    assert [r.item_id for r in book.take_requests()] == ["i1"]
+    assert book.outstanding == 1 and book.pending == 1  # i2 timed out in turn
+
+
+def test_pending_keys_stay_bounded_and_the_most_missed_survive_a_trim():
+    """Past ``max_pending`` keys waiting, the least missed half is dropped; a busy stream of one-off keys never
+    pushes out the keys storefronts show most."""
+    from kairos.engine.copywriting import CopyBook
+
+    book = CopyBook(in_flight=1, max_pending=8)
+    book.lookup(_product(0))
+    book.take_requests()  # the window is full from here on
+    for _ in range(3):
+        book.lookup(_product(1, "cat:hot"))
+    for n in range(100, 140):  # one-off keys
+        book.lookup(_product(n))
         book.take_requests()
-    assert len(book._requested) == 100 and ("i199", "cat:x") in book._requested and ("i0", "cat:x") not in book._requested
+        assert book.pending <= 8
+    book.put("i0", "cat:x", "Item zero.")
+    assert [(r.item_id, r.segment) for r in book.take_requests()] == [("i1", "cat:hot")]
+
+
+def test_a_key_answered_on_another_workers_request_leaves_the_pending_keys():
+    from kairos.engine.copywriting import CopyBook
+
+    book = CopyBook(in_flight=1)
+    book.lookup(_product(1))
+    book.lookup(_product(2))
+    book.take_requests()
+    book.put("i2", "cat:x", "Item two.")  # another worker asked; every worker's feed reads the copies topic
+    assert book.pending == 0 and book.outstanding == 1
 
 
 class DriftsWhenGreedy:
