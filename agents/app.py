@@ -28,7 +28,7 @@ from kairos.agents.settings import Settings
 from kairos.agents.topics_admin import ensure_topics
 from kairos.agents.worker import IngestWorker, default_selector_factory
 from kairos.engine import metrics
-from kairos.engine.copywriting import CopyBook, CopyRequest, CopyWriter
+from kairos.engine.copywriting import CopyBook, CopyRequest, CopyWriter, RecentAnswers
 from kairos.schemas.keys import RedisKeys
 
 log = logging.getLogger(__name__)
@@ -160,12 +160,16 @@ def create_app(
         """Copy requests -> generated, safety-checked copy (or templates), batched; published to the copies
         topic (every worker's copy book) and to Redis (for the API)."""
         store = RedisStateStore.from_url(redis_url, keys, settings.serving_ttl_s)
+        recent = RecentAnswers(horizon_s=settings.copy_answer_timeout_s)
         # noack_take, acked by hand once the batch is published: Faust's take() acks a batch in a ``finally``, so a
         # batch cancelled at shutdown would be committed unwritten and its requests lost.
         async for events in stream.noack_take(COPY_BATCH, within=COPY_BATCH_WAIT_S):
-            requests = _decode_requests([event.value for event in events])
+            decoded = _decode_requests([event.value for event in events])
+            requests = recent.fresh(decoded)  # several workers asked for one popular key: written once
+            if len(requests) < len(decoded):
+                metrics.COPY_REPEATS_SKIPPED.inc(len(decoded) - len(requests))
             metrics.GENERATION_QUEUE_DEPTH.set(len(requests))
-            texts = await _write_or_cancel(writer, requests)
+            texts = await _write_or_cancel(writer, requests) if requests else []
             for request, text in zip(requests, texts):
                 record = {"item_id": request.item_id, "segment": request.segment, "text": text.text,
                           "source": text.source, "writer": writer.version, "kind": request.kind}  # fmt: skip
@@ -173,6 +177,7 @@ def create_app(
                     record["variant_id"] = f"{request.item_id}:gen-{writer.version}"
                 await copies.send(key=f"{request.item_id}|{request.segment}".encode(), value=orjson.dumps(record))
             await store.save_copies([(r.item_id, r.segment, t.text) for r, t in zip(requests, texts) if r.kind == "product"])
+            recent.answered(requests)
             for event in events:
                 await stream.ack(event)
             metrics.GENERATION_QUEUE_DEPTH.set(0)

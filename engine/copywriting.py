@@ -281,6 +281,46 @@ class CopyBook:
         return requests
 
 
+class RecentAnswers:
+    """What one copy agent answered lately, so that a request for a key it has just written is not written again.
+
+    Each worker's copy book asks for the keys its storefronts miss most, and the popular (item, segment) keys are
+    the same on every worker: before the first answer reaches them, several workers ask for the same key. Requests
+    are keyed by item, so they reach the same agent, which writes the key once: its answer on the copies topic
+    clears the key in every worker's copy book. A key answered longer ago than ``horizon_s`` is written again: the
+    worker asking has lost the text (its copy book's LRU dropped it), not raced another worker.
+    """
+
+    def __init__(self, horizon_s: float = 120.0, capacity: int = 200_000, clock: Callable[[], float] = time.monotonic):
+        self.horizon_s = horizon_s
+        self.capacity = capacity
+        self._clock = clock
+        self._when: OrderedDict[tuple[str, str, str], float] = OrderedDict()  # oldest answer first
+
+    def fresh(self, requests: Sequence[CopyRequest]) -> list[CopyRequest]:
+        """``requests`` without the keys answered within the horizon and without repeats of one key."""
+        when, now = self._when, self._clock()
+        while when and now - next(iter(when.values())) > self.horizon_s:
+            when.popitem(last=False)
+        kept, seen = [], set()
+        for request in requests:
+            key = (request.kind, request.item_id, request.segment)
+            if key not in when and key not in seen:
+                seen.add(key)
+                kept.append(request)
+        return kept
+
+    def answered(self, requests: Sequence[CopyRequest]) -> None:
+        """``requests`` were published (generated copy or the template)."""
+        now = self._clock()
+        for request in requests:
+            key = (request.kind, request.item_id, request.segment)
+            self._when[key] = now
+            self._when.move_to_end(key)
+        while len(self._when) > self.capacity:
+            self._when.popitem(last=False)
+
+
 class CopyWriter:
     """Writes copy for a batch of requests: one batched generator call, safety filter on every text, one
     regeneration for blocked rows (sampled: a greedy retry repeats the blocked text), the template when still

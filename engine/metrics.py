@@ -62,6 +62,8 @@ GENERATION_QUEUE_DEPTH = Gauge("kairos_generation_queue_depth", "Copy-generation
 #: A worker's copy book: ``pending`` = missed keys waiting for a place in its window, ``outstanding`` = asked for and
 #: not answered yet (at most ``KAIROS_COPY_IN_FLIGHT``).
 COPY_REQUESTS = Gauge("kairos_copy_requests", "Product-copy keys of the worker's copy book by state", ["state"])
+#: Copy requests the copy agent did not write again: it had answered the key moments before (several workers asked).
+COPY_REPEATS_SKIPPED = Counter("kairos_copy_repeats_skipped_total", "Copy requests for a key the agent had just answered")
 #: Lookups in in-process caches (``cache``: api_recent, copy, ...); hit rate = hit / (hit + miss).
 CACHE_LOOKUPS = Counter("kairos_cache_lookups_total", "Cache lookups by outcome", ["cache", "result"])
 

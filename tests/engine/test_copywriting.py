@@ -302,3 +302,22 @@ def test_a_key_answered_with_the_template_is_not_asked_again_and_the_hot_path_sa
     assert book.take_requests() == []  # answered: not asked again
     book.put("21212", "cat:or-bag", "Seventy-two cake cases for a party.")
     assert book.lookup(cases, ("similar_shoppers",)) == "Seventy-two cake cases for a party."
+
+
+def test_recent_answers_skip_repeats_within_the_horizon_only():
+    """A copy agent writes a key once when workers race for it; a key asked for again after the horizon is written
+    again (the worker asking lost its text)."""
+    from kairos.engine.copywriting import RecentAnswers
+
+    clock = Clock()
+    recent = RecentAnswers(horizon_s=60.0, capacity=2, clock=clock)
+    a, b, c = _product(1), _product(2), _product(3)
+    assert recent.fresh([a, a, b]) == [a, b]  # a repeat within one batch
+    recent.answered([a, b])
+    clock.now += 30.0
+    assert recent.fresh([a, c]) == [c]
+    recent.answered([c])  # capacity 2: a, the oldest answer, is forgotten
+    assert recent.fresh([a, b]) == [a]
+    clock.now += 31.0  # b is past the horizon
+    assert recent.fresh([b, c]) == [b]
+    assert recent.fresh([CopyRequest("i3", "cat:x", "headline", kind="ad")])  # an ad variant is another key
