@@ -128,6 +128,24 @@ def summarize(samples: Samples, window: dict[str, dict[float, float]] | None = N
             "ranker_fallbacks_total": _sum(samples, "kairos_ranker_fallbacks_total"),
             "generation_queue_depth": _sum(samples, "kairos_generation_queue_depth"),
         },
+        "copy": _copy_summary(samples),
+    }
+
+
+def _copy_summary(samples: Samples) -> dict:
+    """The copy books' lookups (the page turns the totals into the share of recommended items shown with generated
+    copy), their queues and the copy agents' skipped repeats."""
+    lookups: dict[str, float] = {}
+    for n, labels, v in samples:
+        if n == "kairos_cache_lookups_total" and labels.get("cache") == "copy":
+            lookups[labels.get("result", "")] = lookups.get(labels.get("result", ""), 0.0) + v
+    queue = _sum(samples, "kairos_copy_requests", "state")
+    return {
+        "hits_total": lookups.get("hit", 0.0),
+        "misses_total": lookups.get("miss", 0.0),
+        "pending": queue.get("pending", 0.0),
+        "outstanding": queue.get("outstanding", 0.0),
+        "repeats_skipped_total": _sum(samples, "kairos_copy_repeats_skipped_total"),
     }
 
 

@@ -179,6 +179,9 @@ async def _run_events(settings: Settings, svc: Services, source: EventSource, ra
         "p99_ms": round(p99, 2),
         "copies_written": dict(sorted(copies.sources.items())),
         "recommended_items_with_generated_copy": f"{generated:,} of {with_copy:,}",
+        # The hot path's copy book at the end: missed keys waiting for a place in its window, and keys asked for
+        # and not answered yet (at most KAIROS_COPY_IN_FLIGHT; docs/selection.md, "Which copy is generated first").
+        "copy_requests": {"waiting": app.copybook.pending, "outstanding": app.copybook.outstanding},
     }
     _print_examples(monitor, copies, examples)
     await copies.stop()

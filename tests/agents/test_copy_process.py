@@ -167,6 +167,8 @@ def test_demo_runs_the_copy_agent_in_its_own_process_and_stops_it(make_settings,
     assert note["ready"] and note["where"] == f"own process (pid {note['pid']})"
     assert note["writer"] == f"generator@{VERSION}"  # the child loaded the generator; the demo's process has none
     assert summary["events"] == 305  # 300 events + 5 malformed payloads, all consumed by the in-process hot path
+    assert 0 <= summary["copy_requests"]["outstanding"] <= settings.copy_in_flight
+    assert summary["copy_requests"]["waiting"] >= 0
     with pytest.raises(ProcessLookupError):  # stopped and reaped when the demo ended
         os.kill(note["pid"], 0)
     assert "write_copy owns copy-requests partitions [0, 1]" in (tmp_path / "demo-copy-agent.log").read_text()

@@ -54,6 +54,21 @@ def test_summary_uses_recent_window_and_sums_series():
     assert out["latency"]["step:rank"]["count"] == 100 and out["latency"]["step:rank"]["p50_ms"] > 1.0
 
 
+def test_summary_gives_the_copy_books_lookups_and_queues_summed_over_processes():
+    samples = [
+        ("kairos_cache_lookups_total", {"cache": "copy", "result": "hit"}, 3.0),
+        ("kairos_cache_lookups_total", {"cache": "copy", "result": "hit"}, 2.0),  # a second worker, scraped
+        ("kairos_cache_lookups_total", {"cache": "copy", "result": "miss"}, 95.0),
+        ("kairos_cache_lookups_total", {"cache": "api_recent", "result": "hit"}, 40.0),
+        ("kairos_copy_requests", {"state": "pending"}, 120.0),
+        ("kairos_copy_requests", {"state": "outstanding"}, 32.0),
+        ("kairos_copy_repeats_skipped_total", {}, 4.0),
+    ]
+    assert summarize(samples)["copy"] == {
+        "hits_total": 5.0, "misses_total": 95.0, "pending": 120.0, "outstanding": 32.0, "repeats_skipped_total": 4.0
+    }
+
+
 class Chromium:
     """Headless Chromium driven over the DevTools protocol (websocket)."""
 
@@ -153,6 +168,7 @@ async def test_dashboard_numbers_move_in_headless_chromium(make_settings, broker
             rate = _number(await browser.text(ws, "document.getElementById('events-per-s').textContent"))
             dead = _number(await browser.text(ws, "document.getElementById('dead-letters-total').textContent"))
             latency_rows = await browser.text(ws, "document.querySelectorAll('#latency tbody tr').length")
+            copy_line = await browser.text(ws, "document.getElementById('copy').textContent")
             shot = await browser.call(ws, "Page.captureScreenshot", format="png")
         png = base64.b64decode(shot["data"])
         (tmp_path / "dashboard.png").write_bytes(png)
@@ -172,4 +188,5 @@ async def test_dashboard_numbers_move_in_headless_chromium(make_settings, broker
     assert second > first > 0, "events-in total must grow while the page is open"
     assert updates_second >= updates_first + 2, "the page polls every second"
     assert rate > 0 and dead > 0 and latency_rows > 0
+    assert copy_line.startswith("generated copy on ") and " · outstanding: " in copy_line, copy_line
     assert png.startswith(b"\x89PNG") and len(png) > 10_000
