@@ -90,10 +90,8 @@ def template_copy(
     >>> template_copy("JUMBO BAG RED RETROSPOT", "or-bag", ["bag"], why=lambda: 1 / 0)  # not called: bag fits
     'Jumbo Bag Red Retrospot. Picked for your interest in bag.'
     """
-    line = fallback_product_copy(ProductFacts(name=name.title(), category=category))
-    interest = next(
-        (i for i in interests if i.casefold() not in _NAME_STOP_WORDS and _answers(i, name, category)), None
-    )
+    line = _template_line(name, category)
+    interest = _fitting_interest(name, category, interests) if interests else None
     if interest:
         return f"{line} Picked for your interest in {interest}."
     if callable(why):
@@ -136,12 +134,36 @@ def reason_line(reasons: Sequence[str], name_of: Callable[[str], str | None] = l
     return ""
 
 
-def _answers(interest: str, name: str, category: str) -> bool:
-    """Whether a product (its name, its category) answers a shopper's interest in ``interest``."""
+def _fitting_interest(name: str, category: str, interests: Sequence[str]) -> str | None:
+    """The first of the shopper's interests that the product (its category, a word of its name) answers and that
+    names a kind of product, or None. The hot path asks for every item it shows: the per-name, per-category and
+    per-interest parts are memoised."""
+    own = _category_word(category)
+    name_forms = _name_forms(name)
+    for interest in interests:
+        wanted = _interest_forms(interest)
+        if wanted is not None and (wanted[0] == own or not name_forms.isdisjoint(wanted)):
+            return interest
+    return None
+
+
+@functools.lru_cache(maxsize=65_536)
+def _template_line(name: str, category: str) -> str:
+    """The template's first line, the product's name (memoised: the hot path shows the same items again)."""
+    return fallback_product_copy(ProductFacts(name=name.title(), category=category))
+
+
+@functools.lru_cache(maxsize=16_384)
+def _category_word(category: str) -> str | None:
+    """The interest a category stands for, case-folded; None without a category."""
+    return category_interest(category).casefold() if category else None
+
+
+@functools.lru_cache(maxsize=16_384)
+def _interest_forms(interest: str) -> tuple[str, ...] | None:
+    """An interest's case-folded forms (the word first), or None for one that names no kind of product."""
     wanted = interest.casefold()
-    if category and category_interest(category).casefold() == wanted:
-        return True
-    return not _name_forms(name).isdisjoint(_forms(wanted))
+    return None if wanted in _NAME_STOP_WORDS else _forms(wanted)
 
 
 @functools.lru_cache(maxsize=65_536)
