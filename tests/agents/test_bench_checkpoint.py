@@ -16,7 +16,8 @@ def test_bench_checkpoint_builds_every_partition_in_slices_equal_to_the_blob_at_
     assert result["equal_to_global_blob"] is True
     assert result["slices_per_build"]["p50"] > 1  # 0.05-ms slices: every build took several
     for key in ("snapshot_ms", "slice_ms", "last_slice_ms", "at_once_ms"):
-        assert 0 < result[key]["p50"] <= result[key]["max"], key
+        # timed, in 0.01 ms: a last slice that only closes the blob can round to 0 on a fast machine
+        assert 0 <= result[key]["p50"] <= result[key]["max"] and result[key]["max"] > 0, key
     assert "selection state (to_state)" in result["at_once_parts_ms"]
     assert "discovery.links" not in result["at_once_parts_ms"]  # built in pieces, not at once
     assert "SIMULATED" in result["source"] and result["shared_discovery"] is True
