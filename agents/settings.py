@@ -116,7 +116,8 @@ class Settings(BaseSettings):
 
     #: Product-copy requests a worker keeps outstanding (asked for, not answered); each answer frees a place for
     #: the key the hot path missed most often since (engine/copywriting.py ``CopyBook``). Two copy batches of 16:
-    #: the copy agent always has its next batch, and what it writes next was chosen at most one batch ago.
+    #: the copy agent always has its next batch, and what it writes next was chosen at most one batch ago. With
+    #: several copy agents (the copy-requests partitions split among them) give each two batches: 32 x agents.
     copy_in_flight: int = Field(default=32, ge=1, le=100_000)
     #: An outstanding copy request unanswered this long (the copy agent down or restarted) frees its place.
     copy_answer_timeout_s: float = Field(default=120.0, gt=0, le=86_400)
