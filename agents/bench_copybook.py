@@ -1,9 +1,9 @@
 """``kairos bench copybook``: how much of what storefronts show carries the copy agent's text, by how requests are
 let out.
 
-Generation is slow beside the hot path (a CPU writes one or two texts a second; the hot path misses tens of new
-(item, segment) keys a second), so which keys the copy agent writes first decides how many recommended items ever
-show its text. This runs the worker's pipeline without broker or Redis (``kairos bench hotpath``'s engine, cold as
+Generation is slow beside the hot path (a CPU writes one or two texts a second; the hot path misses hundreds of
+new (item, segment) keys a second), so which keys the copy agent writes first decides how many recommended items
+ever show its text. This runs the worker's pipeline without broker or Redis (``kairos bench hotpath``'s engine, cold as
 ``kairos demo`` starts) over ``--events`` real events, one at a time, on a nominal clock of ``--rate`` events a
 second, with a copy agent modelled by its throughput: it takes the requests in the order they were sent, in
 batches of 16 as the ``write_copy`` agent does, and answers a batch ``16 / --answers-per-s`` nominal seconds after
@@ -30,13 +30,14 @@ from pathlib import Path
 
 import orjson
 
+from kairos.agents.app import COPY_BATCH
 from kairos.agents.bench_hotpath import add_source_arguments, partitions_engine, records_of
 from kairos.agents.demo import pick_source
 from kairos.agents.settings import Settings, load_settings
 from kairos.engine.copywriting import CopyBook
 
-#: Requests per copy batch, as the ``write_copy`` agent takes them (agents/app.py COPY_BATCH).
-AGENT_BATCH = 16
+#: Requests per copy batch, as the ``write_copy`` agent takes them.
+AGENT_BATCH = COPY_BATCH
 #: A window no run fills: every pending key is let out at once (the copy book before the window).
 UNBOUNDED = 10**9
 

@@ -52,13 +52,18 @@ def scraped_samples(urls: Iterable[str], timeout_s: float = 1.0) -> Samples:
     return out
 
 
-def _sum(samples: Samples, name: str, by: str | None = None) -> float | dict[str, float]:
+def _sum(
+    samples: Samples, name: str, by: str | None = None, where: dict[str, str] | None = None
+) -> float | dict[str, float]:
+    """The samples of ``name`` summed (over processes and series), per value of the label ``by`` if given; only the
+    series whose labels include ``where``."""
+    picked = [(labels, v) for n, labels, v in samples
+              if n == name and (where is None or all(labels.get(k) == w for k, w in where.items()))]  # fmt: skip
     if by is None:
-        return sum(v for n, _, v in samples if n == name)
+        return sum(v for _, v in picked)
     out: dict[str, float] = {}
-    for n, labels, v in samples:
-        if n == name:
-            out[labels.get(by, "")] = out.get(labels.get(by, ""), 0.0) + v
+    for labels, v in picked:
+        out[labels.get(by, "")] = out.get(labels.get(by, ""), 0.0) + v
     return out
 
 
@@ -135,10 +140,7 @@ def summarize(samples: Samples, window: dict[str, dict[float, float]] | None = N
 def _copy_summary(samples: Samples) -> dict:
     """The copy books' lookups (the page turns the totals into the share of recommended items shown with generated
     copy), their queues and the copy agents' skipped repeats."""
-    lookups: dict[str, float] = {}
-    for n, labels, v in samples:
-        if n == "kairos_cache_lookups_total" and labels.get("cache") == "copy":
-            lookups[labels.get("result", "")] = lookups.get(labels.get("result", ""), 0.0) + v
+    lookups = _sum(samples, "kairos_cache_lookups_total", "result", where={"cache": "copy"})
     queue = _sum(samples, "kairos_copy_requests", "state")
     return {
         "hits_total": lookups.get("hit", 0.0),

@@ -146,8 +146,6 @@ class BatchPipeline:
         #: it from ``KAIROS_SHARED_DISCOVERY`` when there is more than one partition).
         self.share_discovery = share_discovery
         self._flush_s = 0.0
-        #: The copy book's hits and misses already counted in the metrics.
-        self._copy_seen = (0, 0)
 
     def process(self, records: Iterable[InputRecord]) -> BatchResult:
         result = BatchResult()
@@ -200,12 +198,11 @@ class BatchPipeline:
             for request in copybook.take_requests():
                 value = orjson.dumps(request.to_json())
                 result.outputs.append(OutputRecord(self.topics.copy_requests, request.item_id.encode(), value))
-            hits, misses = copybook.hits, copybook.misses
-            if hits != self._copy_seen[0]:
-                metrics.CACHE_LOOKUPS.labels("copy", "hit").inc(hits - self._copy_seen[0])
-            if misses != self._copy_seen[1]:
-                metrics.CACHE_LOOKUPS.labels("copy", "miss").inc(misses - self._copy_seen[1])
-            self._copy_seen = (hits, misses)
+            hits, misses = copybook.take_counts()
+            if hits:
+                metrics.CACHE_LOOKUPS.labels("copy", "hit").inc(hits)
+            if misses:
+                metrics.CACHE_LOOKUPS.labels("copy", "miss").inc(misses)
             metrics.COPY_REQUESTS.labels("pending").set(copybook.pending)
             metrics.COPY_REQUESTS.labels("outstanding").set(copybook.outstanding)
             break  # the copy book is shared by every partition of the worker

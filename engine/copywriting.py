@@ -207,6 +207,7 @@ class CopyBook:
         self.max_direct_sent = 10 * max_pending
         self.hits = 0
         self.misses = 0
+        self._counted = (0, 0)  # hits and misses already handed out by :meth:`take_counts`
         #: Keys the copy agent answered with the template (no generator, or every try blocked): not asked for
         #: again, and shown with the hot path's own template, which can say why the product is shown.
         self._settled: OrderedDict[tuple[str, str], None] = OrderedDict()
@@ -264,6 +265,11 @@ class CopyBook:
         self._asked.pop(key, None)
         self._pending.pop(key, None)  # answered on another worker's request
 
+    def take_counts(self) -> tuple[int, int]:
+        """Hits and misses since the last call (for the metrics: whoever exports them counts each lookup once)."""
+        counted, self._counted = self._counted, (self.hits, self.misses)
+        return self.hits - counted[0], self.misses - counted[1]
+
     @property
     def pending(self) -> int:
         """Missed keys waiting for a place in the window."""
@@ -289,8 +295,7 @@ class CopyBook:
         now = self._clock()
         while asked and now - next(iter(asked.values()))[0] > self.answer_timeout_s:
             key, (_, request) = asked.popitem(last=False)
-            entry = pending.setdefault(key, [0, request])
-            entry[0] += 1
+            pending.setdefault(key, [0, request])[0] += 1
         free = self.in_flight - len(asked)
         if free > 0 and pending:
             for key in heapq.nlargest(free, pending, key=lambda k: pending[k][0]):

@@ -86,6 +86,7 @@ def test_the_most_missed_keys_are_asked_for_first_and_no_more_than_the_window():
     book.settle("i4", "cat:x")
     assert [r.item_id for r in book.take_requests()] == ["i5"]
     assert book.lookup(_product(2)) == "Item two, written for you." and book.hits == 1
+    assert book.take_counts() == (1, 12) and book.take_counts() == (0, 0)  # each lookup handed out once
 
 
 def test_an_unanswered_request_frees_its_place_after_the_timeout_and_waits_again():
