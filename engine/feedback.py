@@ -18,6 +18,7 @@ Three pieces, each usable alone:
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -365,6 +366,11 @@ class FeedbackCorrector:
         self.similarity = similarity
         self.neighbour_share = neighbour_share
         self.max_shift = max_shift
+        #: Per item x segment (per item with ``item_level``): the Fisher information the examples gave about its
+        #: weight, the sum of ``weight x p (1 - p)`` over them (``p`` the corrected click probability then). With a
+        #: normal prior on the weight, ``1 / (1 / prior_sd^2 + information)`` is its posterior variance (Laplace):
+        #: what exploration needs to know about how sure the correction is (:meth:`uncertainty`).
+        self._information: dict[str, float] = {}
 
     def correct(self, item_ids: Sequence[str], segment: str, logits: Sequence[float]) -> np.ndarray:
         """Corrected logits for ``item_ids`` (aligned with ``logits``) in ``segment``."""
@@ -394,6 +400,42 @@ class FeedbackCorrector:
             self._weights.setdefault(key, 0.0)
         self._pair_segments.add(example.segment)
         self._optimizer.step(self._weights, grad)
+        p = 1.0 / (1.0 + math.exp(-min(max(raw, -30.0), 30.0)))
+        information = example.weight * p * (1.0 - p)
+        info = self._information
+        key = item_key if self.item_level else pair_key
+        info[key] = info.get(key, 0.0) + information
+
+    def uncertainty(self, item_ids: Sequence[str], segment: str, prior_sd: float) -> np.ndarray:
+        """The posterior standard deviation of each item's corrected logit in ``segment``: ``prior_sd`` for an
+        item nothing was learned about, narrower with every example about it (Laplace approximation of the
+        logistic correction's item x segment weight; of the item weight with ``item_level``, which every example
+        of the item, whatever its segment, informs).
+
+        >>> corrector = FeedbackCorrector()
+        >>> corrector.learn(LabelledExample("r", "u", "x", 1, 0, "skip", None, 1.0, "all", 0.0))
+        >>> [round(float(s), 3) for s in corrector.uncertainty(["x", "y"], "all", prior_sd=1.0)]
+        [0.894, 1.0]
+        """
+        if prior_sd <= 0.0:
+            return np.zeros(len(item_ids))
+        info, prior = self._information, 1.0 / (prior_sd * prior_sd)
+        suffix = f"|{segment}"
+        if self.item_level:
+            known = [info.get(f"i:{item}", 0.0) for item in item_ids]
+        elif segment in self._pair_segments:
+            known = [info.get(f"is:{item}{suffix}", 0.0) for item in item_ids]
+        else:
+            return np.full(len(item_ids), prior_sd)
+        return 1.0 / np.sqrt(prior + np.array(known, dtype=float))
+
+    @property
+    def information(self) -> dict[str, float]:
+        """Per key, the information learned (checkpointed with the weights; :meth:`load_information`)."""
+        return self._information
+
+    def load_information(self, information: Mapping[str, float]) -> None:
+        self._information.update(information)
 
     def load_weights(self, weights: Mapping[str, float]) -> None:
         """Take learned weights back (a checkpoint's). The segments of the item x segment keys

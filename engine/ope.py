@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 from river import linear_model, optim
 
-from kairos.engine.bandit import epsilon_greedy_marginals
+from kairos.engine.bandit import epsilon_greedy_marginals, thompson_marginals
 
 N_USER_FEATURES = 4
 
@@ -141,8 +141,9 @@ def selector_policy(train: BanditLog, epsilon: float = 0.05, seed: int = 0) -> E
     ``PositionBias``, else a skip), its segment the shopper's first Open Bandit user feature (the stand-in for
     the engine's interest segment, which needs a browsing history the log does not have), its logit the row's
     user-item affinity placed as the Selector places ranker scores (best candidate at ``TOP_LOGIT``). On the
-    evaluation slice the policy is the Selector's: corrected logits, then its epsilon-greedy slate policy with
-    exact position marginals."""
+    evaluation slice the policy is the Selector's: corrected logits, then its Thompson-sampled slate policy (each
+    logit drawn around the corrected one with the correction's uncertainty for that item and segment, an epsilon
+    floor of uniform slates), whose position marginals are estimated from 1,000 draws per row."""
     from kairos.engine.config import EngineConfig
     from kairos.engine.feedback import LabelledExample
     from kairos.engine.selection import TOP_LOGIT, Selector
@@ -166,8 +167,11 @@ def selector_policy(train: BanditLog, epsilon: float = 0.05, seed: int = 0) -> E
     def action_probabilities(log: BanditLog) -> np.ndarray:
         items = [str(a) for a in range(log.n_items)]
         raw = base_logits(log)
-        corrected = np.stack([corrector.correct(items, f"uf0={log.user_features[i, 0]}", raw[i]) for i in range(len(log))])
-        return epsilon_greedy_marginals(corrected, log.n_positions, selector.policy.epsilon)
+        segments = [f"uf0={log.user_features[i, 0]}" for i in range(len(log))]
+        corrected = np.stack([corrector.correct(items, segment, raw[i]) for i, segment in enumerate(segments)])
+        sds = np.stack([corrector.uncertainty(items, segment, selector.exploration_sd) for segment in segments])
+        return thompson_marginals(corrected, sds, log.n_positions, selector.policy.epsilon, draws=1_000,
+                                  rng=np.random.default_rng(seed))  # fmt: skip
 
     return action_probabilities
 

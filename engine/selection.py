@@ -3,7 +3,9 @@
     candidates + ranker logits (Recommender.score_candidates)
       -> feedback correction   River-optimised shift per item / segment, learned from impression-click joins
       -> business rules        hidden / out-of-stock, frequency cap per user x item, category cap (diversity)
-      -> exploration           epsilon-greedy slate with exact propensities (logged for off-policy evaluation)
+      -> exploration           Thompson-sampled slate over the corrected scores and the correction's uncertainty,
+                               with an epsilon floor of uniform slates; position propensities logged for
+                               off-policy evaluation
       -> Selection             ranked items with scores, reasons and propensities
 
 The write path (``observe``) feeds every event to the recommender (interest state, global model, online ranker)
@@ -23,7 +25,7 @@ import numpy as np
 from river import optim
 
 from kairos.engine.ads import AdSelector
-from kairos.engine.bandit import EpsilonGreedySlatePolicy, greedy_order
+from kairos.engine.bandit import ThompsonSlatePolicy, greedy_order
 from kairos.engine.config import EngineConfig
 from kairos.engine.copywriting import CopyBook, CopyRequest, category_interest
 from kairos.engine.feedback import FeedbackCorrector, FeedbackJoin, Impression, Interaction, PositionBias
@@ -103,6 +105,8 @@ class Selector:
         feedback: bool = True,
         exploration: bool = True,
         epsilon: float = 0.05,
+        exploration_sd: float = 0.15,
+        exploration_draws: int = 128,
         frequency_cap: int = 6,
         frequency_window_s: float = 86_400.0,
         max_per_category: int = 4,
@@ -130,7 +134,10 @@ class Selector:
             optimizer=optim.SGD(feedback_rate), similarity=self._neighbours, calibration_share=0.005,
             item_level=item_level_feedback, learn_scale=False,
         )
-        self.policy = EpsilonGreedySlatePolicy(epsilon=epsilon if exploration else 0.0, seed=seed)
+        # Thompson sampling on the corrected scores: each candidate's logit drawn from N(score, sd^2), sd the
+        # correction's posterior for its item x segment (``exploration_sd`` before any feedback on it).
+        self.policy = ThompsonSlatePolicy(epsilon=epsilon if exploration else 0.0, draws=exploration_draws, seed=seed)
+        self.exploration_sd = exploration_sd
         #: Per user, kept with the user's stored state (``user_state``), not in the partition checkpoint.
         self.impressions = ImpressionHistory(frequency_window_s, max_per_key=frequency_cap)
         self.hidden: set[str] = set(hidden)
@@ -296,7 +303,7 @@ class Selector:
         ids = [c.item_id for c in kept]
         scores = np.array([c.score for c in kept])
         if self.exploration:
-            slate = self.policy.sample(ids, scores, n)
+            slate = self.policy.sample(ids, scores, n, self.corrector.uncertainty(ids, segment, self.exploration_sd))
             order, explored = [ids.index(i) for i in slate.item_ids], slate.explored
             position_p, slate_p = slate.position_propensities, slate.propensity
         else:
@@ -362,7 +369,8 @@ class Selector:
         # engine/partition.py, which stores this dict as "selection"). The feedback join rides with the corrector
         # it feeds: both must stand at the same offsets, or a label is learned twice or never (docs/state.md).
         # ``discovery_in_pieces``: the discovery model's large maps are left out (PurchaseGraph.to_state).
-        state = {"corrector": dict(self.corrector._weights), "examples": self.examples_learned,
+        state = {"corrector": dict(self.corrector._weights), "information": dict(self.corrector.information),
+                 "examples": self.examples_learned,
                  "discovery": self.recommender.discovery.to_state(discovery_in_pieces), "join": self.join.to_state()}
         if self.ads is not None:
             state["ads"] = self.ads.to_state()
@@ -370,6 +378,9 @@ class Selector:
 
     def load_state(self, data: dict) -> None:
         self.corrector.load_weights(data["corrector"])
+        # Checkpoints written before exploration knew the correction's uncertainty have none: every learned item
+        # starts again from the prior width and narrows with the next examples.
+        self.corrector.load_information(data.get("information", {}))
         self.examples_learned = data["examples"]
         if "discovery" in data:  # checkpoints written before the discovery model have none: it relearns
             self.recommender.discovery.load_state(data["discovery"])

@@ -191,3 +191,30 @@ def test_a_shopper_read_back_after_eviction_keeps_their_slates_stored():
     assert "v" not in state.selector.user_state("shopper", NOW)
     state.selector.load_user_state("shopper", orjson.loads(asyncio.run(store.load_users(0, ["shopper"]))["shopper"]))
     assert [slate[0] for slate in state.selector.user_state("shopper", NOW)["v"]] == ["shopper.slate-a"]
+
+
+def test_what_exploration_knows_about_each_shown_item_survives_a_restore():
+    """The corrector's information per item x segment (how narrow Thompson sampling draws the item's score) is
+    checkpointed with its weights; a checkpoint written without it loads with every item back at the prior."""
+    state, store = _partition(), InMemoryStateStore()
+    shown = _show(state, NOW, rec_id="shopper.slate-1")
+    clicked = shown.items[1].item_id
+    _apply(state, click(user="shopper", item=clicked, category=clicked.split("-")[0], action="click", ts=NOW + 5,
+                        rec_id=shown.rec_id, event_id="click-after"))  # fmt: skip
+    _apply(state, click(user="bg1", item="c1-i1", category="c1", action="click", ts=NOW + 1801, event_id="later"))
+    items, segment = _items(shown), shown.segment
+    prior = state.selector.exploration_sd
+    learned = state.selector.corrector.uncertainty(items, segment, prior)
+    assert (learned < prior).all()  # every shown item was labelled: a click or a skip
+    _commit(state, store)
+
+    restored = _restore(store, state.config)
+    assert restored.selector.corrector.uncertainty(items, segment, prior).tolist() == learned.tolist()
+
+    snapshot = asyncio.run(store.load(0))
+    checkpoint = orjson.loads(snapshot.global_blob)
+    del checkpoint["selection"]["information"]
+    snapshot.global_blob = orjson.dumps(checkpoint)
+    older = _restore(store, state.config, snapshot)
+    assert older.selector.corrector.uncertainty(items, segment, prior).tolist() == [prior] * len(items)
+    assert older.selector.corrector._weights == restored.selector.corrector._weights
