@@ -138,6 +138,8 @@ def worker_environment(settings: Settings, log_level: str = "INFO") -> dict[str,
         KAIROS_RECOMMEND_EVERY_EVENT=str(settings.recommend_every_event).lower(),
         KAIROS_SHARED_DISCOVERY=str(settings.shared_discovery).lower(),
         KAIROS_ONNX_THREADS=str(settings.onnx_threads),
+        KAIROS_EXPLORATION_EPSILON=str(settings.exploration_epsilon),
+        KAIROS_EXPLORATION_SD=str(settings.exploration_sd),
         # the hot path's shape: a worker child must rank and fetch as its parent's settings say
         KAIROS_MAX_CANDIDATES=str(settings.max_candidates),
         KAIROS_BATCH_MAX_RECORDS=str(settings.batch_max_records),

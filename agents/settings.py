@@ -122,6 +122,15 @@ class Settings(BaseSettings):
     #: An outstanding copy request unanswered this long (the copy agent down or restarted) frees its place.
     copy_answer_timeout_s: float = Field(default=120.0, gt=0, le=86_400)
 
+    #: Exploration of product slates (engine/bandit.py ``ThompsonSlatePolicy``; docs/selection.md, "Thompson
+    #: sampling on the corrected scores"): the share of uniformly random slates, from which the position bias is
+    #: learned and which keep every logged propensity at least epsilon / candidates (0: none)...
+    exploration_epsilon: float = Field(default=0.05, ge=0.0, le=1.0)
+    #: ... and the prior standard deviation, in logits, of a candidate's corrected score before any feedback on it
+    #: in the shopper's segment; it narrows with every labelled impression (0: the corrected top slate but for the
+    #: random ones). 0.15 was chosen in the simulator's closed loop; wider priors lowered its CTR.
+    exploration_sd: float = Field(default=0.15, ge=0.0, le=5.0)
+
     # --- data, models and serving ---
     data_dir: Path | None = Field(default=None, description="real data sets (creatives, catalogs); default ../shared/data")
     model_dir: Path = Path("var/models")

@@ -86,3 +86,29 @@ def test_input_partitions_that_do_not_fit_name_the_variable(monkeypatch, value):
     with pytest.raises(SettingsError) as info:
         load_settings()
     assert "KAIROS_INPUT_PARTITIONS" in str(info.value.code)
+
+
+def test_the_workers_selectors_explore_as_the_settings_say(monkeypatch, tmp_path):
+    """KAIROS_EXPLORATION_EPSILON / _SD reach every partition's Selector (and a worker child's environment)."""
+    from kairos.agents.ops import worker_environment
+    from kairos.agents.worker import default_selector_factory
+    from kairos.engine.config import EngineConfig
+
+    monkeypatch.setenv("KAIROS_EXPLORATION_EPSILON", "0.2")
+    monkeypatch.setenv("KAIROS_EXPLORATION_SD", "0.4")
+    settings = load_settings(model_dir=tmp_path / "no-models", data_dir=tmp_path)
+    selector = default_selector_factory(settings)(EngineConfig())
+    assert (selector.policy.epsilon, selector.exploration_sd) == (0.2, 0.4)
+    env = worker_environment(settings)
+    assert (env["KAIROS_EXPLORATION_EPSILON"], env["KAIROS_EXPLORATION_SD"]) == ("0.2", "0.4")
+    monkeypatch.delenv("KAIROS_EXPLORATION_EPSILON")
+    monkeypatch.delenv("KAIROS_EXPLORATION_SD")
+    defaults = load_settings(model_dir=tmp_path / "no-models", data_dir=tmp_path)
+    assert (defaults.exploration_epsilon, defaults.exploration_sd) == (0.05, 0.15)
+
+
+def test_exploration_settings_out_of_range_name_the_variable(monkeypatch):
+    monkeypatch.setenv("KAIROS_EXPLORATION_EPSILON", "1.5")
+    with pytest.raises(SettingsError) as info:
+        load_settings()
+    assert "KAIROS_EXPLORATION_EPSILON" in str(info.value.code)
