@@ -86,8 +86,8 @@ def test_thompson_slate_shows_items_as_often_as_their_marginals_say():
 
 
 def test_thompson_slate_explores_the_item_it_knows_least_about():
-    # Same score, one item known well (narrow), the other not at all: the unknown one leads the slate as often,
-    # but is the one that also shows up from far behind; a well-known bad item stops showing.
+    # A leader known well, and two candidates 1.5 logits behind it: the one nothing is known about is drawn above
+    # the leader now and then; the one known well (shown often without clicks) never is.
     policy = ThompsonSlatePolicy(epsilon=0.0, draws=2000, seed=2)
     scores = np.array([0.0, -1.5, -1.5])
     marginals = policy.position_marginals(scores, np.array([0.05, 1.0, 0.05]), 1)
