@@ -20,7 +20,7 @@ from kairos.engine.auction import Bid, run_auction
 from kairos.engine.bandit import ThompsonSampler
 from kairos.engine.copywriting import CopyBook, CopyRequest
 from kairos.engine.creatives import Creative, Inventory, add_generated_variant, variant_sampler
-from kairos.engine.feedback import FeedbackCorrector
+from kairos.engine.feedback import FeedbackCorrector, sigmoid
 from kairos.engine.pacing import BudgetPacer
 from kairos.engine.rules import ImpressionHistory
 
@@ -59,10 +59,6 @@ def variant_request(creative: Creative) -> CopyRequest:
 def _logit(p: float) -> float:
     p = min(max(p, 1e-6), 1 - 1e-6)
     return math.log(p / (1 - p))
-
-
-def _sigmoid(x: float) -> float:
-    return 1.0 / (1.0 + math.exp(-x))
 
 
 class AdSelector:
@@ -133,7 +129,7 @@ class AdSelector:
 
     def pctr(self, creative_id: str, variant_id: str, segment: str, sampler: ThompsonSampler) -> float:
         base = sampler.stats(variant_id).posterior_mean
-        return _sigmoid(_logit(base) + self.corrector._shift(f"ad:{creative_id}", segment))
+        return sigmoid(_logit(base) + self.corrector._shift(f"ad:{creative_id}", segment))
 
     def decide(self, request_id: str, user_id: str, segment: str, now: float) -> AdDecision | None:
         bids, headlines = [], {}

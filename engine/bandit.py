@@ -301,6 +301,9 @@ class ThompsonSlatePolicy:
     [1.0, 1.0]
     """
 
+    #: Standard normals in the bank the Monte Carlo estimates read from (256 KB).
+    BANK = 1 << 16
+
     def __init__(self, epsilon: float = 0.05, draws: int = 128, seed: int = 0) -> None:
         if not 0.0 <= epsilon <= 1.0:
             raise ValueError("epsilon must be in [0, 1]")
@@ -310,9 +313,6 @@ class ThompsonSlatePolicy:
         self.draws = draws
         self._rng = np.random.default_rng(seed)
         self._bank = self._rng.standard_normal(self.BANK).astype(np.float32)
-
-    #: Standard normals in the bank the Monte Carlo estimates read from (256 KB).
-    BANK = 1 << 16
 
     def sample(self, item_ids: Sequence[str], scores: np.ndarray, k: int, sds: np.ndarray | None = None) -> Slate:
         """Draw a slate. ``sds``: each candidate's posterior standard deviation (none: 0, the greedy top-``k``
@@ -378,9 +378,17 @@ def thompson_marginals(scores: np.ndarray, sds: np.ndarray, k: int, epsilon: flo
     marginals = np.full((rounds, n, k), epsilon / n)
     for r in range(rounds):
         tops = _ordered_top(scores[r] + sds[r] * rng.standard_normal((draws, n)), k)
-        for pos in range(k):
-            marginals[r, :, pos] += (1.0 - epsilon) * np.bincount(tops[:, pos], minlength=n) / draws
+        marginals[r] += (1.0 - epsilon) * _position_shares(tops, n)
     return marginals
+
+
+def _position_shares(tops: np.ndarray, n: int) -> np.ndarray:
+    """``(n, k)``: the share of the rows of ``tops`` (ordered slates of ``k`` indices below ``n``) that put item
+    ``i`` at position ``p``."""
+    shares = np.empty((n, tops.shape[1]))
+    for pos in range(tops.shape[1]):
+        shares[:, pos] = np.bincount(tops[:, pos], minlength=n) / len(tops)
+    return shares
 
 
 def _ordered_top(values: np.ndarray, k: int) -> np.ndarray:
@@ -393,7 +401,7 @@ def _ordered_top(values: np.ndarray, k: int) -> np.ndarray:
 
 def greedy_order(scores: np.ndarray, k: int) -> list[int]:
     """Indices of the top-``k`` scores, highest first; ties go to the lower index (stable sort)."""
-    return np.argsort(-np.asarray(scores, dtype=float), kind="stable")[:k].tolist()
+    return _ordered_top(np.asarray(scores, dtype=float), k).tolist()
 
 
 def epsilon_greedy_marginals(scores: np.ndarray, k: int, epsilon: float) -> np.ndarray:
@@ -421,8 +429,4 @@ def _gumbel_marginals(weights: np.ndarray, k: int, draws: int, seed: int) -> np.
     # Gumbel top-k of log-weights draws exactly from Plackett-Luce; a fixed seed keeps logged marginals stable.
     rng = np.random.default_rng(seed)
     keys = np.log(np.maximum(weights, 1e-300)) + rng.gumbel(size=(draws, len(weights)))
-    top = np.argsort(-keys, axis=1)[:, :k]
-    marginals = np.zeros((len(weights), k))
-    for pos in range(k):
-        marginals[:, pos] = np.bincount(top[:, pos], minlength=len(weights)) / draws
-    return marginals
+    return _position_shares(np.argsort(-keys, axis=1)[:, :k], len(weights))

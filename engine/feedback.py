@@ -400,7 +400,7 @@ class FeedbackCorrector:
             self._weights.setdefault(key, 0.0)
         self._pair_segments.add(example.segment)
         self._optimizer.step(self._weights, grad)
-        p = 1.0 / (1.0 + math.exp(-min(max(raw, -30.0), 30.0)))
+        p = sigmoid(raw)
         information = example.weight * p * (1.0 - p)
         info = self._information
         key = item_key if self.item_level else pair_key
@@ -471,6 +471,11 @@ class FeedbackCorrector:
         if self.similarity is None:
             return []
         return [n for n in self.similarity(item_id) if n != item_id]
+
+
+def sigmoid(x: float) -> float:
+    """The logistic function, clamped to +-30 so that no logit overflows ``math.exp``."""
+    return 1.0 / (1.0 + math.exp(-min(max(x, -30.0), 30.0)))
 
 
 def _keys(item_id: str, segment: str) -> tuple[str, str, str]:
