@@ -140,6 +140,7 @@ def worker_environment(settings: Settings, log_level: str = "INFO") -> dict[str,
         KAIROS_ONNX_THREADS=str(settings.onnx_threads),
         KAIROS_EXPLORATION_EPSILON=str(settings.exploration_epsilon),
         KAIROS_EXPLORATION_SD=str(settings.exploration_sd),
+        KAIROS_EXPLORATION_DRAWS=str(settings.exploration_draws),
         # the hot path's shape: a worker child must rank and fetch as its parent's settings say
         KAIROS_MAX_CANDIDATES=str(settings.max_candidates),
         KAIROS_BATCH_MAX_RECORDS=str(settings.batch_max_records),

@@ -86,7 +86,8 @@ def default_selector_factory(settings: Settings, copybook: CopyBook | None = Non
     def make(config: EngineConfig) -> Selector:
         ads = AdSelector(inventory, budget_share=share, copybook=copybook)
         return Selector(config, ranker=ranker, ads=ads, copybook=copybook, item_vectors=item_vectors,
-                        epsilon=settings.exploration_epsilon, exploration_sd=settings.exploration_sd)  # fmt: skip
+                        epsilon=settings.exploration_epsilon, exploration_sd=settings.exploration_sd,
+                        exploration_draws=settings.exploration_draws)  # fmt: skip
 
     make.item_vectors = item_vectors  # the worker embeds queued item texts in the background
     return make

@@ -286,7 +286,8 @@ class ThompsonSlatePolicy:
     Thompson sampling has no closed-form slate probability. Position marginals are estimated from ``draws``
     further draws of the same posterior, independent of the one served (as the Open Bandit logs' propensities
     of their Bernoulli Thompson sampling policy were): ``P(i at p) = (1 - epsilon) P_TS(i at p) + epsilon / n``.
-    The slate propensity is estimated the same way. On the hot path fresh normals for those draws (5,120 for 40
+    The slate propensity is estimated the same way. With every ``sds`` 0 there is nothing to estimate: the
+    marginals are the closed form of epsilon-greedy, computed from the one deterministic top-``k``. On the hot path fresh normals for those draws (5,120 for 40
     candidates) cost more than the rest of the step, so the estimate reads them from a window at a random offset
     of a bank of ``BANK`` standard normals drawn once: within a window they are independent normals, so each
     estimate is unbiased; estimates of successive slates share values and are correlated. The served draw is
@@ -325,8 +326,13 @@ class ThompsonSlatePolicy:
             order = self._rng.permutation(n)[:k]
         else:
             order = _ordered_top(scores + sds * self._rng.standard_normal(n), k)
-        # Further draws, independent of the one served, estimate what the policy shows where.
-        same = _ordered_top(self._estimation_draws(scores, sds), k) == order
+        if sds.any():
+            # Further draws, independent of the one served, estimate what the policy shows where.
+            same = _ordered_top(self._estimation_draws(scores, sds), k) == order
+        else:
+            # No uncertainty: every draw is the scores' own top-k, so the estimate is exact with that one row
+            # (the propensities of EpsilonGreedySlatePolicy).
+            same = _ordered_top(scores, k)[None, :] == order
         at_position = same.mean(axis=0)  # P_TS(order[p] at p), per position
         uniform = self.epsilon / n
         slate_ts = float(same.all(axis=1).mean())

@@ -89,26 +89,30 @@ def test_input_partitions_that_do_not_fit_name_the_variable(monkeypatch, value):
 
 
 def test_the_workers_selectors_explore_as_the_settings_say(monkeypatch, tmp_path):
-    """KAIROS_EXPLORATION_EPSILON / _SD reach every partition's Selector (and a worker child's environment)."""
+    """KAIROS_EXPLORATION_EPSILON / _SD / _DRAWS reach every partition's Selector (and a worker child's environment)."""
     from kairos.agents.ops import worker_environment
     from kairos.agents.worker import default_selector_factory
     from kairos.engine.config import EngineConfig
 
     monkeypatch.setenv("KAIROS_EXPLORATION_EPSILON", "0.2")
     monkeypatch.setenv("KAIROS_EXPLORATION_SD", "0.4")
+    monkeypatch.setenv("KAIROS_EXPLORATION_DRAWS", "64")
     settings = load_settings(model_dir=tmp_path / "no-models", data_dir=tmp_path)
     selector = default_selector_factory(settings)(EngineConfig())
-    assert (selector.policy.epsilon, selector.exploration_sd) == (0.2, 0.4)
+    assert (selector.policy.epsilon, selector.exploration_sd, selector.policy.draws) == (0.2, 0.4, 64)
     env = worker_environment(settings)
-    assert (env["KAIROS_EXPLORATION_EPSILON"], env["KAIROS_EXPLORATION_SD"]) == ("0.2", "0.4")
-    monkeypatch.delenv("KAIROS_EXPLORATION_EPSILON")
-    monkeypatch.delenv("KAIROS_EXPLORATION_SD")
+    assert (env["KAIROS_EXPLORATION_EPSILON"], env["KAIROS_EXPLORATION_SD"], env["KAIROS_EXPLORATION_DRAWS"]) == (
+        "0.2", "0.4", "64")
+    for name in ("KAIROS_EXPLORATION_EPSILON", "KAIROS_EXPLORATION_SD", "KAIROS_EXPLORATION_DRAWS"):
+        monkeypatch.delenv(name)
     defaults = load_settings(model_dir=tmp_path / "no-models", data_dir=tmp_path)
-    assert (defaults.exploration_epsilon, defaults.exploration_sd) == (0.05, 0.15)
+    assert (defaults.exploration_epsilon, defaults.exploration_sd, defaults.exploration_draws) == (0.05, 0.15, 128)
 
 
-def test_exploration_settings_out_of_range_name_the_variable(monkeypatch):
-    monkeypatch.setenv("KAIROS_EXPLORATION_EPSILON", "1.5")
+@pytest.mark.parametrize("name, value", [("KAIROS_EXPLORATION_EPSILON", "1.5"), ("KAIROS_EXPLORATION_SD", "-0.1"),
+                                         ("KAIROS_EXPLORATION_DRAWS", "0")])
+def test_exploration_settings_out_of_range_name_the_variable(monkeypatch, name, value):
+    monkeypatch.setenv(name, value)
     with pytest.raises(SettingsError) as info:
         load_settings()
-    assert "KAIROS_EXPLORATION_EPSILON" in str(info.value.code)
+    assert name in str(info.value.code)

@@ -68,6 +68,22 @@ def test_thompson_slate_without_uncertainty_is_greedy_but_for_epsilon():
         assert slate.position_propensities == (1.0, 1.0) and slate.propensity == 1.0
 
 
+def test_thompson_slate_without_uncertainty_logs_the_epsilon_greedy_propensities_exactly():
+    # With every sd 0 the policy is epsilon-greedy, and its logged propensities are that policy's closed form,
+    # not a Monte Carlo estimate: greedy and random slates alike.
+    thompson, greedy = ThompsonSlatePolicy(epsilon=0.3, seed=3), EpsilonGreedySlatePolicy(epsilon=0.3)
+    marginals = greedy.position_marginals(SCORES, 3)
+    explored = 0
+    for _ in range(200):
+        slate = thompson.sample(ITEMS, SCORES, 3, sds=np.zeros(4))
+        order = [ITEMS.index(i) for i in slate.item_ids]
+        explored += slate.explored
+        assert slate.propensity == pytest.approx(greedy.slate_probability(SCORES, order, 3), abs=1e-12)
+        expected = [marginals[i, pos] for pos, i in enumerate(order)]
+        np.testing.assert_allclose(slate.position_propensities, expected, atol=1e-12)
+    assert 30 <= explored <= 90  # the random branch ran (0.3 of 200), so off-greedy slates were checked too
+
+
 def test_thompson_slate_shows_items_as_often_as_their_marginals_say():
     # Two close candidates, the weaker one uncertain: it must lead the slate about as often as the Monte Carlo
     # propensities logged with the slates say, and those must agree with the closed form for two normals.
