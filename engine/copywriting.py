@@ -391,10 +391,15 @@ class CopyWriter:
                 return "garbled_name"
             if not names_product(request.name, text) or garment_parts_on_other_goods(request.name, request.category, text):
                 return "off_product"
+            if invented_form(request.name, request.category, text):
+                return "invented_detail"
             return None
 
         try:
-            texts = safe_generate(generate, prompts, fallbacks, self.safety, self.stats, grounded=grounded)
+            # A made-up shape or part is not regenerated: sampling, which a retry needs to differ from the greedy
+            # first try, makes up more, not less (docs/selection.md, "Made-up shapes and parts").
+            texts = safe_generate(generate, prompts, fallbacks, self.safety, self.stats, grounded=grounded,
+                                  final=("invented_detail",))
         except Exception:
             if cancel is not None and cancel.is_set():
                 raise  # cancelled: nothing of this batch is published
@@ -545,14 +550,17 @@ def glued_sentences(text: str) -> bool:
 
 #: Characters of markup, code or scraped field separators, never of shop copy: a generator that writes them has
 #: left prose ("GREETS card ...||greetcard:||cat%||black_dog|||CATEGORIE"). A per cent sign counts unless it follows
-#: a number ("20% off").
-MARKUP = re.compile(r"[|_{}<>\\=~^\[\]]|(?<![0-9 ])%|(?<=[^0-9] )%")
+#: a number ("20% off"). A web address counts too: the generator has none to give, so it is one made up or
+#: remembered from its training text ("... from http://www20studiojones...").
+MARKUP = re.compile(r"[|_{}<>\\=~^\[\]]|(?<![0-9 ])%|(?<=[^0-9] )%|\bhttps?://|\bwww\.")
 
 
 def markup_debris(text: str) -> bool:
     """Whether ``text`` holds markup or separator debris instead of prose.
 
     >>> markup_debris("GREETS card has a patch?||greetcard:||cat%"), markup_debris("Save 20% on three mugs.")
+    (True, False)
+    >>> markup_debris("Blue bowls from http://www20studio"), markup_debris("Blue bowls for the www-less kitchen")
     (True, False)
     """
     return MARKUP.search(text) is not None
@@ -596,6 +604,42 @@ def garment_parts_on_other_goods(name: str, category: str, text: str) -> bool:
         return False
     words = {form for w in re.findall(r"[a-z]+", f"{name} {category}".casefold()) for form in _forms(w)}
     return words.isdisjoint(_WEARABLE)
+
+
+#: A claim about how a product is made: what follows "has", "have", "features" or "comes with" up to the end of
+#: the sentence. The generator learned it from the fashion catalogue's "has a round neck, short sleeves".
+_FORM_CLAIM = re.compile(r"\b(?:has|have|having|features?|comes with)\b([^.;!?]*)")
+#: Shapes and parts it then gives to any product, in the singular: "Cat bowl, has an oval shape and curved sides",
+#: "Water bottle, has an elastic neck and curved handle". Nothing in a product's facts here says any of them.
+_FORM_PARTS = frozenset(
+    "shape side corner edge leg wing neck handle spout lid rim base tail ear feet strap knob hinge".split()
+)
+
+
+def invented_form(name: str, category: str, text: str) -> bool:
+    """Whether ``text`` claims a shape or a part (an oval shape, curved sides, long legs, a handle) for a product
+    whose name and category do not give it, where it can only have been made up. Clothing and shoes are left
+    to :func:`garment_parts_on_other_goods`: their parts are what the generator learned to describe.
+
+    >>> invented_form("CAT BOWL", "bowl", "Bowl, has an oval shape and curved sides")
+    True
+    >>> invented_form("RED RETROSPOT TEA CUP WITH HANDLE", "cup", "A tea cup that has a sturdy handle")
+    False
+    >>> invented_form("CAT BOWL", "bowl", "A bowl with a cat on its side")   # no claim of form: "with", not "has"
+    False
+    """
+    claims = _FORM_CLAIM.findall(text.casefold())
+    if not claims:
+        return False
+    given = {form for w in re.findall(r"[a-z]+", f"{name} {category}".casefold()) for form in _forms(w)}
+    if not given.isdisjoint(_WEARABLE):
+        return False
+    for claim in claims:
+        for word in re.findall(r"[a-z]+", claim):
+            forms = _forms(word)
+            if not _FORM_PARTS.isdisjoint(forms) and given.isdisjoint(forms):
+                return True
+    return False
 
 
 def _forms(word: str) -> tuple[str, ...]:

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 
 #: Chinese absolute terms. "最" alone is banned as a prefix of an adjective (最好, 最佳, 最低价 ...); compounds that
@@ -128,11 +128,13 @@ def safe_generate(
     stats: SafetyStats | None = None,
     retries: int = 1,
     grounded: Callable[[int, str], str | None] | None = None,
+    final: Collection[str] = (),
 ) -> list[SafeText]:
     """Generate for every prompt; blocked rows are regenerated (only those rows) up to ``retries`` times, then
     replaced by their template fallback. ``generate`` should sample (not greedy) for a retry to differ.
     ``grounded(row, text)``, when given, returns why an allowed text does not fit its row (e.g. it is about another
-    product), or None: such a text is treated as blocked with that reason.
+    product), or None: such a text is treated as blocked with that reason. A row blocked for a reason in ``final``
+    gets its fallback at once: a retry would not mend it.
 
     >>> out = safe_generate(lambda ps: ["最好的裙子" for _ in ps], ["p"], ["优雅连衣裙，欢迎选购。"], SafetyFilter())
     >>> out[0].text, out[0].source
@@ -141,7 +143,8 @@ def safe_generate(
     stats = stats if stats is not None else SafetyStats()
     results: list[SafeText | None] = [None] * len(prompts)
     reasons: list[tuple[str, ...]] = [()] * len(prompts)
-    pending = list(range(len(prompts)))
+    pending, done = list(range(len(prompts))), []
+    final = frozenset(final)
     for attempt in range(retries + 1):
         if not pending:
             break
@@ -158,9 +161,9 @@ def safe_generate(
                 results[i] = SafeText(text, "regenerated" if attempt else "generated", reasons[i])
             else:
                 reasons[i] = reasons[i] + verdict.reasons
-                still.append(i)
+                (done if final and not final.isdisjoint(verdict.reasons) else still).append(i)
         pending = still
-    for i in pending:
+    for i in sorted(pending + done):
         stats.fallbacks += 1
         results[i] = SafeText(fallbacks[i], "template", reasons[i])
     return results  # type: ignore[return-value]

@@ -322,3 +322,42 @@ def test_recent_answers_skip_repeats_within_the_horizon_only():
     clock.now += 31.0  # b is past the horizon
     assert recent.fresh([b, c]) == [b]
     assert recent.fresh([CopyRequest("i3", "cat:x", "headline", kind="ad")])  # an ad variant is another key
+
+
+def test_made_up_shapes_and_parts_get_the_template_without_a_retry():
+    """What the fine-tuned SmolLM2 wrote for Online Retail goods (2026-12-05): shapes and parts nothing in the
+    product's facts gives. Sampling a retry made up more, so the template comes at once; a part the name gives,
+    and a garment's parts, stay allowed."""
+    from kairos.engine.copywriting import invented_form
+
+    assert invented_form("SCOTTIE DOG HOT WATER BOTTLE", "bottle", "Water Bottle, has an elastic neck and curved handle")
+    assert invented_form("SET OF 3 BLACK FLYING DUCKS", "duck", "Set of three black flying ducks, has long necks and curved wings")
+    assert not invented_form("RED RETROSPOT TEA CUP WITH HANDLE", "cup", "A tea cup that has a sturdy handle")
+    assert not invented_form("Roadster Men Navy T-shirt", "", "Navy T-shirt, has a round neck and a curved hem")
+    assert not invented_form("CHRISTMAS CRAFT HEART DECORATIONS", "decoration", "Crafted Heart Decorations")
+
+    bowl = CopyRequest("b1", "cat:bowl", "CAT BOWL", "bowl", interests=("bowl",))
+    generator = Writes("Bowl, has an oval shape and curved sides", "A cat bowl for a hungry cat.")
+    writer = CopyWriter(generator)
+    (text,) = writer.write([bowl])
+    assert text.source == "template" and text.reasons == ("invented_detail",) and "Cat Bowl" in text.text
+    assert (writer.stats.regenerated, writer.stats.fallbacks, writer.stats.reasons) == (0, 1, {"invented_detail": 1})
+
+
+def test_a_final_reason_skips_the_retry_only_for_its_own_rows():
+    from kairos.engine.safety import SafetyFilter, SafetyStats, safe_generate
+
+    calls = []
+
+    def generate(prompts):
+        calls.append(list(prompts))
+        return ["made up" if p == "a" else ("off" if len(calls) == 1 else "fine") for p in prompts]
+
+    def grounded(row, text):
+        return {"made up": "invented", "off": "off_product"}.get(text)
+
+    stats = SafetyStats()
+    out = safe_generate(generate, ["a", "b"], ["A.", "B."], SafetyFilter(), stats, grounded=grounded, final=("invented",))
+    assert [(t.text, t.source, t.reasons) for t in out] == [("A.", "template", ("invented",)),
+                                                            ("fine", "regenerated", ("off_product",))]
+    assert calls == [["a", "b"], ["b"]] and (stats.regenerated, stats.fallbacks) == (1, 1)
