@@ -125,7 +125,8 @@ def create_app(
     copybook = CopyBook(in_flight=settings.copy_in_flight, answer_timeout_s=settings.copy_answer_timeout_s)
     if beside_hot_path is None:
         beside_hot_path = "ingest" in roles
-    writer = CopyWriter(load_generator(settings, beside_hot_path=beside_hot_path) if "copy" in roles else None)
+    writer = CopyWriter(load_generator(settings, beside_hot_path=beside_hot_path) if "copy" in roles else None,
+                        min_logprob=settings.copy_min_logprob)
     keys = RedisKeys(settings.topic_prefix, settings.consumer_group)
 
     class IngestService(Service):

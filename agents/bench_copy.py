@@ -67,7 +67,7 @@ def bench_copy(settings: Settings, creatives: int = 16, batch: int = COPY_BATCH,
         return {"error": f"no generator in {settings.model_dir}: copy would come from templates"}
     generator.generate(["Write one line."], max_new_tokens=2)  # warm-up (first-run allocations), not timed
     recorder = _Recorder(generator)
-    writer = CopyWriter(recorder)
+    writer = CopyWriter(recorder, min_logprob=settings.copy_min_logprob)
     texts, ms_per_variant, started = [], [], time.perf_counter()
     for i in range(0, len(requests), batch):
         chunk = requests[i : i + batch]
@@ -86,6 +86,8 @@ def bench_copy(settings: Settings, creatives: int = 16, batch: int = COPY_BATCH,
         "headline_repeated": sum(1 for t in texts if "duplicate:headline" in t.reasons),
         "safety_checked": stats.checked, "safety_rejected": stats.blocked, "rejected_by_reason": dict(stats.reasons),
         "retries_identical_to_first_try": recorder.identical_retries, "max_new_tokens": writer.max_new_tokens,
+        "min_logprob": writer.min_logprob,
+        "mean_logprob_p50": round(float(np.median(recorder.logprobs)), 2) if recorder.logprobs else None,
         "p50_ms_per_variant": round(float(np.median(ms_per_variant)), 1),
         "max_ms_per_variant": round(float(np.max(ms_per_variant)), 1), "total_s": round(total_s, 2),
         "cpu_count": os.cpu_count(),
@@ -102,12 +104,25 @@ class _Recorder:
         self.whole_word = getattr(generator, "whole_word", None)  # the copy checks ask it (engine/copywriting.py)
         self.first: dict[str, str] | None = None
         self.identical_retries = 0
+        self.logprobs: list[float] = []  # every scored text's mean token log-probability
+        if not hasattr(generator, "generate_scored"):
+            self.generate_scored = None  # an unscored generator: CopyWriter skips the check
 
     def new_batch(self) -> None:
         self.first = None
 
     def generate(self, prompts, *, max_new_tokens: int = 64, sample: bool = False, cancel=None) -> list[str]:
         texts = self.generator.generate(prompts, max_new_tokens=max_new_tokens, sample=sample, cancel=cancel)
+        return self._record(prompts, texts)
+
+    def generate_scored(self, prompts, *, max_new_tokens: int = 64, sample: bool = False,
+                        cancel=None) -> tuple[list[str], list[float]]:  # fmt: skip
+        """The generator's texts with their mean token log-probabilities (CopyWriter's ``unlikely`` check)."""
+        texts, means = self.generator.generate_scored(prompts, max_new_tokens=max_new_tokens, sample=sample, cancel=cancel)
+        self.logprobs += means
+        return self._record(prompts, texts), means
+
+    def _record(self, prompts, texts: list[str]) -> list[str]:
         if self.first is None:
             self.first = dict(zip(prompts, texts))
         else:

@@ -121,6 +121,9 @@ class Settings(BaseSettings):
     copy_in_flight: int = Field(default=32, ge=1, le=100_000)
     #: An outstanding copy request unanswered this long (the copy agent down or restarted) frees its place.
     copy_answer_timeout_s: float = Field(default=120.0, gt=0, le=86_400)
+    #: Product copy whose tokens the generator gave a mean log-probability (nats) below this gets the template
+    #: (engine/copywriting.py ``CopyWriter``; docs/selection.md, "Unlikely copy").
+    copy_min_logprob: float = Field(default=-2.5, ge=-50.0, le=0.0)
 
     #: Exploration of product slates (engine/bandit.py ``ThompsonSlatePolicy``; docs/selection.md, "Thompson
     #: sampling on the corrected scores"): the share of uniformly random slates, from which the position bias is

@@ -351,13 +351,21 @@ class RecentAnswers:
 class CopyWriter:
     """Writes copy for a batch of requests: one batched generator call, safety filter on every text, one
     regeneration for blocked rows (sampled: a greedy retry repeats the blocked text), the template when still
-    blocked or when there is no generator."""
+    blocked or when there is no generator.
 
-    def __init__(self, generator: TextGenerator | None, safety: SafetyFilter | None = None, max_new_tokens: int = 48):
+    ``min_logprob``: product copy whose tokens the generator itself gave a mean log-probability below this is
+    ``unlikely`` and gets the template without a retry (a generator without ``generate_scored`` is not scored;
+    None: no such check). On the fine-tuned SmolLM2 the texts of its sampled retries that passed every other check
+    scored -4.4 to -3.0 and were all rambling; the greedy ones -2.2 to -1.6 (docs/selection.md, "Unlikely copy").
+    """
+
+    def __init__(self, generator: TextGenerator | None, safety: SafetyFilter | None = None, max_new_tokens: int = 48,
+                 min_logprob: float | None = -2.5):  # fmt: skip
         self.generator = generator
         self.safety = safety or SafetyFilter()
         self.stats = SafetyStats()
         self.max_new_tokens = max_new_tokens
+        self.min_logprob = min_logprob
 
     @property
     def version(self) -> str:
@@ -372,12 +380,19 @@ class CopyWriter:
         prompts = [_prompt(r) for r in requests]
         generator = self.generator
         is_word = getattr(generator, "whole_word", None)  # optional: a generator that knows its vocabulary
+        scored = getattr(generator, "generate_scored", None) if self.min_logprob is not None else None
+        likelihood: dict[str, float] = {}  # text -> the mean log-probability its generator gave its tokens
 
         attempts = itertools.count()
 
         def generate(batch: Sequence[str]) -> list[str]:
             # The first try decodes as configured (greedy); a retry of blocked rows samples, or it would repeat them.
-            return generator.generate(batch, max_new_tokens=self.max_new_tokens, sample=next(attempts) > 0, cancel=cancel)
+            sample = next(attempts) > 0
+            if scored is None:
+                return generator.generate(batch, max_new_tokens=self.max_new_tokens, sample=sample, cancel=cancel)
+            texts, means = scored(batch, max_new_tokens=self.max_new_tokens, sample=sample, cancel=cancel)
+            likelihood.update(zip(texts, means))
+            return texts
 
         def grounded(row: int, text: str) -> str | None:
             request = requests[row]
@@ -387,6 +402,8 @@ class CopyWriter:
                 return "markup"
             if request.kind == "ad":
                 return None
+            if scored is not None and likelihood.get(text, 0.0) < self.min_logprob:
+                return "unlikely"
             if garbled_name(request.name, text, is_word):
                 return "garbled_name"
             if not names_product(request.name, text) or garment_parts_on_other_goods(request.name, request.category, text):
@@ -396,10 +413,10 @@ class CopyWriter:
             return None
 
         try:
-            # A made-up shape or part is not regenerated: sampling, which a retry needs to differ from the greedy
-            # first try, makes up more, not less (docs/selection.md, "Made-up shapes and parts").
+            # A made-up shape or part and an unlikely text are not regenerated: sampling, which a retry needs to
+            # differ from the greedy first try, makes up more and scores lower (docs/selection.md, "Unlikely copy").
             texts = safe_generate(generate, prompts, fallbacks, self.safety, self.stats, grounded=grounded,
-                                  final=("invented_detail",))
+                                  final=("invented_detail", "unlikely"))
         except Exception:
             if cancel is not None and cancel.is_set():
                 raise  # cancelled: nothing of this batch is published

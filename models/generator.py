@@ -52,7 +52,10 @@ class GenerationCancelled(Exception):
 
 @dataclass
 class GenerationResult:
-    """New token ids per row, and why generation stopped (``eos``, ``stop``, ``length`` or ``time``)."""
+    """New token ids per row, and why generation stopped (``eos``, ``stop``, ``length`` or ``time``).
+
+    ``logprobs``: per row, the natural log-probability the model itself gave each new token (its softmax before any
+    repetition penalty, temperature or top-k/p cut), so a sampled text can be told from a likely one."""
 
     tokens: list[list[int]]
     finish_reasons: list[str]
@@ -60,6 +63,11 @@ class GenerationResult:
     total_s: float = 0.0
     steps: int = 0
     texts: list[str] = field(default_factory=list)
+    logprobs: list[list[float]] = field(default_factory=list)
+
+    def mean_logprobs(self) -> list[float]:
+        """Per row, the mean log-probability of its new tokens (0.0 for a row with none)."""
+        return [float(np.mean(row)) if row else 0.0 for row in self.logprobs]
 
 
 class KVCacheDecoder:
@@ -102,6 +110,7 @@ class KVCacheDecoder:
         past = [np.zeros((n, self.num_kv_heads, 0, self.head_dim), np.float32) for _ in self.past_names]
         history = [list(p) for p in prompts]  # for the repetition penalty
         out: list[list[int]] = [[] for _ in range(n)]
+        logprobs: list[list[float]] = [[] for _ in range(n)]
         reasons = ["length"] * n
         active = np.arange(n)
         step_ids, step_pos, prefill_s, steps = ids, positions, 0.0, 0
@@ -113,6 +122,7 @@ class KVCacheDecoder:
                 prefill_s = time.perf_counter() - start
             steps += 1
             chosen = self._choose(logits, [history[r] for r in active], config, rng)
+            chosen_logprobs = _logprobs_of(logits, chosen)
             keep = []
             for j, (row, token) in enumerate(zip(active, chosen)):
                 token = int(token)
@@ -120,6 +130,7 @@ class KVCacheDecoder:
                     reasons[row] = "eos"
                     continue
                 out[row].append(token)
+                logprobs[row].append(float(chosen_logprobs[j]))
                 history[row].append(token)
                 if stop_check is not None and stop_check(row, out[row]):
                     reasons[row] = "stop"
@@ -137,7 +148,7 @@ class KVCacheDecoder:
             step_ids = np.asarray([[out[r][-1]] for r in active], dtype=np.int64).reshape(len(active), 1)
             step_pos = (last_pos + 1).reshape(-1, 1)
             mask = np.concatenate([mask, np.ones((len(active), 1), np.int64)], axis=1)
-        return GenerationResult(out, reasons, prefill_s, time.perf_counter() - start, steps)
+        return GenerationResult(out, reasons, prefill_s, time.perf_counter() - start, steps, logprobs=logprobs)
 
     def _left_pad(self, prompts: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
         width = max(len(p) for p in prompts)
@@ -182,6 +193,14 @@ class KVCacheDecoder:
         if not config.do_sample:
             return logits.argmax(axis=1)
         return sample(logits, config, rng)
+
+
+def _logprobs_of(logits: np.ndarray, chosen: np.ndarray) -> np.ndarray:
+    """Per row, ``log softmax(logits)[chosen]``: the model's own log-probability of the token picked."""
+    rows = np.arange(len(chosen))
+    top = logits.max(axis=1)
+    log_norm = top + np.log(np.exp(logits - top[:, None]).sum(axis=1))
+    return logits[rows, np.asarray(chosen, dtype=np.int64)] - log_norm
 
 
 def _as_numpy(value) -> np.ndarray:
@@ -290,9 +309,18 @@ class OnnxGenerator(HandleBacked):
         """Generate one text per prompt. Prompts are wrapped in the chat format unless ``raw``. ``sample`` (without
         ``config``): the defaults with :data:`RETRY_SAMPLING` decoding, a fresh seed each call. ``cancel``: see
         :meth:`KVCacheDecoder.generate` (:class:`GenerationCancelled` once it is set)."""
+        return self.generate_scored(prompts, max_new_tokens=max_new_tokens, config=config, raw=raw, sample=sample,
+                                    cancel=cancel)[0]
+
+    def generate_scored(self, prompts: Sequence[str], *, max_new_tokens: int = 64,
+                        config: GenerationConfig | None = None, raw: bool = False, sample: bool = False,
+                        cancel: threading.Event | None = None) -> tuple[list[str], list[float]]:
+        """:meth:`generate`, and per text the mean log-probability the model gave its tokens (how likely the model
+        itself finds it: a sampled text that wandered off scores far below a greedy one)."""
         if sample and config is None:
             config = replace(self.defaults, **RETRY_SAMPLING)
-        return self.generate_detailed(prompts, max_new_tokens=max_new_tokens, config=config, raw=raw, cancel=cancel).texts
+        result = self.generate_detailed(prompts, max_new_tokens=max_new_tokens, config=config, raw=raw, cancel=cancel)
+        return result.texts, result.mean_logprobs()
 
     def generate_detailed(self, prompts: Sequence[str], *, max_new_tokens: int = 64,
                           config: GenerationConfig | None = None, raw: bool = False,

@@ -116,3 +116,20 @@ def test_exploration_settings_out_of_range_name_the_variable(monkeypatch, name, 
     with pytest.raises(SettingsError) as info:
         load_settings()
     assert name in str(info.value.code)
+
+
+def test_copy_settings_reach_worker_children(monkeypatch, tmp_path):
+    """KAIROS_COPY_MIN_LOGPROB (and the copy book's window) reach a worker child's environment: a copy agent
+    started by ``kairos demo`` must judge copy as its parent was configured to."""
+    from kairos.agents.ops import worker_environment
+
+    monkeypatch.setenv("KAIROS_COPY_MIN_LOGPROB", "-3")
+    monkeypatch.setenv("KAIROS_COPY_IN_FLIGHT", "8")
+    settings = load_settings(model_dir=tmp_path / "no-models", data_dir=tmp_path)
+    env = worker_environment(settings)
+    assert (env["KAIROS_COPY_MIN_LOGPROB"], env["KAIROS_COPY_IN_FLIGHT"]) == ("-3.0", "8")
+    assert env["KAIROS_COPY_ANSWER_TIMEOUT_S"] == "120.0"
+    monkeypatch.setenv("KAIROS_COPY_MIN_LOGPROB", "0.5")
+    with pytest.raises(SettingsError) as info:
+        load_settings()
+    assert "KAIROS_COPY_MIN_LOGPROB" in str(info.value.code)

@@ -361,3 +361,45 @@ def test_a_final_reason_skips_the_retry_only_for_its_own_rows():
     assert [(t.text, t.source, t.reasons) for t in out] == [("A.", "template", ("invented",)),
                                                             ("fine", "regenerated", ("off_product",))]
     assert calls == [["a", "b"], ["b"]] and (stats.regenerated, stats.fallbacks) == (1, 1)
+
+
+class Scored(Writes):
+    """``Writes`` that also scores its texts as a real generator does (``OnnxGenerator.generate_scored``)."""
+
+    def __init__(self, greedy: str, sampled: str, greedy_logprob: float, sampled_logprob: float) -> None:
+        super().__init__(greedy, sampled)
+        self.logprobs = {greedy: greedy_logprob, sampled: sampled_logprob}
+        self.calls = 0
+
+    def generate_scored(self, prompts, *, max_new_tokens: int = 64, sample: bool = False, cancel=None):
+        self.calls += 1
+        texts = self.generate(prompts, max_new_tokens=max_new_tokens, sample=sample, cancel=cancel)
+        return texts, [self.logprobs[t] for t in texts]
+
+
+def test_unlikely_product_copy_gets_the_template_without_a_retry():
+    """Scores as the fine-tuned SmolLM2 gave them (2026-12-05): its greedy copy -2.2 to -1.6 nats per token, the
+    rambling texts of its sampled retries -4.4 to -3.0."""
+    frame = CopyRequest("f1", "cat:frame", "CLASSIC WHITE FRAME", "frame", interests=("frame",))
+    rambling = "Classic white frame. Rooftops!!! Pickups and collection reviews, warranty by the brand"
+    generator = Scored("A classic white frame for a favourite photo.", rambling, -1.8, -3.4)
+    (text,) = CopyWriter(generator).write([frame])
+    assert (text.text, text.source) == ("A classic white frame for a favourite photo.", "generated")
+
+    # An off-product first try is regenerated; the sampled retry rambles and scores low: the template.
+    generator = Scored("A pair of jeans with two pockets.", rambling, -1.9, -3.4)
+    writer = CopyWriter(generator)
+    (text,) = writer.write([frame])
+    assert text.source == "template" and text.reasons == ("off_product", "unlikely") and generator.calls == 2
+    # An unlikely first try is not retried; without the check (or an unscored generator) it is published.
+    generator = Scored(rambling, "A classic white frame for a favourite photo.", -3.1, -1.8)
+    (text,) = CopyWriter(generator).write([frame])
+    assert (text.source, text.reasons, generator.calls) == ("template", ("unlikely",), 1)
+    (text,) = CopyWriter(Scored(rambling, "", -3.1, -1.8), min_logprob=None).write([frame])
+    assert (text.text, text.source) == (rambling, "generated")
+    (text,) = CopyWriter(Writes(rambling, "")).write([frame])
+    assert (text.text, text.source) == (rambling, "generated")
+    # Ad headline variants are not scored against it (measured on product copy only).
+    (variant,) = CopyWriter(Scored("Nobody saw this coming.", "", -3.5, -1.0)).write(
+        [CopyRequest("c1", "ad", "A Quiet Story About Bread", kind="ad")])
+    assert variant.source == "generated"

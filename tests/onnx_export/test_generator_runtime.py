@@ -100,3 +100,23 @@ def test_a_cancelled_generation_stops_at_its_next_step_and_raises(generator):
         generator.generate(["red dress"], max_new_tokens=12, cancel=done)
     # an event that is never set changes nothing
     assert generator.generate(["red dress"], max_new_tokens=6, cancel=threading.Event()) == generator.generate(["red dress"], max_new_tokens=6)
+
+
+def test_each_new_tokens_logprob_is_the_models_own(generator):
+    """The log-probability recorded per new token is the model's softmax before the repetition penalty,
+    temperature and top-k that picked it: teacher-forcing the same tokens gives the same sum."""
+    from kairos.models.generator import chatml
+    from kairos.onnx_export.evaluate import _teacher_forced
+
+    cfg = GenerationConfig(do_sample=True, temperature=1.5, top_k=10, repetition_penalty=1.3, seed=3)
+    result = generator.generate_detailed(["write copy for blue jeans"], max_new_tokens=6, config=cfg)
+    tokens = result.tokens[0]
+    if not tokens:
+        pytest.skip("the random model ended at once")
+    assert len(result.logprobs[0]) == len(tokens) and all(lp <= 0.0 for lp in result.logprobs[0])
+    prompt = generator.tokenizer.encode(chatml("write copy for blue jeans", generator.system_prompt),
+                                        add_special_tokens=False).ids  # fmt: skip
+    nll, count = _teacher_forced(generator.decoder, [prompt], [tokens])
+    assert count == len(tokens) and sum(result.logprobs[0]) == pytest.approx(-nll, abs=1e-3)
+    texts, means = generator.generate_scored(["write copy for blue jeans"], max_new_tokens=6, config=cfg)
+    assert texts == result.texts and means == pytest.approx([-nll / count], abs=1e-4)  # the same seed, the same draw
