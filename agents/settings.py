@@ -122,7 +122,8 @@ class Settings(BaseSettings):
     #: An outstanding copy request unanswered this long (the copy agent down or restarted) frees its place.
     copy_answer_timeout_s: float = Field(default=120.0, gt=0, le=86_400)
     #: Product copy whose tokens the generator gave a mean log-probability (nats) below this gets the template
-    #: (engine/copywriting.py ``CopyWriter``; docs/selection.md, "Unlikely copy").
+    #: (engine/copywriting.py ``CopyWriter``; docs/selection.md, "Made-up shapes and parts;
+    #: unlikely copy").
     copy_min_logprob: float = Field(default=-2.5, ge=-50.0, le=0.0)
 
     #: Exploration of product slates (engine/bandit.py ``ThompsonSlatePolicy``; docs/selection.md, "Thompson

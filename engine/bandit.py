@@ -287,11 +287,11 @@ class ThompsonSlatePolicy:
     further draws of the same posterior, independent of the one served (as the Open Bandit logs' propensities
     of their Bernoulli Thompson sampling policy were): ``P(i at p) = (1 - epsilon) P_TS(i at p) + epsilon / n``.
     The slate propensity is estimated the same way. With every ``sds`` 0 there is nothing to estimate: the
-    marginals are the closed form of epsilon-greedy, computed from the one deterministic top-``k``. On the hot path fresh normals for those draws (5,120 for 40
-    candidates) cost more than the rest of the step, so the estimate reads them from a window at a random offset
-    of a bank of ``BANK`` standard normals drawn once: within a window they are independent normals, so each
-    estimate is unbiased; estimates of successive slates share values and are correlated. The served draw is
-    always fresh.
+    marginals are the closed form of epsilon-greedy, computed from the one deterministic top-``k``. On the hot
+    path fresh normals for those draws (5,120 for 40 candidates) cost more than the rest of the step, so the
+    estimate reads them from a window at a random offset of a bank of ``BANK`` standard normals drawn once: within
+    a window they are independent normals, so each estimate is unbiased; estimates of successive slates share
+    values and are correlated. The served draw is always fresh.
 
     >>> policy = ThompsonSlatePolicy(epsilon=0.1, draws=512, seed=0)
     >>> slate = policy.sample(["a", "b", "c"], np.array([0.0, -0.1, -5.0]), 2, sds=np.array([1.0, 1.0, 0.01]))

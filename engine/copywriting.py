@@ -356,7 +356,8 @@ class CopyWriter:
     ``min_logprob``: product copy whose tokens the generator itself gave a mean log-probability below this is
     ``unlikely`` and gets the template without a retry (a generator without ``generate_scored`` is not scored;
     None: no such check). On the fine-tuned SmolLM2 the texts of its sampled retries that passed every other check
-    scored -4.4 to -3.0 and were all rambling; the greedy ones -2.2 to -1.6 (docs/selection.md, "Unlikely copy").
+    scored -4.4 to -3.0 and were all rambling; the greedy ones -2.2 to -1.6 (docs/selection.md, "Made-up shapes
+    and parts; unlikely copy").
     """
 
     def __init__(self, generator: TextGenerator | None, safety: SafetyFilter | None = None, max_new_tokens: int = 48,
@@ -414,7 +415,8 @@ class CopyWriter:
 
         try:
             # A made-up shape or part and an unlikely text are not regenerated: sampling, which a retry needs to
-            # differ from the greedy first try, makes up more and scores lower (docs/selection.md, "Unlikely copy").
+            # differ from the greedy first try, makes up more and scores lower (docs/selection.md, "Made-up
+            # shapes and parts; unlikely copy").
             texts = safe_generate(generate, prompts, fallbacks, self.safety, self.stats, grounded=grounded,
                                   final=("invented_detail", "unlikely"))
         except Exception:
