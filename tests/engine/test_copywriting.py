@@ -330,11 +330,14 @@ def test_made_up_shapes_and_parts_get_the_template_without_a_retry():
     and a garment's parts, stay allowed."""
     from kairos.engine.copywriting import invented_form
 
-    assert invented_form("SCOTTIE DOG HOT WATER BOTTLE", "bottle", "Water Bottle, has an elastic neck and curved handle")
-    assert invented_form("SET OF 3 BLACK FLYING DUCKS", "duck", "Set of three black flying ducks, has long necks and curved wings")
-    assert not invented_form("RED RETROSPOT TEA CUP WITH HANDLE", "cup", "A tea cup that has a sturdy handle")
-    assert not invented_form("Roadster Men Navy T-shirt", "", "Navy T-shirt, has a round neck and a curved hem")
-    assert not invented_form("CHRISTMAS CRAFT HEART DECORATIONS", "decoration", "Crafted Heart Decorations")
+    cases = {  # (name, category, text): made up?
+        ("SCOTTIE DOG HOT WATER BOTTLE", "bottle", "Water Bottle, has an elastic neck and curved handle"): True,
+        ("SET OF 3 BLACK FLYING DUCKS", "duck", "Set of three black flying ducks, has long necks and curved wings"): True,
+        ("RED RETROSPOT TEA CUP WITH HANDLE", "cup", "A tea cup that has a sturdy handle"): False,  # the name gives it
+        ("Roadster Men Navy T-shirt", "", "Navy T-shirt, has a round neck and a curved hem"): False,  # clothing
+        ("CHRISTMAS CRAFT HEART DECORATIONS", "decoration", "Crafted Heart Decorations"): False,
+    }
+    assert {case: invented_form(*case) for case in cases} == cases
 
     bowl = CopyRequest("b1", "cat:bowl", "CAT BOWL", "bowl", interests=("bowl",))
     generator = Writes("Bowl, has an oval shape and curved sides", "A cat bowl for a hungry cat.")
