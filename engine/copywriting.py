@@ -402,7 +402,7 @@ class CopyWriter:
             if markup_debris(text):
                 return "markup"
             if request.kind == "ad":
-                return None
+                return None if on_headline(request.name, text) else "off_headline"
             if scored is not None and likelihood.get(text, 0.0) < self.min_logprob:
                 return "unlikely"
             if garbled_name(request.name, text, is_word):
@@ -414,11 +414,12 @@ class CopyWriter:
             return None
 
         try:
-            # A made-up shape or part and an unlikely text are not regenerated: sampling, which a retry needs to
-            # differ from the greedy first try, makes up more and scores lower (docs/selection.md, "Made-up
-            # shapes and parts; unlikely copy").
+            # A made-up shape or part, an unlikely text and an ad variant about something else are not
+            # regenerated: sampling, which a retry needs to differ from the greedy first try, makes up more and
+            # scores lower (docs/selection.md, "Made-up shapes and parts; unlikely copy"). An ad's fallback is its
+            # own headline: no new arm.
             texts = safe_generate(generate, prompts, fallbacks, self.safety, self.stats, grounded=grounded,
-                                  final=("invented_detail", "unlikely"))
+                                  final=("invented_detail", "unlikely", "off_headline"))
         except Exception:
             if cancel is not None and cancel.is_set():
                 raise  # cancelled: nothing of this batch is published
@@ -659,6 +660,39 @@ def invented_form(name: str, category: str, text: str) -> bool:
             if not _FORM_PARTS.isdisjoint(forms) and given.isdisjoint(forms):
                 return True
     return False
+
+
+#: Words too common to show what a headline is about.
+_HEADLINE_STOP_WORDS = frozenset(
+    "about after again also been before being both could does doesn each even ever every from have having here"
+    " into just like make many more most much never only other over really same should some such than that their"
+    " them then there these they this those very want were what when where which while will with would your you're"
+    " it's that's what's here's".split()
+)
+
+
+def on_headline(headline: str, variant: str) -> bool:
+    """Whether an ad variant shares a content word with the headline it rewrites: a word of four letters or more
+    that is not a common one, matched by its stem ("introducing" matches "introduce", "airliner" "airline"). A
+    variant that shares none is about something else or nothing ("Love it!"; "A pair of sneakers ... and long
+    sleeves" for a headline about a word children hear), and would become a bandit arm no shopper should see.
+
+    >>> on_headline("She Was Going To Introduce President Obama", "President Obama will be introducing next week!")
+    True
+    >>> on_headline("What A Cheery 13-Year-Old Girl Said To Matt Damon Devastated Him", "Love it!")
+    False
+    """
+    headline_words = _content_words(headline)
+    return any(_same_stem(a, b) for a in headline_words for b in _content_words(variant))
+
+
+def _content_words(text: str) -> set[str]:
+    return {w for w in re.findall(r"[a-z][a-z']+", text.casefold()) if len(w) >= 4 and w not in _HEADLINE_STOP_WORDS}
+
+
+def _same_stem(a: str, b: str) -> bool:
+    """One word begins with the other, or both share their first five letters ("introduce", "introducing")."""
+    return a.startswith(b) or b.startswith(a) or (len(a) >= 5 and len(b) >= 5 and a[:5] == b[:5])
 
 
 def _forms(word: str) -> tuple[str, ...]:

@@ -68,12 +68,15 @@ def safe_vocab() -> list[str]:
     return words + [f"w{i}" for i in range(VOCAB_SIZE - len(words))]
 
 
-def publish_tiny_generator(model_dir: Path, work: Path, vocab: list[str], version: str, *, banned_only: bool) -> None:
+def publish_tiny_generator(model_dir: Path, work: Path, vocab: list[str], version: str, *, banned_only: bool,
+                           favour: str | None = None) -> None:  # fmt: skip
     """Export a random tiny Llama with the real exporter and publish it as ``generator`` ``version``.
 
     ``banned_only=False``: untied random output rows, zero rows for the special tokens (never emitted, so the text
     is never empty). ``banned_only=True``: the output layer only knows ``vocab[0]`` (zero weights, a bias of +30
-    for it and -30 for every other token): greedy and sampled decoding alike repeat it forever.
+    for it and -30 for every other token): greedy and sampled decoding alike repeat it forever. ``favour``: a word
+    given a bias of +100 on top of the random rows, so every text is that word repeated (an ad variant that
+    shares a word with the headline it rewrites, ``on_headline``).
     """
     model = tiny_llama(seed=3, vocab_size=len(vocab), layers=1 if banned_only else 2)
     with torch.no_grad():
@@ -84,7 +87,12 @@ def publish_tiny_generator(model_dir: Path, work: Path, vocab: list[str], versio
             model.lm_head.bias[0] = 30.0
             model.config.tie_word_embeddings = False
         else:
-            model.lm_head.weight = torch.nn.Parameter(torch.randn_like(model.model.embed_tokens.weight))
+            weight = torch.randn_like(model.model.embed_tokens.weight)
+            model.lm_head = torch.nn.Linear(model.config.hidden_size, len(vocab), bias=favour is not None)
+            model.lm_head.weight = torch.nn.Parameter(weight)
+            if favour is not None:
+                model.lm_head.bias.zero_()
+                model.lm_head.bias[vocab.index(favour)] = 100.0
             model.config.tie_word_embeddings = False
             for token in SPECIAL:
                 model.lm_head.weight[vocab.index(token)] = 0.0
@@ -145,7 +153,9 @@ def test_generated_headline_is_served_as_an_arm_and_learns_from_its_own_click(ka
     version = "20990101-000007"
     vocab = safe_vocab()
     assert all(SafetyFilter().check(w).allowed for w in vocab)  # nothing this model can say is banned
-    publish_tiny_generator(tmp_path / "models", tmp_path / "export", vocab, version, banned_only=False)
+    # Every creative's best headline, the one rewritten, ends "... you will love": a variant must share a content
+    # word with it (``on_headline``), so this random model always says "love".
+    publish_tiny_generator(tmp_path / "models", tmp_path / "export", vocab, version, banned_only=False, favour="love")
     (tmp_path / "no-data").mkdir()  # no Upworthy file: the built-in inventory (6 creatives, 3 campaigns)
     prefix = f"adcopy{uuid.uuid4().hex[:8]}"
     settings = Settings(

@@ -166,9 +166,31 @@ def test_copy_about_another_product_is_regenerated_then_replaced_by_the_template
 
 
 def test_ad_headline_variants_are_not_held_to_the_product_rule():
-    writer = CopyWriter(EchoGenerator(["Nobody saw this coming."]))
+    writer = CopyWriter(EchoGenerator(["Nobody saw this bread coming."]))
     (variant,) = writer.write([CopyRequest("c1", "ad", "A Quiet Story About Bread", kind="ad")])
-    assert (variant.text, variant.source) == ("Nobody saw this coming.", "generated")
+    assert (variant.text, variant.source) == ("Nobody saw this bread coming.", "generated")
+
+
+def test_an_ad_variant_about_something_else_falls_back_to_the_headline_without_a_retry():
+    """What the fine-tuned SmolLM2 wrote for Upworthy headlines (2026-12-05): praise of nothing, and a product
+    description. A variant must share a content word with the headline it rewrites; one that does not is no arm."""
+    from kairos.engine.copywriting import on_headline
+
+    cases = {  # (headline, variant): on the headline?
+        ("The Most Anti-Gay Airline In The Entire World Has A New Safety Video", "Anti Gay airliner safety video!"): True,
+        ("A Pastor Asks A Politician Why He Supports Gay Marriage", "Gay marriage is not just about religion"): True,
+        ("What A Cheery 13-Year-Old Girl Said To Matt Damon Devastated Him", "Love it!"): False,
+        ("Here's An F-Word That's Okay To Say Around Children", "A pair of sneakers that has long sleeves"): False,
+        ("You've Never Heard Of This Woman", "You will never forget this one"): False,  # common words only
+    }
+    assert {case: on_headline(*case) for case in cases} == cases
+
+    headline = "What A Cheery 13-Year-Old Girl Said To Matt Damon Devastated Him"
+    generator = Writes("Love it!", "A cheery girl, a devastated Matt Damon.")
+    writer = CopyWriter(generator)
+    (variant,) = writer.write([CopyRequest("c1", "ad", headline, kind="ad")])
+    assert (variant.text, variant.source, variant.reasons) == (headline, "template", ("off_headline",))
+    assert (writer.stats.regenerated, writer.stats.fallbacks) == (0, 1)
 
 
 class Broken:
@@ -403,6 +425,6 @@ def test_unlikely_product_copy_gets_the_template_without_a_retry():
     (text,) = CopyWriter(Writes(rambling, "")).write([frame])
     assert (text.text, text.source) == (rambling, "generated")
     # Ad headline variants are not scored against it (measured on product copy only).
-    (variant,) = CopyWriter(Scored("Nobody saw this coming.", "", -3.5, -1.0)).write(
+    (variant,) = CopyWriter(Scored("Nobody saw this bread coming.", "", -3.5, -1.0)).write(
         [CopyRequest("c1", "ad", "A Quiet Story About Bread", kind="ad")])
     assert variant.source == "generated"
