@@ -675,14 +675,19 @@ def on_headline(headline: str, variant: str) -> bool:
     """Whether an ad variant shares a content word with the headline it rewrites: a word of four letters or more
     that is not a common one, matched by its stem ("introducing" matches "introduce", "airliner" "airline"). A
     variant that shares none is about something else or nothing ("Love it!"; "A pair of sneakers ... and long
-    sleeves" for a headline about a word children hear), and would become a bandit arm no shopper should see.
+    sleeves" for a headline about a word children hear), and would become a bandit arm no shopper should see. A
+    headline with no such word (another script, or only common words) is not judged.
 
     >>> on_headline("She Was Going To Introduce President Obama", "President Obama will be introducing next week!")
     True
     >>> on_headline("What A Cheery 13-Year-Old Girl Said To Matt Damon Devastated Him", "Love it!")
     False
+    >>> on_headline("夏季新款连衣裙", "清爽一夏")   # no Latin-script content words in the headline: not judged
+    True
     """
     headline_words = _content_words(headline)
+    if not headline_words:
+        return True
     return any(_same_stem(a, b) for a in headline_words for b in _content_words(variant))
 
 
