@@ -135,7 +135,8 @@ class Settings(BaseSettings):
     #: random ones). 0.15 was chosen in the simulator's closed loop; wider priors lowered its CTR.
     exploration_sd: float = Field(default=0.15, ge=0.0, le=5.0)
     #: ... and the Monte Carlo draws behind each logged propensity (Thompson sampling has no closed form): more
-    #: give OPE less noisy propensities and cost more per recommendation (about 0.2 us per draw per candidate).
+    #: give OPE less noisy propensities and cost more per recommendation (128 draws of 40 candidates: about 75 us,
+    #: docs/performance.md, "2026-12-05 (04:20-05:20 UTC)").
     exploration_draws: int = Field(default=128, ge=1, le=4096)
 
     # --- data, models and serving ---

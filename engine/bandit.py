@@ -435,4 +435,4 @@ def _gumbel_marginals(weights: np.ndarray, k: int, draws: int, seed: int) -> np.
     # Gumbel top-k of log-weights draws exactly from Plackett-Luce; a fixed seed keeps logged marginals stable.
     rng = np.random.default_rng(seed)
     keys = np.log(np.maximum(weights, 1e-300)) + rng.gumbel(size=(draws, len(weights)))
-    return _position_shares(np.argsort(-keys, axis=1)[:, :k], len(weights))
+    return _position_shares(_ordered_top(keys, k), len(weights))

@@ -622,8 +622,7 @@ def garment_parts_on_other_goods(name: str, category: str, text: str) -> bool:
     """
     if _GARMENT_PARTS.search(text.casefold()) is None:
         return False
-    words = {form for w in re.findall(r"[a-z]+", f"{name} {category}".casefold()) for form in _forms(w)}
-    return words.isdisjoint(_WEARABLE)
+    return _given_words(name, category).isdisjoint(_WEARABLE)
 
 
 #: A claim about how a product is made: what follows "has", "have", "features" or "comes with" up to the end of
@@ -651,7 +650,7 @@ def invented_form(name: str, category: str, text: str) -> bool:
     claims = _FORM_CLAIM.findall(text.casefold())
     if not claims:
         return False
-    given = {form for w in re.findall(r"[a-z]+", f"{name} {category}".casefold()) for form in _forms(w)}
+    given = _given_words(name, category)
     if not given.isdisjoint(_WEARABLE):
         return False
     for claim in claims:
@@ -698,6 +697,11 @@ def _content_words(text: str) -> set[str]:
 def _same_stem(a: str, b: str) -> bool:
     """One word begins with the other, or both share their first five letters ("introduce", "introducing")."""
     return a.startswith(b) or b.startswith(a) or (len(a) >= 5 and len(b) >= 5 and a[:5] == b[:5])
+
+
+def _given_words(name: str, category: str) -> set[str]:
+    """The words of a product's name and category with their singulars (``_forms``): what its facts say."""
+    return {form for w in re.findall(r"[a-z]+", f"{name} {category}".casefold()) for form in _forms(w)}
 
 
 def _forms(word: str) -> tuple[str, ...]:

@@ -144,7 +144,7 @@ def safe_generate(
     results: list[SafeText | None] = [None] * len(prompts)
     reasons: list[tuple[str, ...]] = [()] * len(prompts)
     pending, done = list(range(len(prompts))), []
-    final = frozenset(final)
+    final_reasons = frozenset(final)
     for attempt in range(retries + 1):
         if not pending:
             break
@@ -161,9 +161,9 @@ def safe_generate(
                 results[i] = SafeText(text, "regenerated" if attempt else "generated", reasons[i])
             else:
                 reasons[i] = reasons[i] + verdict.reasons
-                (done if final and not final.isdisjoint(verdict.reasons) else still).append(i)
+                (still if final_reasons.isdisjoint(verdict.reasons) else done).append(i)
         pending = still
-    for i in sorted(pending + done):
+    for i in pending + done:
         stats.fallbacks += 1
         results[i] = SafeText(fallbacks[i], "template", reasons[i])
     return results  # type: ignore[return-value]
