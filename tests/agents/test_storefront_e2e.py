@@ -69,7 +69,10 @@ def _consume_all(bootstrap: str, topic: str, at_least: int, timeout_s: float = 3
 
 def test_storefront_round_trip(kafka_broker, redis_server):
     prefix = f"e2e{uuid.uuid4().hex[:8]}"
-    settings = Settings(topic_prefix=prefix, consumer_group=f"{prefix}-g", partitions=3, session_timeout_ms=6000)
+    # No uniformly random slates (epsilon 0): one in twenty recommendations is one by design, and this test reads
+    # the ranking of the shopper's latest recommendation (Thompson sampling on the scores stays on).
+    settings = Settings(topic_prefix=prefix, consumer_group=f"{prefix}-g", partitions=3, session_timeout_ms=6000,
+                        exploration_epsilon=0.0)
     svc = Services(kafka_broker, redis_server, False, False)
     background, shopper = _storefront_events(random.Random(7))
 
